@@ -1,0 +1,1 @@
+"""Benchmarks: tokens/sec and MFU of a training step; per-kernel speed against the roofline."""

@@ -1,0 +1,300 @@
+"""GPT-2: nanoGPT's architecture and parameter names, with two interchangeable op backends.
+
+backend="torch": stock PyTorch ops (the references of `kernels.reference`, attention through
+F.scaled_dot_product_attention). backend="triton": the public ops of `kernels`. Both hold the
+same parameters under the same names, so one state_dict moves between them. The backend is
+picked once, when the modules are built.
+"""
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+from kernels import reference
+
+BACKENDS = ("torch", "triton")
+
+
+def pad_vocab(n, multiple=64):
+    """Round a vocabulary size up to a multiple of 64 (50257 -> 50304): faster matmuls."""
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
+    backend: str = "torch"  # "torch" or "triton"
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"GPTConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def to_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# ----------------------------------------------------------------------------- the ops, per backend
+
+
+def _torch_layer_norm(x, weight, bias, eps):
+    return reference.layer_norm(x, weight, bias, eps)
+
+
+def _torch_mlp_up(x, fc):
+    return reference.gelu_tanh(fc(x))
+
+
+def _torch_attention(q, k, v, dropout_p):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
+def _triton_mlp_up(x, fc):
+    return kernels.linear_gelu(x, fc.weight, fc.bias)
+
+
+def _triton_attention(q, k, v, dropout_p):
+    return kernels.attention(q, k, v, causal=True, dropout_p=dropout_p)
+
+
+OPS = {
+    "torch": dict(layer_norm=_torch_layer_norm, mlp_up=_torch_mlp_up, attention=_torch_attention),
+    "triton": dict(layer_norm=kernels.layer_norm, mlp_up=_triton_mlp_up, attention=_triton_attention),
+}
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+
+    def __init__(self, ndim, bias, backend):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self._op = OPS[backend]["layer_norm"]
+
+    def forward(self, x):
+        return self._op(x, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self._attention = OPS[config.backend]["attention"]
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        # (B, T, 3, nh, hs) -> three (B, nh, T, hs) views of c_attn's output, no copy
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if cache is None:
+            y = self._attention(q, k, v, self.dropout if self.training else 0.0)
+        else:
+            k, v = cache.append(k, v)  # (B, nh, T_cached + T, hs)
+            # a prompt attends causally; one new token sees every cached position
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self._up = OPS[config.backend]["mlp_up"]
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self._up(x, self.c_fc)))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.backend)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.backend)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class KVCache:
+    """Keys and values of one layer, preallocated to the longest sequence generation will see."""
+
+    def __init__(self, batch, n_head, max_len, head_dim, dtype, device):
+        self.k = torch.empty(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.len = 0
+
+    def append(self, k, v):
+        T = k.shape[2]
+        self.k[:, :, self.len : self.len + T] = k
+        self.v[:, :, self.len : self.len + T] = v
+        self.len += T
+        return self.k[:, :, : self.len], self.v[:, :, : self.len]
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"GPT expects a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, config.bias, config.backend),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+
+        # GPT-2 init: N(0, 0.02), with the residual projections scaled by 1/sqrt(2 * n_layer)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; the position embedding left out by default (the token embedding is
+        tied to the LM head, so it counts as a weight)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def _hidden(self, idx, caches=None):
+        """The final hidden states (B, T, C) after ln_f."""
+        B, T = idx.shape
+        start = caches[0].len if caches is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {start + T} is longer than block_size={self.config.block_size}; "
+                "crop the input to the last block_size tokens"
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if caches is None else caches[i])
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) token ids. Returns logits (B, T, V), or with targets (B, T) the mean
+        cross-entropy over the positions whose target is not -1."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        x = self._hidden(idx)
+        if targets is None:
+            return self.lm_head(x)
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        if self.config.backend == "triton":
+            # the LM head fused into the loss: the (B*T, V) logits never exist at once
+            return kernels.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
+        return reference.cross_entropy(self.lm_head(x), targets, ignore_index=-1)
+
+    # ------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+        """Append max_new_tokens sampled tokens to idx (B, T). temperature=0 is greedy.
+
+        With use_cache, keys and values are kept per layer so that each new token costs one
+        position's work. Once the sequence outgrows block_size, the context is cropped to the last
+        block_size tokens and re-run (positions shift, so the cache cannot be reused)."""
+        cfg = self.config
+        caches = None
+        for _ in range(max_new_tokens):
+            if use_cache and idx.shape[1] <= cfg.block_size:
+                if caches is None:  # prefill with the whole prompt
+                    hs = cfg.n_embd // cfg.n_head
+                    max_len = min(cfg.block_size, idx.shape[1] + max_new_tokens)
+                    dtype = self.lm_head.weight.dtype
+                    caches = [
+                        KVCache(idx.shape[0], cfg.n_head, max_len, hs, dtype, idx.device)
+                        for _ in range(cfg.n_layer)
+                    ]
+                    x = self._hidden(idx, caches)
+                else:
+                    x = self._hidden(idx[:, -1:], caches)
+            else:
+                x = self._hidden(idx[:, -cfg.block_size :])
+            logits = self.lm_head(x[:, -1, :]).float()  # (B, V)
+            idx_next = sample_next(logits, temperature, top_k, top_p)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+    # ------------------------------------------------------------------------- Hugging Face
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, **overrides):
+        from gpt.hf import load_hf_gpt2
+
+        return load_hf_gpt2(cls, name_or_dir, **overrides)
+
+    def save_pretrained(self, directory):
+        from gpt.hf import save_hf_gpt2
+
+        save_hf_gpt2(self, directory)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
+    """One token id per row of logits (B, V): greedy at temperature 0, else sampled from the
+    temperature-scaled distribution cut to the top_k tokens and to the smallest set whose
+    probability reaches top_p."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)

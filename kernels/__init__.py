@@ -1,0 +1,44 @@
+"""The ops of the hot path, autograd-aware, each checked against `kernels.reference`.
+
+    kernels.layer_norm(x, weight, bias, eps=1e-5)               # bias may be None
+    kernels.linear_gelu(x, weight, bias)                         # gelu_tanh(x @ weight.T + bias)
+    kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows
+    kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)
+    kernels.attention(q, k, v, causal=True, dropout_p=0.0)       # (B, H, T, D), any strides
+
+Until an op's Triton kernel lands, its public function runs the reference.
+"""
+
+import os
+
+import torch
+
+# Without a GPU, Triton kernels run under Triton's interpreter; it must be chosen before
+# triton is first imported. A user who set TRITON_INTERPRET themselves keeps their choice.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels import reference  # noqa: E402
+
+
+def layer_norm(x, weight, bias=None, eps=1e-5):
+    return reference.layer_norm(x, weight, bias, eps)
+
+
+def linear_gelu(x, weight, bias=None):
+    return reference.linear_gelu(x, weight, bias)
+
+
+def cross_entropy(logits, targets, ignore_index=-1):
+    return reference.cross_entropy(logits, targets, ignore_index)
+
+
+def linear_cross_entropy(x, weight, targets, ignore_index=-1):
+    return reference.linear_cross_entropy(x, weight, targets, ignore_index)
+
+
+def attention(q, k, v, causal=True, dropout_p=0.0):
+    return reference.attention(q, k, v, causal=causal, dropout_p=dropout_p)
+
+
+__all__ = ["layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention", "reference"]

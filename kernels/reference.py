@@ -1,0 +1,75 @@
+"""Pure-PyTorch references: the one definition of "correct" for every op in `kernels`.
+
+Written for clarity, not speed. Each op takes `upcast`: with `upcast=True` the inputs are
+promoted to fp32 before any arithmetic and the result is cast back to the input's dtype (the
+"out_ref" of the parity rule); with `upcast=False` the op runs in the inputs' own precision
+(the "out_pt" of the parity rule, and what the torch backend of `gpt/` runs). Losses are always
+returned in fp32.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _up(t, upcast):
+    return t.float() if (upcast and t is not None) else t
+
+
+def layer_norm(x, weight, bias=None, eps=1e-5, upcast=False):
+    """LayerNorm over the last dim of x (..., C); weight and bias (C,); bias may be None."""
+    y = F.layer_norm(_up(x, upcast), (x.shape[-1],), _up(weight, upcast), _up(bias, upcast), eps)
+    return y.to(x.dtype) if upcast else y
+
+
+def gelu_tanh(x):
+    """GPT-2's GELU: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
+    return F.gelu(x, approximate="tanh")
+
+
+def linear_gelu(x, weight, bias=None, upcast=False):
+    """gelu_tanh(x @ weight.T + bias); x (..., K), weight (N, K) as in nn.Linear, bias (N,) or None."""
+    y = gelu_tanh(F.linear(_up(x, upcast), _up(weight, upcast), _up(bias, upcast)))
+    return y.to(x.dtype) if upcast else y
+
+
+def cross_entropy(logits, targets, ignore_index=-1, upcast=False):
+    """Mean cross-entropy over the rows whose target != ignore_index; logits (..., V), targets (...).
+
+    A batch where every target is ignored has a defined loss of 0 (and zero gradients), not NaN.
+    """
+    logits = _up(logits.reshape(-1, logits.shape[-1]), upcast)
+    targets = targets.reshape(-1)
+    total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    kept = (targets != ignore_index).sum().clamp(min=1)
+    return total.float() / kept
+
+
+def linear_cross_entropy(x, weight, targets, ignore_index=-1, upcast=False):
+    """cross_entropy(x @ weight.T, targets): the LM head and the loss; x (..., C), weight (V, C)."""
+    logits = F.linear(_up(x, upcast), _up(weight, upcast))
+    return cross_entropy(logits, targets, ignore_index=ignore_index)
+
+
+def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=False):
+    """softmax(q k^T / sqrt(D) [causal]) v over q, k, v (B, H, T, D).
+
+    Dropout on the attention probabilities: either drawn here with probability `dropout_p`, or
+    given as `dropout_mask` (B, H, T, T) of kept positions (the mask a kernel used, for tests);
+    kept probabilities are scaled by 1 / (1 - dropout_p).
+    """
+    dtype = q.dtype
+    q, k, v = _up(q, upcast), _up(k, upcast), _up(v, upcast)
+    T, S = q.shape[-2], k.shape[-2]
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, S)
+    if causal:
+        keep = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        att = att.masked_fill(~keep, float("-inf"))
+    att = torch.softmax(att, dim=-1)
+    if dropout_mask is not None:
+        att = att * dropout_mask.to(att.dtype) / (1.0 - dropout_p)
+    elif dropout_p > 0.0:
+        att = F.dropout(att, p=dropout_p)
+    y = att @ v  # (B, H, T, D)
+    return y.to(dtype) if upcast else y

@@ -1,0 +1,106 @@
+"""Reading a prepared dataset: data/NAME/{train.bin, val.bin, meta.json}.
+
+    ds = prep.load("data/shakespeare_char")
+    ds.train, ds.val          # np.memmap of token ids (uint16 or uint32), read-only
+    ds.vocab_size, ds.meta    # from meta.json
+    ds.encode("text") -> list[int];  ds.decode(ids) -> str
+"""
+
+import json
+import os
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A prepared dataset that is missing, incomplete or inconsistent; the message says what to do."""
+
+
+class Dataset:
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        meta_path = os.path.join(self.path, "meta.json")
+        if not os.path.isfile(meta_path):
+            raise DatasetError(
+                f"{self.path} is not a prepared dataset (no meta.json); run `python -m prep NAME` first"
+            )
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                self.meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{meta_path} is unreadable ({e}); prepare the dataset again with --force") from e
+        for key in ("tokenizer", "vocab_size", "dtype"):
+            if key not in self.meta:
+                raise DatasetError(f"{meta_path} has no '{key}'; prepare the dataset again with --force")
+        self.vocab_size = int(self.meta["vocab_size"])
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.tokenizer = self.meta["tokenizer"]
+        self._splits = {}
+        self._encoder = None
+
+    def split(self, name):
+        """The token ids of split `name` ("train" or "val") as a read-only memmap."""
+        if name not in self._splits:
+            path = os.path.join(self.path, f"{name}.bin")
+            if not os.path.isfile(path):
+                raise DatasetError(f"{path} is missing; prepare the dataset again with --force")
+            size = os.path.getsize(path)
+            if size % self.dtype.itemsize:
+                raise DatasetError(f"{path} is truncated ({size} bytes); prepare the dataset again with --force")
+            expected = self.meta.get(f"{name}_tokens")
+            if expected is not None and size // self.dtype.itemsize != expected:
+                raise DatasetError(
+                    f"{path} holds {size // self.dtype.itemsize} tokens but meta.json says {expected}; "
+                    "prepare the dataset again with --force"
+                )
+            if size == 0:
+                raise DatasetError(f"{path} is empty; prepare the dataset again with more text")
+            self._splits[name] = np.memmap(path, dtype=self.dtype, mode="r")
+        return self._splits[name]
+
+    @property
+    def train(self):
+        return self.split("train")
+
+    @property
+    def val(self):
+        return self.split("val")
+
+    def _codec(self):
+        if self._encoder is None:
+            if self.tokenizer == "char":
+                chars = self.meta["chars"]
+                stoi = {ch: i for i, ch in enumerate(chars)}
+
+                def encode(text):
+                    try:
+                        return [stoi[ch] for ch in text]
+                    except KeyError as e:
+                        raise ValueError(f"character {e.args[0]!r} is not in this dataset's vocabulary") from None
+
+                self._encoder = (encode, lambda ids: "".join(chars[int(i)] for i in ids))
+            elif self.tokenizer == "gpt2":
+                import tiktoken
+
+                enc = tiktoken.get_encoding("gpt2")
+                self._encoder = (
+                    lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}),
+                    lambda ids: enc.decode([int(i) for i in ids]),
+                )
+            else:
+                raise DatasetError(f"{self.path}: unknown tokenizer {self.tokenizer!r} in meta.json")
+        return self._encoder
+
+    def encode(self, text):
+        return self._codec()[0](text)
+
+    def decode(self, ids):
+        return self._codec()[1](ids)
+
+    def __repr__(self):
+        return f"Dataset({self.path!r}, tokenizer={self.tokenizer!r}, vocab_size={self.vocab_size})"
+
+
+def load(path):
+    """Open the prepared dataset in directory `path`."""
+    return Dataset(path)

@@ -1,0 +1,1 @@
+"""NVTX ranges and profiler captures (nsys, torch.profiler)."""

@@ -1,0 +1,71 @@
+"""Shared test set-up: the interpreter switch, the parity rule and its tolerances, shared data."""
+
+import os
+import sys
+from pathlib import Path
+
+# Without a GPU the Triton kernels run under the interpreter, chosen before triton is imported.
+# (torch does not import triton by itself; the check below guards that assumption.)
+import torch
+
+if not torch.cuda.is_available():
+    assert "triton" not in sys.modules or os.environ.get("TRITON_INTERPRET") == "1", "triton imported too early"
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# No network in tests: Hugging Face libraries stay offline, tiktoken reads the shared cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The offline data folder: $TRITONGPT_DATA, else ../shared/data beside the project.
+_data = Path(os.environ.get("TRITONGPT_DATA", ROOT.parent / "shared" / "data"))
+if (_data / "tiktoken_cache").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(_data / "tiktoken_cache"))
+HAS_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_GPU else "cpu"
+
+# Dtypes the kernels are checked in here: the interpreter cannot do bf16 arithmetic.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_GPU else [])
+
+# The one tolerance table of the parity rule: the `atol` term, relative to the reference's scale.
+ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def assert_parity(out, out_ref, out_pt, name="output", atol=None):
+    """flash-attention's parity rule.
+
+    out:     what the kernel (or model) under test returned;
+    out_ref: the reference computed in fp32 from the same low-precision inputs;
+    out_pt:  the reference computed in the low precision itself.
+    Passes when max|out - out_ref| <= 2 * max|out_pt - out_ref| + atol, where atol defaults to
+    ATOL[out.dtype] scaled by max(1, max|out_ref|).
+    """
+    assert out.shape == out_ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(out_ref.shape)}"
+    if atol is None:
+        atol = ATOL[out.dtype] * max(1.0, out_ref.detach().float().abs().max().item() if out_ref.numel() else 1.0)
+    out, out_ref, out_pt = (t.detach().float() for t in (out, out_ref, out_pt))
+    assert torch.isfinite(out).all(), f"{name}: non-finite values"
+    if out.numel() == 0:
+        return
+    err = (out - out_ref).abs().max().item()
+    base = (out_pt - out_ref).abs().max().item()
+    assert err <= 2 * base + atol, f"{name}: max error {err:.3e} > 2 * {base:.3e} + {atol:.3e}"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Path of the offline data; skipped when absent on a user's machine, an error in CI."""
+    path = _data
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data folder {path} is missing in CI")
+        pytest.skip(f"offline data not found at {path} (set TRITONGPT_DATA)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,174 @@
+"""The reference GPT-2: config checks, loss, backends' interchangeable state, generation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICE, assert_parity
+from gpt import GPT, GPTConfig, pad_vocab
+from gpt.flops import flops_per_token, matmul_params
+
+
+def tiny(**kw):
+    cfg = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    cfg.update(kw)
+    return GPTConfig(**cfg)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(n_embd=30, n_head=4), "n_embd"),
+        (dict(backend="jax"), "backend"),
+        (dict(n_layer=0), "n_layer"),
+        (dict(dropout=1.0), "dropout"),
+    ],
+)
+def test_bad_config_names_the_field(kw, field):
+    with pytest.raises(ValueError, match=field):
+        tiny(**kw)
+
+
+def test_pad_vocab():
+    assert pad_vocab(50257) == 50304 and pad_vocab(64) == 64 and pad_vocab(65) == 128
+
+
+def test_shapes_and_too_long_input():
+    model = GPT(tiny()).eval()
+    idx = torch.randint(0, 97, (3, 32))
+    assert model(idx).shape == (3, 32, 97)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.randint(0, 97, (1, 33)))
+
+
+def test_gpt2_init_and_tying():
+    model = GPT(tiny(n_layer=4, n_embd=64))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    std = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    assert abs(std - 0.02 / (2 * 4) ** 0.5) < 0.002
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.002
+    assert "transformer.h.0.attn.c_attn.weight" in model.state_dict()
+    nobias = GPT(tiny(bias=False))
+    assert not any(n.endswith(".bias") for n, _ in nobias.named_parameters())
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_loss_is_cross_entropy_of_logits(ignore):
+    model = GPT(tiny()).eval()
+    idx = torch.randint(0, 97, (2, 16))
+    targets = torch.randint(0, 97, (2, 16))
+    if ignore:
+        targets[0, :5] = -1
+        targets[1, 10:] = -1
+    logits = model(idx)
+    expected = F.cross_entropy(logits.view(-1, 97), targets.view(-1), ignore_index=-1)
+    loss = model(idx, targets)
+    assert loss.shape == () and torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_all_ignored_loss_is_zero_not_nan():
+    model = GPT(tiny())
+    idx = torch.randint(0, 97, (2, 8))
+    loss = model(idx, torch.full((2, 8), -1))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_state_dict_moves_between_backends():
+    a = GPT(tiny(backend="torch")).eval()
+    b = GPT(tiny(backend="triton")).eval()
+    assert a.state_dict().keys() == b.state_dict().keys()
+    b.load_state_dict(a.state_dict())
+    a.load_state_dict(b.state_dict())
+    idx = torch.randint(0, 97, (2, 16))
+    assert torch.allclose(a(idx), b(idx), atol=1e-5)
+
+
+def _backend_pair(**kw):
+    torch.manual_seed(1)
+    a = GPT(tiny(backend="torch", **kw)).to(DEVICE)
+    b = GPT(tiny(backend="triton", **kw)).to(DEVICE)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_backends_agree_logits_loss_and_gradients(bias):
+    """Same weights on both backends: logits, loss and every parameter gradient (fp32)."""
+    a, b = _backend_pair(bias=bias)
+    idx = torch.randint(0, 97, (2, 23), device=DEVICE)
+    targets = torch.randint(0, 97, (2, 23), device=DEVICE)
+    targets[0, :4] = -1
+    with torch.no_grad():
+        assert_parity(b(idx), a(idx), a(idx), "logits")
+    la, lb = a(idx, targets), b(idx, targets)
+    la.backward()
+    lb.backward()
+    assert_parity(lb, la, la, "loss")
+    ga, gb = dict(a.named_parameters()), dict(b.named_parameters())
+    for name in ga:
+        assert_parity(gb[name].grad, ga[name].grad, ga[name].grad, name)
+
+
+def test_backends_train_alike():
+    """A short training run on both backends from the same weights: the loss curves agree."""
+    a, b = _backend_pair()
+    data = torch.randint(0, 97, (8, 17), device=DEVICE)
+    losses = []
+    for model in (a, b):
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        curve = []
+        for step in range(30):
+            batch = data[(step % 4) * 2 : (step % 4) * 2 + 2]
+            loss = model(batch[:, :-1], batch[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            curve.append(loss.item())
+        losses.append(curve)
+    assert losses[0][-1] < losses[0][0] - 0.5
+    for la, lb in zip(*losses):
+        assert abs(la - lb) <= 1e-3 * abs(la)
+
+
+def test_greedy_generation_with_cache_equals_without():
+    model = GPT(tiny()).eval()
+    idx = torch.randint(0, 97, (2, 5))
+    a = model.generate(idx, 20, temperature=0.0, use_cache=True)
+    b = model.generate(idx, 20, temperature=0.0, use_cache=False)
+    assert a.shape == (2, 25) and torch.equal(a, b)
+    # past block_size the context is cropped; cached and uncached still agree
+    a = model.generate(idx, 40, temperature=0.0, use_cache=True)
+    b = model.generate(idx, 40, temperature=0.0, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_cached_step_costs_one_position():
+    """After the prompt, each cached step runs the blocks on one position only."""
+    model = GPT(tiny()).eval()
+    seen = []
+    model.transformer.h[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    model.generate(torch.randint(0, 97, (1, 6)), 5, temperature=0.0)
+    assert seen == [6, 1, 1, 1, 1]
+
+
+def test_sampling_filters():
+    from gpt.model import sample_next
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(200, 1)
+    assert set(sample_next(logits, 1.0, top_k=2).flatten().tolist()) <= {2, 3}
+    # softmax probs ~ [.03, .09, .24, .64]: top_p=0.5 keeps only the top token
+    assert set(sample_next(logits, 1.0, top_p=0.5).flatten().tolist()) == {3}
+    assert set(sample_next(logits, 1.0, top_p=0.8).flatten().tolist()) <= {2, 3}
+    assert sample_next(logits[:1], 0.0).item() == 3
+
+
+def test_flops_formula_by_hand():
+    cfg = GPTConfig(block_size=16, vocab_size=100, n_layer=2, n_head=2, n_embd=8)
+    # per layer: c_attn 8*24 + attn.c_proj 8*8 + c_fc 8*32 + mlp.c_proj 32*8 = 768; LM head 100*8
+    assert matmul_params(cfg) == 2 * 768 + 800
+    assert flops_per_token(cfg, 16) == 6 * 2336 + 12 * 2 * 8 * 16
+    model = GPT(cfg)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert linear == matmul_params(cfg)
