@@ -205,6 +205,17 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on the 2-D weights only (matmuls and embeddings), none on
+        biases and LayerNorm gains; the fused CUDA implementation on GPUs."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda"
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
     def _hidden(self, idx, caches=None):
         """The final hidden states (B, T, C) after ln_f."""
         B, T = idx.shape

@@ -21,6 +21,16 @@ if not torch.cuda.is_available():
 from kernels import reference  # noqa: E402
 
 
+def autocast_dtype(device_type):
+    """The dtype torch.autocast runs matmuls in on `device_type`, or None when it is off.
+
+    Triton ops are not seen by autocast, so a public op casts its inputs itself to behave as
+    torch's own op would under autocast (fp32 master weights, bf16 compute)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 def layer_norm(x, weight, bias=None, eps=1e-5):
     return reference.layer_norm(x, weight, bias, eps)
 
