@@ -1,0 +1,298 @@
+"""Fused Linear + bias + GELU: y = gelu_tanh(x @ W.T + b), the first half of GPT-2's MLP.
+
+x (..., K), W (N, K) in nn.Linear layout, b (N,) or None; y (..., N) in x's dtype.
+
+Forward: one tiled matmul with an fp32 accumulator; the bias and the tanh GELU run in its
+epilogue on the accumulator tile, so the pre-activation h = x @ W.T + b never makes a round trip
+through memory before the GELU. Programs are ordered in groups of GROUP_M row blocks, so the
+programs running at the same time share W's column tiles and x's row tiles in L2.
+
+Backward: we SAVE h rather than recompute it. When a gradient is needed the forward kernel
+stores h (in the input dtype) beside y from the same accumulator tile: one extra M*N write in
+the forward and one M*N read in the backward, about 2 * M*N*2 bytes = 0.2 GB at GPT-2 124M's
+MLP in bf16 (~40 us at H200 bandwidth), where recomputing h would cost another 2*M*N*K matmul
+(77 GFLOP, ~110 us). The GELU derivative is then fused into the backward as one elementwise
+pass that reads dy and h once and writes dh = dy * gelu'(h) plus fp32 per-program column sums
+of dh (the bias gradient, so dh is not read a third time); the two gradient matmuls
+dx = dh @ W and dW = dh.T @ x run on cuBLAS (torch.matmul), which is at its best on these plain
+shapes. Both matmuls read dh in the input dtype, as an unfused autograd graph would.
+
+FLOPs: forward 2*M*N*K, backward 4*M*N*K (dx and dW), with M = prod(x.shape[:-1]); the
+epilogue and the elementwise pass are O(M*N). Bytes that must move at least: forward
+(M*K + N*K + M*N [+ M*N for h]) * elt; backward elementwise 3*M*N*elt.
+
+Precision: products accumulate in fp32 for every input dtype. fp32 inputs on a GPU use TF32
+tensor cores exactly when PyTorch's own matmuls would (torch.backends.cuda.matmul.allow_tf32,
+set by torch.set_float32_matmul_precision("high")), and full fp32 ("ieee") otherwise and
+always under the CPU interpreter, so the kernel agrees with F.linear under either setting.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import autocast_dtype
+
+# ----------------------------------------------------------------------------- tile configs
+
+# The one switch: under Triton's CPU interpreter (tests without a GPU) autotuning collapses to
+# one small config, which keeps the interpreter quick and still spans several row, column and
+# K blocks, and several program groups, at the tests' shapes.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _config(bm, bn, bk, group_m, warps, stages):
+    return triton.Config(
+        dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m), num_warps=warps, num_stages=stages
+    )
+
+
+# Curated for Hopper (H100/H200, 228 KB of shared memory per SM) in bf16/fp16; the large tiles
+# feed wgmma, the small ones serve few rows (generation) and fp32 inputs, whose large-tile
+# pipelines do not fit in shared memory (the autotuner skips configs that fail to compile).
+HOPPER_CONFIGS = [
+    _config(128, 256, 64, 8, 8, 3),
+    _config(128, 256, 64, 8, 8, 4),
+    _config(256, 128, 64, 8, 8, 3),
+    _config(128, 128, 64, 8, 8, 4),
+    _config(128, 128, 64, 8, 4, 4),
+    _config(64, 128, 64, 8, 4, 4),
+    _config(128, 128, 32, 8, 4, 4),
+    _config(64, 64, 32, 8, 4, 4),
+]
+CONFIGS = [_config(32, 64, 32, 2, 4, 1)] if INTERPRET else HOPPER_CONFIGS
+
+# The elementwise backward pass: fixed tiles, memory-bound.
+BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 128, 8
+
+SQRT_2_OVER_PI = 0.7978845608028654
+GELU_CUBIC = 0.044715
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _gelu_sigmoid(h):
+    """sigmoid(2u), u = sqrt(2/pi) * (h + 0.044715 h^3), so that gelu_tanh(h) = h * sigmoid(2u).
+
+    (0.5 * (1 + tanh(u)) == sigmoid(2u): no libdevice tanh, which the interpreter lacks.)"""
+    u = SQRT_2_OVER_PI * (h + GELU_CUBIC * h * h * h)
+    return tl.sigmoid(2.0 * u)
+
+
+@triton.autotune(configs=CONFIGS, key=["M", "N", "K"])
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def _linear_gelu_fwd_kernel(
+    x_ptr,  # (M, K) input rows, any strides
+    w_ptr,  # (N, K) weight in nn.Linear layout, any strides
+    b_ptr,  # (N,) bias; unused when HAS_BIAS is False
+    y_ptr,  # (M, N) out: gelu_tanh(h), contiguous
+    h_ptr,  # (M, N) out: pre-activation h = x @ W.T + b, contiguous; unused unless STORE_H
+    M, N, K,
+    stride_xm, stride_xk,
+    stride_wn, stride_wk,
+    HAS_BIAS: tl.constexpr,
+    STORE_H: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    # Grouped ordering: consecutive programs walk down GROUP_M row blocks before moving right
+    # one column block, so a wave of programs reuses the same tiles of x and W from L2.
+    pid = tl.program_id(0)
+    blocks_m = tl.cdiv(M, BLOCK_M)
+    blocks_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * blocks_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = min(blocks_m - first_m, GROUP_M)
+    pid_m = (first_m + (pid % per_group) % group_rows).to(tl.int64)
+    pid_n = ((pid % per_group) // group_rows).to(tl.int64)
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) int64
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) int64
+    ks = tl.arange(0, BLOCK_K)
+    # Loads wrap out-of-range rows/columns back into the matrix (results discarded at the
+    # store), so only K needs a mask, and none when K divides into BLOCK_K.
+    x_ptrs = x_ptr + (rows % M)[:, None] * stride_xm + ks[None, :] * stride_xk  # (BLOCK_M, BLOCK_K)
+    w_ptrs = w_ptr + (cols % N)[None, :] * stride_wn + ks[:, None] * stride_wk  # (BLOCK_K, BLOCK_N): W.T tile
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(x_ptrs)
+            b = tl.load(w_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(x_ptrs, mask=ks[None, :] < k_left, other=0.0)
+            b = tl.load(w_ptrs, mask=ks[:, None] < k_left, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    # Epilogue on the fp32 tile: bias, GELU, store (and h for the backward).
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    y = acc * _gelu_sigmoid(acc)
+    offs = rows[:, None] * N + cols[None, :]  # (BLOCK_M, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if STORE_H:
+        tl.store(h_ptr + offs, acc.to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _linear_gelu_bwd_kernel(
+    dy_ptr,  # (M, N) gradient of y, contiguous
+    h_ptr,  # (M, N) saved pre-activation, contiguous
+    dh_ptr,  # (M, N) out: dh = dy * gelu'(h), contiguous, in h's dtype
+    db_ptr,  # (cdiv(M, BLOCK_M), N) fp32 out: this program's column sums of dh; unused unless HAS_BIAS
+    M, N,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    offs = rows[:, None] * N + cols[None, :]
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # d/dh [h * s], s = sigmoid(2u): s + h * 2 s (1 - s) * du/dh, du/dh = sqrt(2/pi) (1 + 3 * 0.044715 h^2)
+    s = _gelu_sigmoid(h)
+    du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * h * h)
+    dh = dy * (s + 2.0 * h * s * (1.0 - s) * du)
+    tl.store(dh_ptr + offs, dh.to(dh_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        # Sum what the matmuls will read (dh in the input dtype), as autograd's db would.
+        part = tl.sum(dh.to(dh_ptr.dtype.element_ty).to(tl.float32), axis=0)  # (BLOCK_N,)
+        tl.store(db_ptr + pid_m * N + cols, part, mask=cols < N)
+
+
+# ----------------------------------------------------------------------------- host launchers
+
+
+def _check(x, weight, bias):
+    """A clear ValueError for inputs the kernels cannot take."""
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        raise ValueError("linear_gelu: x and weight must be torch.Tensors")
+    if x.dim() < 1 or weight.dim() != 2:
+        raise ValueError(
+            f"linear_gelu: expected x (..., K) and weight (N, K) as in nn.Linear, "
+            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
+        )
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear_gelu: x's last dim ({x.shape[-1]}) must equal weight's second dim "
+            f"(weight is (N, K) = {tuple(weight.shape)}, nn.Linear layout)"
+        )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise ValueError(f"linear_gelu: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
+    for name, t in tensors:
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"linear_gelu: {name} has dtype {t.dtype}; expected float32, float16 or bfloat16")
+        if t.dtype != x.dtype:
+            raise ValueError(
+                f"linear_gelu: {name} is {t.dtype} but x is {x.dtype}; cast them to one dtype "
+                f"(or run under torch.autocast, which casts them for you)"
+            )
+        if t.device != x.device:
+            raise ValueError(f"linear_gelu: {name} is on {t.device} but x is on {x.device}; move them to one device")
+    want = "cpu" if INTERPRET else "cuda"
+    if x.device.type != want:
+        where = "the CPU (Triton's interpreter is on)" if INTERPRET else "a CUDA device"
+        raise ValueError(f"linear_gelu: tensors are on {x.device}; the Triton kernel runs on {where}")
+
+
+def _input_precision(dtype):
+    if dtype == torch.float32 and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def linear_gelu_fwd(x, weight, bias=None, save_h=False):
+    """y = gelu_tanh(x @ weight.T + bias): x (..., K) -> y (..., N); also h (M, N) when save_h."""
+    _check(x, weight, bias)
+    K, N = x.shape[-1], weight.shape[0]
+    x2 = x.reshape(-1, K)  # (M, K); a view when it can be, any strides are fine
+    M = x2.shape[0]
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    h = torch.empty_like(y) if save_h else None
+    if M > 0 and N > 0:
+        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+        _linear_gelu_fwd_kernel[grid](
+            x2, weight, bias if bias is not None else y, y, h if save_h else y,
+            M, N, K,
+            x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+            HAS_BIAS=bias is not None, STORE_H=save_h, INPUT_PRECISION=_input_precision(x.dtype),
+        )  # fmt: skip
+    return y.view(*x.shape[:-1], N), h
+
+
+def linear_gelu_bwd(dy, x, weight, h, has_bias=True, need_dx=True, need_dw=True):
+    """Gradients of y = gelu_tanh(x @ weight.T + b) from dy (..., N), given the forward's h (M, N).
+
+    Returns dx (..., K), dweight (N, K), dbias (N,) in the inputs' dtype; each None when not needed."""
+    N, K = weight.shape
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    if dy.shape != (*x.shape[:-1], N) or h.shape != (M, N):
+        raise ValueError(f"linear_gelu_bwd: expected dy {(*x.shape[:-1], N)} and h {(M, N)}, got {tuple(dy.shape)}, {tuple(h.shape)}")
+    dy2 = dy.reshape(M, N).to(h.dtype).contiguous()
+    dh = torch.empty_like(h)
+    blocks_m = triton.cdiv(M, BWD_BLOCK_M)
+    db_part = torch.empty((blocks_m, N), device=h.device, dtype=torch.float32) if has_bias else dh
+    if M > 0 and N > 0:
+        grid = (blocks_m, triton.cdiv(N, BWD_BLOCK_N))
+        _linear_gelu_bwd_kernel[grid](
+            dy2, h.contiguous(), dh, db_part, M, N,
+            HAS_BIAS=has_bias, BLOCK_M=BWD_BLOCK_M, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_WARPS,
+        )  # fmt: skip
+    dx = (dh @ weight).view(x.shape) if need_dx else None  # (M, N) @ (N, K)
+    dw = dh.t() @ x2 if need_dw else None  # (N, M) @ (M, K)
+    db = None
+    if has_bias:
+        db = db_part.sum(0).to(h.dtype) if M > 0 else torch.zeros(N, device=h.device, dtype=h.dtype)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+class LinearGELU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        save_h = any(ctx.needs_input_grad)
+        y, h = linear_gelu_fwd(x, weight, bias, save_h=save_h)
+        if save_h:
+            ctx.save_for_backward(x, weight, h)
+            ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, h = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad
+        dx, dw, db = linear_gelu_bwd(dy, x, weight, h, ctx.has_bias and need_db, need_dx, need_dw)
+        return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- public function
+
+
+def linear_gelu(x, weight, bias=None):
+    """gelu_tanh(x @ weight.T + bias) for x (..., K), weight (N, K), bias (N,) or None.
+
+    Under torch.autocast the inputs are cast to the autocast dtype, as F.linear would be; the
+    gradients come back in each input's own dtype (the casts are part of the autograd graph)."""
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor):
+        dtype = autocast_dtype(x.device.type)
+        if dtype is not None:
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+    return LinearGELU.apply(x, weight, bias)
