@@ -35,8 +35,13 @@ def layer_norm(x, weight, bias=None, eps=1e-5):
     return reference.layer_norm(x, weight, bias, eps)
 
 
+# The submodule shares this op's name: import it once here, and the def below takes the name back
+# (a lazy import inside the function would rebind `kernels.linear_gelu` to the module).
+from kernels import linear_gelu as _linear_gelu  # noqa: E402
+
+
 def linear_gelu(x, weight, bias=None):
-    return reference.linear_gelu(x, weight, bias)
+    return _linear_gelu.linear_gelu(x, weight, bias)
 
 
 def cross_entropy(logits, targets, ignore_index=-1):
