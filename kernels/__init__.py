@@ -20,6 +20,13 @@ if not torch.cuda.is_available():
 
 from kernels import reference  # noqa: E402
 
+# Kernel modules are imported here, before the public functions below are defined: importing a
+# submodule binds its name on this package, and `kernels/cross_entropy.py` would otherwise
+# replace the function `kernels.cross_entropy`. Tests reach a module by
+# importlib.import_module("kernels.<name>").
+from kernels import cross_entropy as _cross_entropy  # noqa: E402
+from kernels import layernorm as _layernorm  # noqa: E402
+
 
 def autocast_dtype(device_type):
     """The dtype torch.autocast runs matmuls in on `device_type`, or None when it is off.
@@ -32,7 +39,7 @@ def autocast_dtype(device_type):
 
 
 def layer_norm(x, weight, bias=None, eps=1e-5):
-    return reference.layer_norm(x, weight, bias, eps)
+    return _layernorm.layer_norm(x, weight, bias, eps)
 
 
 # The submodule shares this op's name: import it once here, and the def below takes the name back
@@ -45,11 +52,11 @@ def linear_gelu(x, weight, bias=None):
 
 
 def cross_entropy(logits, targets, ignore_index=-1):
-    return reference.cross_entropy(logits, targets, ignore_index)
+    return _cross_entropy.cross_entropy(logits, targets, ignore_index)
 
 
 def linear_cross_entropy(x, weight, targets, ignore_index=-1):
-    return reference.linear_cross_entropy(x, weight, targets, ignore_index)
+    return _cross_entropy.linear_cross_entropy(x, weight, targets, ignore_index, autocast_dtype(x.device.type))
 
 
 def attention(q, k, v, causal=True, dropout_p=0.0):
