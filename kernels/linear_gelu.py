@@ -78,9 +78,10 @@ GELU_CUBIC = 0.044715
 def _gelu_sigmoid(h):
     """sigmoid(2u), u = sqrt(2/pi) * (h + 0.044715 h^3), so that gelu_tanh(h) = h * sigmoid(2u).
 
-    (0.5 * (1 + tanh(u)) == sigmoid(2u): no libdevice tanh, which the interpreter lacks.)"""
-    u = SQRT_2_OVER_PI * (h + GELU_CUBIC * h * h * h)
-    return tl.sigmoid(2.0 * u)
+    (0.5 * (1 + tanh(u)) == sigmoid(2u): no libdevice tanh, which the interpreter lacks.) 2u is
+    clamped to +-80, where sigmoid is already 0 or 1 in fp32 but exp(-2u) does not overflow."""
+    two_u = 2.0 * SQRT_2_OVER_PI * (h + GELU_CUBIC * h * h * h)
+    return tl.sigmoid(tl.minimum(tl.maximum(two_u, -80.0), 80.0))
 
 
 @triton.autotune(configs=CONFIGS, key=["M", "N", "K"])
@@ -290,7 +291,7 @@ def linear_gelu(x, weight, bias=None):
 
     Under torch.autocast the inputs are cast to the autocast dtype, as F.linear would be; the
     gradients come back in each input's own dtype (the casts are part of the autograd graph)."""
-    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor):
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.device.type in ("cpu", "cuda"):
         dtype = autocast_dtype(x.device.type)
         if dtype is not None:
             x, weight = x.to(dtype), weight.to(dtype)

@@ -1,0 +1,185 @@
+"""kernels.linear_gelu: gelu_tanh(x @ W.T + b) forward and dx, dW, db against the reference."""
+
+import pytest
+import torch
+
+import kernels
+from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
+from kernels import reference
+from kernels.linear_gelu import CONFIGS, HOPPER_CONFIGS, INTERPRET, linear_gelu_bwd, linear_gelu_fwd
+
+# Under autocast the trainer computes in bf16; the CPU interpreter has no bf16 matmul, so there
+# the same path is checked with fp16 autocast.
+AUTOCAST_DTYPE = torch.bfloat16 if HAS_GPU else torch.float16
+
+
+def make(M, K, N, dtype, bias=True, scale=1.0, lead=None):
+    """Random x (M, K) (or lead + (K,)), W (N, K) scaled so h is O(scale), b (N,), dy like y."""
+    x = torch.randn(*(lead or (M,)), K, device=DEVICE) * scale
+    w = torch.randn(N, K, device=DEVICE) / max(K, 1) ** 0.5
+    b = torch.randn(N, device=DEVICE) * 0.5 if bias else None
+    dy = torch.randn(*x.shape[:-1], N, device=DEVICE)
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return cast(x), cast(w), cast(b), cast(dy)
+
+
+def run(fn, x, w, b, dy):
+    """fn(x, w, b) and the gradients of <fn(...), dy> wrt each input that is not None."""
+    ins = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y = fn(*ins)
+    y.backward(dy)
+    return [y] + [t.grad for t in ins if t is not None]
+
+
+def check(x, w, b, dy):
+    """The parity rule for y, dx, dW (and db): kernel vs the fp32 reference vs the reference in x's dtype."""
+    out = run(kernels.linear_gelu, x, w, b, dy)
+    ref = run(lambda *a: reference.linear_gelu(*a, upcast=True), x, w, b, dy)
+    pt = run(lambda *a: reference.linear_gelu(*a, upcast=False), x, w, b, dy)
+    for name, o, r, p in zip(["y", "dx", "dW", "db"], out, ref, pt):
+        assert o.dtype == r.dtype, f"{name}: dtype {o.dtype} != {r.dtype}"
+        assert_parity(o, r, p, name)
+
+
+# (M, K, N): rows 1, 3, 127; K and N through 1, 127, 768 and 1000, none a multiple of the tiles.
+SHAPES = [(1, 1, 1), (1, 127, 1000), (3, 1000, 127), (127, 768, 1), (127, 1, 768), (127, 127, 127), (3, 768, 1000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M, K, N", SHAPES)
+def test_parity(M, K, N, dtype):
+    check(*make(M, K, N, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_no_bias(dtype):
+    x, w, b, dy = make(127, 100, 130, dtype, bias=False)
+    check(x, w, None, dy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_leading_shapes(dtype):
+    """(B, T, K) in, (B, T, N) out; and a single vector (K,) -> (N,) as F.linear takes it."""
+    x, w, b, dy = make(None, 96, 72, dtype, lead=(2, 37))
+    assert kernels.linear_gelu(x, w, b).shape == (2, 37, 72)
+    check(x, w, b, dy)
+    check(x[0, 0], w, b, dy[0, 0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_preactivations_saturate_cleanly(dtype):
+    """|h| up to ~20: GELU -> relu, its derivative -> step, with no overflow to NaN or inf."""
+    check(*make(67, 64, 80, dtype, scale=8.0))
+
+
+def test_non_contiguous_inputs():
+    """A strided x (every other column, rows transposed) and a transposed-storage W."""
+    base = torch.randn(40, 3, 2 * 64, device=DEVICE)
+    x = base[..., ::2].transpose(0, 1)  # (3, 40, 64), strides (128, 384, 2)
+    w = torch.randn(64, 90, device=DEVICE).t() / 8  # (90, 64), strides (1, 90)
+    b = torch.randn(90, device=DEVICE)
+    assert not x.is_contiguous() and not w.is_contiguous()
+    check(x, w, b, torch.randn(3, 40, 90, device=DEVICE))
+
+
+def test_autocast_casts_like_f_linear():
+    """fp32 weights and input under autocast: output in the autocast dtype, gradients in fp32."""
+    x, w, b, dy = make(50, 64, 96, torch.float32)
+    ins = [t.clone().requires_grad_() for t in (x, w, b)]
+    with torch.autocast(DEVICE, dtype=AUTOCAST_DTYPE):
+        y = kernels.linear_gelu(*ins)
+        y_pt = reference.linear_gelu(x, w, b)  # F.linear under autocast: the low-precision reference
+    assert y.dtype == AUTOCAST_DTYPE and all(t.grad is None for t in ins)
+    y.backward(dy.to(y.dtype))
+    assert all(t.grad.dtype == torch.float32 for t in ins)
+    # The same computation spelled out: cast like autocast, then the op in the low precision.
+    low = [t.to(AUTOCAST_DTYPE) for t in (x, w, b)]
+    ref = run(lambda *a: reference.linear_gelu(*a, upcast=True), *low, dy.to(AUTOCAST_DTYPE))
+    pt = run(lambda *a: reference.linear_gelu(*a, upcast=False), *low, dy.to(AUTOCAST_DTYPE))
+    assert_parity(y, ref[0], y_pt, "y")
+    for name, t, r, p in zip(["dx", "dW", "db"], ins, ref[1:], pt[1:]):
+        assert_parity(t.grad.to(r.dtype), r, p, name)
+
+
+def test_frozen_weight_and_no_grad():
+    """Only x needs a gradient: dW and db are not computed; under no_grad nothing is saved."""
+    x, w, b, dy = make(33, 40, 50, torch.float32)
+    xg = x.clone().requires_grad_()
+    kernels.linear_gelu(xg, w, b).backward(dy)
+    ref = run(lambda *a: reference.linear_gelu(*a), x, w, b, dy)
+    assert_parity(xg.grad, ref[1], ref[1], "dx")
+    with torch.no_grad():
+        y = kernels.linear_gelu(xg, w, b)
+    assert y.grad_fn is None
+    assert_parity(y, ref[0], ref[0], "y")
+    _, h = linear_gelu_fwd(x, w, b, save_h=False)
+    assert h is None
+    dx, dw, db = linear_gelu_bwd(dy, x, w, linear_gelu_fwd(x, w, b, save_h=True)[1], need_dw=False)
+    assert dw is None and db is not None
+    assert_parity(dx, ref[1], ref[1], "dx")
+
+
+def test_zero_rows():
+    x = torch.randn(0, 16, device=DEVICE, requires_grad=True)
+    w = torch.randn(8, 16, device=DEVICE, requires_grad=True)
+    b = torch.randn(8, device=DEVICE, requires_grad=True)
+    y = kernels.linear_gelu(x, w, b)
+    assert y.shape == (0, 8)
+    y.sum().backward()
+    assert x.grad.shape == (0, 16) and torch.all(w.grad == 0) and torch.all(b.grad == 0)
+
+
+def _bad_inputs():
+    x, w, b = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6)
+    other = "cpu" if HAS_GPU else "meta"
+    return [
+        ((x.to(DEVICE), torch.randn(6, 7, device=DEVICE), None), "last dim"),
+        ((x.to(DEVICE), torch.randn(48, device=DEVICE), None), "weight"),
+        ((x.to(DEVICE), w.to(DEVICE), torch.randn(5, device=DEVICE)), "bias of shape"),
+        ((x.to(DEVICE).half(), w.to(DEVICE), None), "float16 but x|x is torch.float16"),
+        ((x.to(DEVICE).double(), w.to(DEVICE).double(), None), "float64"),
+        ((x.to(DEVICE).int(), w.to(DEVICE).int(), None), "int32"),
+        ((x.to(DEVICE), w.to(other), None), "device"),
+        ((x.to(other), w.to(other), b.to(other)), "the Triton kernel runs on"),
+    ]
+
+
+@pytest.mark.parametrize("args, match", _bad_inputs())
+def test_bad_inputs_raise_value_error(args, match):
+    with pytest.raises(ValueError, match=match):
+        kernels.linear_gelu(*args)
+
+
+def test_autotune_switch_and_hopper_configs_fit():
+    """One small config under the interpreter; every Hopper config's bf16 pipeline fits in shared memory."""
+    assert len(CONFIGS) == 1 if INTERPRET else CONFIGS is HOPPER_CONFIGS
+    for c in HOPPER_CONFIGS:
+        k = c.kwargs
+        smem = (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * 2 * c.num_stages
+        assert smem <= 228 * 1024, f"{c} needs {smem} bytes of shared memory"
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+def test_gpt2_mlp_size_bf16():
+    """GPT-2 124M's c_fc at B*T = 16384: (16384, 768) @ (3072, 768).T in bf16, forward and backward."""
+    check(*make(16384, 768, 3072, torch.bfloat16))
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+def test_fp32_follows_torch_tf32_setting():
+    """With TF32 allowed, fp32 runs on TF32 tensor cores and stays within torch's own TF32 error."""
+    x, w, b, dy = make(1000, 768, 1024, torch.float32)
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        out = run(kernels.linear_gelu, x, w, b, dy)
+        pt = run(lambda *a: reference.linear_gelu(*a), x, w, b, dy)  # cuBLAS in TF32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    ref = run(lambda *a: reference.linear_gelu(*a), x, w, b, dy)  # full fp32
+    assert (pt[0] - ref[0]).abs().max() > 0, "torch did not use TF32; the comparison would be vacuous"
+    for name, o, r, p in zip(["y", "dx", "dW", "db"], out, ref, pt):
+        assert_parity(o, r, p, name)
