@@ -1,0 +1,227 @@
+"""The trainer's configuration: one dataclass, a config file, and --key=value overrides.
+
+    python -m train                                   # the main command (see train/__main__.py)
+    python -m train shakespeare_char                  # a named config from train/configs/
+    python -m train my_config.py --batch_size=32      # a config file of your own, then overrides
+
+A config file is Python that assigns some of the keys below (`n_layer = 6`), as in nanoGPT.
+Every value is checked against the type of its key; an unknown key, a value of the wrong type or
+an impossible combination raises ConfigError with a one-line message naming it.
+"""
+
+import difflib
+import os
+from dataclasses import asdict, dataclass, fields
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+GPT2_PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"
+    eval_interval: int = 2000
+    log_interval: int = 1
+    eval_iters: int = 200
+    eval_only: bool = False  # evaluate once and exit
+    always_save_checkpoint: bool = True  # else save only when val loss improves
+    init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face dir
+    keep_last: int = 2  # checkpoints kept besides the best by val loss
+    # logging
+    wandb_log: bool = False  # wandb is imported only when this is on
+    wandb_project: str = "tritongpt"
+    wandb_run_name: str = "run"
+    nvtx: bool = False  # NVTX ranges for Nsight Systems (data, forward, backward, optimizer)
+    # data
+    dataset: str = "openwebtext"  # a directory under data_dir (or a path) written by prep
+    data_dir: str = "data"
+    gradient_accumulation_steps: int = 40  # micro-steps per step, over all processes together
+    batch_size: int = 12  # sequences per micro-step per process
+    block_size: int = 1024
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    backend: str = "auto"  # auto (triton on a GPU, torch on a CPU) | torch | triton
+    # AdamW
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    # learning rate schedule: linear warm-up, then cosine down to min_lr at lr_decay_iters
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+    # system
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bfloat16 on a GPU that has it, else float16; float32 on a CPU) | float32 | bfloat16 | float16
+    compile: bool = False  # torch.compile the model
+    seed: int = 1337
+    max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
+
+    def to_dict(self):
+        return asdict(self)
+
+
+KEYS = {f.name: f.type for f in fields(TrainConfig)}
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _type_of(cls, name):
+    t = {f.name: f.type for f in fields(cls)}[name]
+    return _TYPES.get(t, t) if isinstance(t, str) else t
+
+
+def _unknown(cls, key, where):
+    names = [f.name for f in fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{where}{hint}")
+
+
+def check_value(cls, key, value, where=""):
+    """`value` as the type of `key`, or ConfigError. Ints are accepted for float keys."""
+    if key not in {f.name for f in fields(cls)}:
+        raise _unknown(cls, key, where)
+    want = _type_of(cls, key)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not want:
+        raise ConfigError(f"config key '{key}'{where} must be {want.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_value(cls, key, text):
+    """Parse the text of --key=text as the type of `key`."""
+    where = f" (in --{key}={text})"
+    if key not in {f.name for f in fields(cls)}:
+        raise _unknown(cls, key, where)
+    want = _type_of(cls, key)
+    if want is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"config key '{key}' must be true or false, got {text!r}")
+    if want is str:
+        return text
+    try:
+        return want(text)
+    except ValueError:
+        raise ConfigError(f"config key '{key}' must be {want.__name__}, got {text!r}") from None
+
+
+def config_path(name):
+    """A named config (train/configs/NAME.py) or a path to a config file."""
+    if os.path.isfile(name):
+        return name
+    named = os.path.join(CONFIG_DIR, name if name.endswith(".py") else name + ".py")
+    if os.path.isfile(named):
+        return named
+    available = ", ".join(sorted(n[:-3] for n in os.listdir(CONFIG_DIR) if n.endswith(".py") and n != "__init__.py"))
+    raise ConfigError(f"config '{name}' is neither a file nor one of the named configs: {available}")
+
+
+def read_config_file(cls, path):
+    """The key -> value assignments of a config file, each checked."""
+    namespace = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            exec(compile(f.read(), path, "exec"), namespace)  # noqa: S102 - config files are Python, as nanoGPT's
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path} line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - any error in a config file is the file's fault
+        raise ConfigError(f"config file {path}: {type(e).__name__}: {e}") from None
+    where = f" (in {os.path.basename(path)})"
+    values = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
+            continue
+        values[key] = check_value(cls, key, value, where)
+    return values
+
+
+def parse_args(cls, argv):
+    """(config file or None, {key: value}) from [CONFIG] [--key=value ...]."""
+    config_file, overrides = None, {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                raise ConfigError(f"argument '{arg}' must be written --{key}=VALUE")
+            overrides[key] = parse_value(cls, key, text)
+        elif config_file is None:
+            config_file = config_path(arg)
+        else:
+            raise ConfigError(f"unexpected argument '{arg}': give one config, then --key=value overrides")
+    return config_file, overrides
+
+
+def load_config(argv, cls=TrainConfig, base=None):
+    """A config from [CONFIG] [--key=value ...]: the defaults, then `base`, then the config file,
+    then the overrides."""
+    config_file, overrides = parse_args(cls, argv)
+    values = dict(base or {})
+    if config_file is not None:
+        values.update(read_config_file(cls, config_file))
+    values.update(overrides)
+    cfg = cls(**values)
+    if cls is TrainConfig:
+        validate(cfg)
+    return cfg
+
+
+def validate(cfg, world_size=1):
+    """The checks that need no device and no data: ranges and impossible combinations."""
+    positive = ("eval_interval", "log_interval", "eval_iters", "keep_last", "gradient_accumulation_steps",
+                "batch_size", "block_size", "n_layer", "n_head", "n_embd", "max_bad_steps")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must not be negative, got {getattr(cfg, key)}")
+    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+        if not getattr(cfg, key) >= 0:
+            raise ConfigError(f"config key '{key}' must not be negative, got {getattr(cfg, key)}")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be in [0, 1), got {getattr(cfg, key)}")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"config key 'n_embd' ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    if cfg.decay_lr and cfg.lr_decay_iters < cfg.warmup_iters:
+        raise ConfigError(
+            f"config key 'lr_decay_iters' ({cfg.lr_decay_iters}) must not be less than warmup_iters ({cfg.warmup_iters})"
+        )
+    choices = {
+        "backend": ("auto", "torch", "triton"),
+        "dtype": ("auto", "float32", "bfloat16", "float16"),
+    }
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"config key 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
+    if cfg.init_from not in ("scratch", "resume", *GPT2_PRESETS) and not os.path.isdir(cfg.init_from):
+        raise ConfigError(
+            f"config key 'init_from' must be scratch, resume, one of {', '.join(GPT2_PRESETS)} "
+            f"or a Hugging Face GPT-2 directory; got {cfg.init_from!r}"
+        )
+    if cfg.gradient_accumulation_steps % world_size:
+        raise ConfigError(
+            f"config key 'gradient_accumulation_steps' ({cfg.gradient_accumulation_steps}) must be divisible by "
+            f"the number of processes ({world_size}): the global batch is split evenly among them"
+        )

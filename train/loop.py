@@ -1,0 +1,401 @@
+"""The trainer: set-up (processes, device, data, model, optimizer, checkpoint), one training step,
+evaluation, and the loop that ties them together.
+
+    from train.config import load_config
+    from train.loop import train
+    train(load_config(["shakespeare_char_cpu", "--max_iters=100"]))
+
+Under torchrun each process trains on its share of the global batch (gradient_accumulation_steps
+micro-steps in all, split evenly), DDP averaging the gradients on the last micro-step only.
+"""
+
+import contextlib
+import math
+import os
+import random
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import prep
+from gpt import GPT, GPTConfig, pad_vocab
+from profiles import nvtx
+from train import checkpoint
+from train.config import ConfigError, validate
+from train.data import EVAL, Batches, dataset_dir
+from train.metrics import Metrics
+
+PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself; the message says why and which checkpoint holds the last good state."""
+
+
+def learning_rate(step, cfg):
+    """Linear warm-up to learning_rate over warmup_iters, then a cosine down to min_lr at
+    lr_decay_iters, then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def resolve_system(cfg):
+    """device, dtype and backend with `auto` replaced by what fits the machine; impossible choices
+    are a ConfigError."""
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_gpu = cfg.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is {cfg.device!r} but no CUDA device is available (use --device=cpu)")
+    if cfg.dtype == "auto":
+        cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_gpu else "float32"
+    if not on_gpu and cfg.dtype == "float16":
+        raise ConfigError("config key 'dtype' is float16, which needs a GPU (its gradient scaler); use float32 or bfloat16")
+    if on_gpu and cfg.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("config key 'dtype' is bfloat16 but this GPU has no bfloat16; use float16")
+    if cfg.backend == "auto":
+        cfg.backend = "triton" if on_gpu else "torch"
+    if cfg.backend == "triton" and not on_gpu:
+        raise ConfigError("config key 'backend' is triton, which needs a GPU (on a CPU use backend=torch)")
+
+
+# ----------------------------------------------------------------------------- test-only faults
+
+
+def _env_steps(name):
+    return {int(s) for s in os.environ.get(name, "").split(",") if s.strip()}
+
+
+class Faults:
+    """Faults the tests inject through the environment, read once at start-up:
+    TRITONGPT_TEST_NAN_STEPS=3,4   the loss of these steps is made NaN;
+    TRITONGPT_TEST_CRASH_AT_STEP=N the process dies before step N, on the first attempt only
+                                   (TORCHELASTIC_RESTART_COUNT unset or 0)."""
+
+    def __init__(self):
+        self.nan_steps = _env_steps("TRITONGPT_TEST_NAN_STEPS")
+        first_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0
+        self.crash_steps = _env_steps("TRITONGPT_TEST_CRASH_AT_STEP") if first_attempt else set()
+
+    def maybe_crash(self, step):
+        if step in self.crash_steps:
+            print(f"test fault: dying before step {step}", flush=True)
+            os._exit(17)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.faults = Faults()
+        self._setup_processes()
+        self._setup_data()
+        state = self._find_start()
+        self._setup_model(state)
+        self._setup_optimizer(state)
+        self._restore_progress(state)
+        tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+        self.metrics = Metrics(cfg, self.raw_model.config, self.device, tokens_per_step, self.world_size, self.master)
+        if self.master:
+            n = self.raw_model.get_num_params()
+            print(
+                f"model: {n / 1e6:.2f}M parameters, backend {cfg.backend}, {cfg.dtype} on {self.device}; "
+                f"{tokens_per_step:,} tokens per step = {cfg.batch_size} x {cfg.block_size} x "
+                f"{self.micro_steps} micro-steps x {self.world_size} processes",
+                flush=True,
+            )
+
+    def log(self, text):
+        if self.master:
+            print(text, flush=True)
+
+    # ------------------------------------------------------------------------- set-up
+
+    def _setup_processes(self):
+        cfg = self.cfg
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.ddp = self.world_size > 1
+        self.master = self.rank == 0
+        validate(cfg, self.world_size)
+        resolve_system(cfg)
+        if self.ddp and cfg.device.startswith("cuda"):
+            cfg.device = f"cuda:{local_rank}"
+        self.device = cfg.device
+        self.device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
+        if self.device_type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if self.ddp:
+            backend = "nccl" if self.device_type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=timedelta(minutes=10))
+        self.micro_steps = cfg.gradient_accumulation_steps // self.world_size
+        dtype = PTDTYPE[cfg.dtype]
+        self.autocast = (
+            torch.autocast(self.device_type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        )
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=dtype == torch.float16)
+        if cfg.nvtx:
+            nvtx.enable(True)
+
+    def _setup_data(self):
+        cfg = self.cfg
+        self.ds = prep.load(dataset_dir(cfg))
+        self.batches = Batches(self.ds, cfg.batch_size, cfg.block_size, cfg.seed, self.device)
+
+    def _find_start(self):
+        """The checkpoint to start from, or None. Under torchrun a restarted job
+        (TORCHELASTIC_RESTART_COUNT > 0) resumes from out_dir's latest checkpoint whatever init_from
+        says; a fresh run refuses an out_dir that already holds checkpoints, so as to never
+        overwrite them."""
+        cfg = self.cfg
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        existing = checkpoint.checkpoints(cfg.out_dir) or os.path.isfile(os.path.join(cfg.out_dir, checkpoint.BEST))
+        if cfg.init_from == "resume" or (restarted and existing):
+            state, path = checkpoint.load_latest(cfg.out_dir, log=self.log)
+            if state is None:
+                raise ConfigError(f"config key 'init_from' is resume but out_dir {cfg.out_dir!r} holds no checkpoint")
+            self.log(f"resuming from {path} (step {state['step']})" + (" after a restart" if restarted else ""))
+            return state
+        if existing and not cfg.eval_only:
+            raise ConfigError(
+                f"config key 'out_dir' ({cfg.out_dir!r}) already holds checkpoints; "
+                "continue with --init_from=resume or choose another out_dir"
+            )
+        return None
+
+    def _setup_model(self, state):
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        if state is not None:
+            args = dict(state["model_args"], dropout=cfg.dropout, backend=cfg.backend)
+            model = GPT(GPTConfig(**args))
+            model.load_state_dict(state["model"])
+        elif cfg.init_from == "scratch":
+            model = GPT(
+                GPTConfig(block_size=cfg.block_size, vocab_size=pad_vocab(self.ds.vocab_size), n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
+                          backend=cfg.backend)
+            )
+        else:
+            self.log(f"initialising from the pretrained {cfg.init_from}")
+            model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout, backend=cfg.backend)
+        if cfg.block_size > model.config.block_size:
+            raise ConfigError(
+                f"config key 'block_size' ({cfg.block_size}) is longer than the model's ({model.config.block_size})"
+            )
+        for key in ("n_layer", "n_head", "n_embd", "bias"):  # the config records the shape actually trained
+            setattr(cfg, key, getattr(model.config, key))
+        self.batches.check_vocab(model.config.vocab_size)
+        model.to(self.device)
+        self.raw_model = model
+        if cfg.nvtx:
+            nvtx.annotate_model(model)
+        if cfg.compile:
+            self.log("compiling the model (takes a minute)")
+            model = torch.compile(model)
+        self.eval_model = model
+        if self.ddp:
+            model = DDP(model, device_ids=[self.device] if self.device_type == "cuda" else None)
+        self.model = model
+
+    def _setup_optimizer(self, state):
+        cfg = self.cfg
+        self.optimizer = self.raw_model.configure_optimizers(
+            cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type
+        )
+        self.fused = bool(self.optimizer.param_groups[0].get("fused"))
+        if state is not None:
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(state["optimizer"])
+            for group, settings in zip(self.optimizer.param_groups, fresh):
+                group.update(settings)  # this config's and this machine's settings, not the saver's
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
+
+    def _restore_progress(self, state):
+        cfg = self.cfg
+        self.bad_total = torch.zeros((), dtype=torch.long, device=self.device)  # skipped updates
+        self.bad_run = torch.zeros_like(self.bad_total)  # in a row, now
+        self.bad_max = torch.zeros_like(self.bad_total)  # in a row, the most since the last check
+        self.resumed = state is not None
+        if state is None:
+            self.start_step, self.best_val_loss = 0, float("inf")
+            seed = cfg.seed + self.rank  # dropout differs between processes
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            return
+        self.start_step = state["step"]
+        self.best_val_loss = state.get("best_val_loss", float("inf"))
+        self.bad_total += state.get("skipped_steps", 0)
+        data = state.get("data", {})
+        if data.get("seed", cfg.seed) != cfg.seed:
+            self.log(f"note: data seed changes from {data['seed']} to {cfg.seed}: the batches differ from the first run's")
+        rngs = state.get("rng") or []
+        if len(rngs) == self.world_size:
+            checkpoint.set_rng_state(rngs[self.rank], self.device)
+        else:
+            self.log(f"note: the checkpoint was written by {len(rngs)} processes, now {self.world_size}: RNGs re-seeded")
+            torch.manual_seed(cfg.seed + self.rank + self.start_step)
+
+    # ------------------------------------------------------------------------- one step
+
+    def train_step(self, step):
+        """One optimizer step over the global batch. Returns device tensors (mean loss, pre-clip
+        gradient norm) and the learning rate; nothing here waits for the device."""
+        cfg = self.cfg
+        lr = learning_rate(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.micro_steps):
+            with nvtx.range("data"):
+                x, y = self.batches.get("train", step, self.rank * self.micro_steps + micro)
+            last = micro == self.micro_steps - 1
+            sync = self.model.no_sync() if self.ddp and not last else contextlib.nullcontext()
+            with sync:
+                with nvtx.range("forward"), self.autocast:
+                    loss = self.model(x, y)
+                if step in self.faults.nan_steps:
+                    loss = loss * float("nan")
+                loss_sum += loss.detach().float()
+                with nvtx.range("backward"):
+                    self.scaler.scale(loss / self.micro_steps).backward()
+        with nvtx.range("optimizer"):
+            self.scaler.unscale_(self.optimizer)
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+            bad = (~torch.isfinite(norm)).long()  # identical in every process: the gradients are averaged
+            if self.scaler.is_enabled():
+                self.scaler.step(self.optimizer)  # skips the update on inf/NaN by itself
+            elif self.fused:
+                self.optimizer.found_inf = bad.float()  # the fused kernel skips the update on the device
+                self.optimizer.step()
+            elif not bad.item():  # the unfused optimizer runs on a CPU, where this check costs nothing
+                self.optimizer.step()
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.bad_total += bad
+        self.bad_run = (self.bad_run + bad) * bad
+        self.bad_max = torch.maximum(self.bad_max, self.bad_run)
+        return loss_sum / self.micro_steps, norm, lr
+
+    @torch.no_grad()
+    def evaluate(self):
+        """Mean loss of each split over eval_iters fixed batches, shared among the processes."""
+        self.eval_model.eval()
+        out = {}
+        for split in ("train", "val"):
+            total = torch.zeros((), device=self.device)
+            ks = range(self.rank, self.cfg.eval_iters, self.world_size)
+            for k in tqdm(ks, desc=f"eval {split}", leave=False, disable=None if self.master else True):
+                x, y = self.batches.get(split, EVAL, k)
+                with self.autocast:
+                    total += self.eval_model(x, y).float()
+            if self.ddp:
+                dist.all_reduce(total)
+            out[split] = total.item() / self.cfg.eval_iters
+        self.eval_model.train()
+        return out
+
+    def check_bad_steps(self, step):
+        """Count the skipped updates; too many in a row stop the run. Reads the device."""
+        total, most = int(self.bad_total), int(self.bad_max)
+        self.bad_max.zero_()
+        if most >= self.cfg.max_bad_steps:
+            ckpts = checkpoint.checkpoints(self.cfg.out_dir)
+            last = ckpts[0] if ckpts else "none written yet"
+            raise TrainingStopped(
+                f"stopping at step {step}: {most} non-finite losses in a row (max_bad_steps={self.cfg.max_bad_steps}); "
+                f"the last good checkpoint is {last}"
+            )
+        return total
+
+    def save_checkpoint(self, step, val_loss, is_best):
+        rngs = [checkpoint.rng_state(self.device)]
+        if self.ddp:
+            rngs = [None] * self.world_size
+            dist.all_gather_object(rngs, checkpoint.rng_state(self.device))
+        if not self.master:
+            return
+        cfg = self.cfg
+        state = {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "config": cfg.to_dict(),
+            "model_args": {k: v for k, v in self.raw_model.config.to_dict().items() if k not in ("backend", "dropout")},
+            "val_loss": val_loss,
+            "best_val_loss": self.best_val_loss,
+            "skipped_steps": int(self.bad_total),
+            "data": {"seed": cfg.seed, "step": step, "dataset": dataset_dir(cfg)},
+            "rng": rngs,
+            "world_size": self.world_size,
+        }
+        path = checkpoint.save(state, cfg.out_dir, cfg.keep_last, is_best)
+        print(f"saved {path}" + (" (best so far)" if is_best else ""), flush=True)
+
+    # ------------------------------------------------------------------------- the loop
+
+    def run(self):
+        cfg = self.cfg
+        step = self.start_step
+        self.metrics.start(step)
+        while True:
+            at_eval = step % cfg.eval_interval == 0 or step == cfg.max_iters or cfg.eval_only
+            if at_eval and not (self.resumed and step == self.start_step and not cfg.eval_only):
+                losses = self.evaluate()
+                self.metrics.log_eval(step, losses)
+                if cfg.eval_only:
+                    break
+                self.check_bad_steps(step)
+                improved = losses["val"] < self.best_val_loss
+                self.best_val_loss = min(self.best_val_loss, losses["val"])
+                if step > 0 and (improved or cfg.always_save_checkpoint):
+                    self.save_checkpoint(step, losses["val"], improved)
+                self.metrics.start(step)  # evaluation time is not training time
+            if step >= cfg.max_iters:
+                break
+            self.faults.maybe_crash(step)
+            loss, norm, lr = self.train_step(step)
+            step += 1
+            if step % cfg.log_interval == 0 or step == cfg.max_iters:
+                if self.ddp:
+                    dist.all_reduce(loss)
+                    loss = loss / self.world_size
+                loss, norm = torch.stack([loss, norm.float()]).tolist()  # the one wait for the device
+                skipped = self.check_bad_steps(step)
+                self.metrics.log_step(step, loss, lr, norm, skipped)
+        self.metrics.close()
+        return self.best_val_loss
+
+    def close(self):
+        if self.ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(cfg):
+    """Train as `cfg` says; returns the best val loss seen."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        trainer.metrics.close()
+        trainer.close()

@@ -1,0 +1,116 @@
+"""Sample text from a trained checkpoint or from a pretrained GPT-2.
+
+    python -m train.sample --out_dir=out/shakespeare_char_cpu --start="ROMEO:" --num_samples=2
+    python -m train.sample --init_from=gpt2 --start=FILE:prompt.txt --max_new_tokens=100
+
+The prompt is encoded and the samples decoded with the dataset's tokenizer (read through
+prep.load from the dataset the checkpoint was trained on), or with tiktoken's gpt2 for gpt2*.
+"""
+
+import contextlib
+import sys
+from dataclasses import dataclass
+
+import torch
+
+import prep
+from gpt import GPT, GPTConfig
+from train import checkpoint
+from train.config import GPT2_PRESETS, ConfigError, load_config
+
+
+@dataclass
+class SampleConfig:
+    init_from: str = "resume"  # resume (out_dir's newest readable checkpoint) | best | gpt2 | gpt2-medium | ...
+    out_dir: str = "out"
+    dataset: str = ""  # the prepared dataset whose tokenizer to use; default: the checkpoint's
+    start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    num_samples: int = 3
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0 is greedy
+    top_k: int = 200  # 0 keeps every token
+    top_p: float = 1.0
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+
+
+def _check(cfg):
+    if cfg.init_from not in ("resume", "best", *GPT2_PRESETS):
+        raise ConfigError(f"config key 'init_from' must be resume, best or one of {', '.join(GPT2_PRESETS)}; got {cfg.init_from!r}")
+    for key in ("num_samples", "max_new_tokens"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
+    if cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
+        raise ConfigError("config keys 'temperature' and 'top_k' must not be negative and 'top_p' must be in (0, 1]")
+
+
+def load_model(cfg):
+    """(model, encode, decode) as cfg says."""
+    from train.loop import resolve_system  # device/dtype/backend resolution shared with training
+
+    resolve_system(cfg)
+    if cfg.init_from in GPT2_PRESETS:
+        import tiktoken
+
+        enc = tiktoken.get_encoding("gpt2")
+        model = GPT.from_pretrained(cfg.init_from, backend=cfg.backend)
+        return model, (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+    if cfg.init_from == "best":
+        path = f"{cfg.out_dir}/{checkpoint.BEST}"
+        state = checkpoint.read(path)
+    else:
+        state, path = checkpoint.load_latest(cfg.out_dir, log=lambda m: print(m, file=sys.stderr))
+        if state is None:
+            raise ConfigError(f"config key 'out_dir': {cfg.out_dir!r} holds no checkpoint")
+    model = GPT(GPTConfig(**state["model_args"], dropout=0.0, backend=cfg.backend))
+    model.load_state_dict(state["model"])
+    ds = prep.load(cfg.dataset or state["data"]["dataset"])
+    print(f"sampling from {path} (step {state['step']})", file=sys.stderr)
+    return model, ds.encode, ds.decode
+
+
+def sample(cfg):
+    """The samples as a list of strings (the prompt included)."""
+    _check(cfg)
+    model, encode, decode = load_model(cfg)
+    model.eval().to(cfg.device)
+    start = cfg.start
+    if start.startswith("FILE:"):
+        try:
+            with open(start[5:], encoding="utf-8") as f:
+                start = f.read()
+        except OSError as e:
+            raise ConfigError(f"config key 'start': cannot read {start[5:]!r} ({e.strerror})") from None
+    try:
+        ids = encode(start)
+    except ValueError as e:
+        raise ConfigError(f"config key 'start': {e}") from None
+    if not ids:
+        raise ConfigError("config key 'start' is empty: give at least one token of prompt")
+    torch.manual_seed(cfg.seed)
+    device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    ctx = torch.autocast(device_type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    x = torch.tensor(ids, dtype=torch.long, device=cfg.device)[None, :]  # (1, T)
+    out = []
+    with ctx:
+        for _ in range(cfg.num_samples):
+            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
+                               top_p=cfg.top_p)
+            out.append(decode(y[0].tolist()))
+    return out
+
+
+def main(argv):
+    cfg = load_config(argv, cls=SampleConfig)
+    for text in sample(cfg):
+        print(text)
+        print("---------------")
+
+
+if __name__ == "__main__":
+    from train.__main__ import run_cli
+
+    run_cli(main, sys.argv[1:])
