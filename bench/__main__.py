@@ -1,0 +1,119 @@
+"""python -m bench: tokens/sec, TFLOP/s, MFU and peak memory of a training step, per op path.
+
+    python -m bench                                   # gpt2 (124M), batch 8, T=1024, bf16, all paths
+    python -m bench --model gpt2_medium --batch auto  # the largest micro-batch that fits, per path
+    python -m bench --n_layer=6 --paths torch+compile,triton
+    python -m bench --smoke                           # tiny config on the CPU: every code path, seconds
+
+The table is printed last; the JSON result goes to bench/results/ (or --out).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import common, step
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Training-step benchmark of every op path (model config keys: --key=value).",
+    )
+    p.add_argument("--model", default="gpt2", choices=sorted(step.PRESETS))
+    p.add_argument("--batch", default=None, help="micro-batch size, or 'auto' (default 8; 2 with --smoke)")
+    p.add_argument("--batch-max", type=int, default=None, help="upper end of the --batch auto search (default 512; 4 with --smoke)")
+    p.add_argument("--seq-len", type=int, default=None, help="T (default: the config's block_size)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first: compile, autotune (default 5; 1 with --smoke)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps, median reported (default 20; 2 with --smoke)")
+    p.add_argument("--dtype", default=None, choices=sorted(step.DTYPES),
+                   help="autocast dtype (default bfloat16; float32 with --smoke on a CPU)")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend (default inductor; aot_eager with --smoke on a CPU)")
+    p.add_argument("--paths", default=",".join(step.PATHS), help="comma-separated subset of: " + ", ".join(step.PATHS))
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default=None, choices=["cuda", "cpu"])
+    p.add_argument("--smoke", action="store_true", help="tiny config, few steps: checks that everything runs")
+    p.add_argument("--out", default=None, help="result JSON path, or a folder (default bench/results/)")
+    args, rest = p.parse_known_args(argv)
+
+    overrides = {}
+    for item in rest:
+        if not item.startswith("--") or "=" not in item:
+            p.error(f"unrecognized argument {item!r} (model config keys are given as --key=value)")
+        key, value = item[2:].split("=", 1)
+        try:
+            overrides[key] = step.parse_override(key, value)
+        except ValueError as e:
+            p.error(str(e))
+
+    smoke = args.smoke
+    args.batch = args.batch or ("2" if smoke else "8")
+    args.batch_max = args.batch_max if args.batch_max is not None else (4 if smoke else 512)
+    args.warmup = args.warmup if args.warmup is not None else (1 if smoke else 5)
+    args.steps = args.steps if args.steps is not None else (2 if smoke else 20)
+    if args.batch == "auto":
+        batch = "auto"
+    else:
+        try:
+            batch = int(args.batch)
+        except ValueError:
+            p.error(f"--batch must be a positive integer or 'auto', got {args.batch!r}")
+        if batch < 1:
+            p.error(f"--batch must be a positive integer or 'auto', got {args.batch!r}")
+    for name in ("warmup", "steps", "batch_max"):
+        if getattr(args, name) < (0 if name == "warmup" else 1):
+            p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
+
+    on_cpu = args.device == "cpu" or (args.device is None and not _cuda())
+    smoke_cpu = args.smoke and on_cpu
+    settings = step.Settings(
+        model="smoke" if smoke else args.model,
+        overrides=overrides,
+        seq_len=args.seq_len,
+        batch=batch,
+        batch_max=args.batch_max,
+        warmup=args.warmup,
+        steps=args.steps,
+        # the Triton interpreter (no GPU) cannot do bf16 arithmetic
+        dtype=args.dtype or ("float32" if smoke_cpu else "bfloat16"),
+        # inductor's C++ build takes tens of seconds per path on a CPU; aot_eager still traces
+        compile_backend=args.compile_backend or ("aot_eager" if smoke_cpu else "inductor"),
+        paths=tuple(x.strip() for x in args.paths.split(",") if x.strip()),
+        seed=args.seed,
+        device=args.device,
+        smoke=args.smoke,
+    )
+    return settings, args.out
+
+
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def output_path(out, result):
+    if out is not None and Path(out).suffix == ".json":
+        return Path(out)
+    folder = Path(out) if out is not None else common.RESULTS_DIR
+    tag = "smoke" if result["settings"]["smoke"] else result["settings"]["model"]
+    dev = "gpu" if result["gpu_figures"] else "cpu"
+    return folder / f"step-{tag}-{dev}-{common.utc_stamp()}.json"
+
+
+def main(argv=None):
+    settings, out = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        result = step.run(settings)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = common.write_json(result, output_path(out, result))
+    print(f"result written to {path}")
+    print(step.table(result))
+    return 1 if any(r["status"] == "error" for r in result["paths"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""What every benchmark result shares: where it ran, a timer, and a JSON writer that never writes NaN.
+
+A result file always carries the device name, the torch and triton versions, the git commit and
+the UTC time, so a figure quoted anywhere can be traced to the run that produced it.
+"""
+
+import datetime
+import gc
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+CPU_NOTE = (
+    "CPU figures: this run had no GPU. They only show that the benchmark runs; they are not GPU "
+    "figures and say nothing about the speed of the kernels or the model on a GPU."
+)
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine() or 'unknown'})"
+
+
+def _version(package):
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit():
+    """(commit, dirty) of the checkout the code runs from; (None, None) outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def run_info(device):
+    """The header of every result file."""
+    commit, dirty = git_commit()
+    return {
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "device_name": device_name(device),
+        "gpu_figures": device.type == "cuda",
+        "note": None if device.type == "cuda" else CPU_NOTE,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+def utc_stamp():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+# ----------------------------------------------------------------------------- numbers and JSON
+
+
+def finite(x):
+    """x as a float when it is a finite number, else None (the caller records why)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _check_finite(obj, where="result"):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"{where} is {obj}: record None with a reason instead")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{where}[{i}]")
+
+
+def write_json(obj, path):
+    """Write obj as JSON; a NaN or infinity anywhere is an error naming the field."""
+    _check_finite(obj)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device, warmup=3, reps=10):
+    """Median milliseconds of fn().
+
+    GPU: triton.testing.do_bench (CUDA events, the L2 cache flushed before every call, so the
+    inputs come from memory as they would inside a training step). CPU: perf_counter."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def free_memory(device):
+    """Drop what the last measurement left behind: compiled graphs, cached blocks, peak stats."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def reset_compiler():
+    """Forget every compiled graph and graph-break count, so the next path compiles afresh."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def graph_breaks():
+    """(total, {reason: count}) of the graph breaks torch.compile met since reset_compiler()."""
+    import torch._dynamo
+
+    reasons = dict(torch._dynamo.utils.counters.get("graph_break", {}))
+    return sum(reasons.values()), reasons
+
+
+def is_oom(exc):
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def first_line(exc):
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

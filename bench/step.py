@@ -1,0 +1,416 @@
+"""Tokens/sec and MFU of one training step (forward, backward, AdamW) for each op path.
+
+The paths, all measured in one process on the same shapes, each model built from the same seed:
+
+    torch            eager PyTorch: the references of kernels.reference, SDPA attention (the floor)
+    torch+compile    torch.compile of the same model (the honest baseline the speedup is over)
+    triton           the Triton backend (kernels.*)
+    triton+compile   the Triton backend under torch.compile, where the ops compose with it
+
+A step is what the trainer does: zero grads, forward under autocast (bf16 on a GPU), backward,
+the optimizer step of GPT.configure_optimizers (fused AdamW on CUDA).
+
+FLOPs per token (fwd + bwd), gpt.flops: 6 * N + 12 * n_layer * n_embd * T, with N the parameters
+in matmuls (tied embedding once, position embedding not). TFLOP/s = tokens/sec * that / 1e12;
+MFU = TFLOP/s over the device's dense bf16 peak (gpt.flops.PEAK_BF16_FLOPS), null when unknown.
+"""
+
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from bench import common
+from gpt import GPT, GPTConfig
+from gpt import flops as gflops
+from profiles import nvtx
+
+# GPT-2's sizes; every preset uses GPT-2's padded vocabulary and a 1024-token context.
+PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2_medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2_large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2_xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+PRESET_BASE = dict(block_size=1024, vocab_size=50304, dropout=0.0, bias=True)
+# --smoke: small enough that every path, torch.compile included, runs in seconds on a CPU.
+SMOKE = dict(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+
+PATHS = {  # name -> (backend, compiled)
+    "torch": ("torch", False),
+    "torch+compile": ("torch", True),
+    "triton": ("triton", False),
+    "triton+compile": ("triton", True),
+}
+BASELINE = "torch+compile"
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+# The trainer's AdamW settings; their values do not change the step's cost.
+OPTIM = dict(weight_decay=0.1, learning_rate=6e-4, betas=(0.9, 0.95))
+
+
+@dataclasses.dataclass
+class Settings:
+    model: str = "gpt2"
+    overrides: dict = dataclasses.field(default_factory=dict)  # GPTConfig keys
+    seq_len: int = None  # T; None = the config's block_size
+    batch: object = 8  # an int, or "auto"
+    batch_max: int = 512  # the search of --batch auto stops here
+    warmup: int = 5  # untimed steps first: compilation, autotuning, allocator warm-up
+    steps: int = 20  # timed steps; the median is reported
+    dtype: str = "bfloat16"  # autocast dtype; float32 = autocast off
+    compile_backend: str = "inductor"
+    paths: tuple = tuple(PATHS)
+    seed: int = 1337
+    device: str = None  # None = cuda when available, else cpu
+    smoke: bool = False
+
+
+def model_config(settings):
+    """The GPTConfig of the settings (backend left at torch: each path sets its own)."""
+    if settings.smoke or settings.model == "smoke":
+        base = dict(SMOKE)
+    else:
+        if settings.model not in PRESETS:
+            raise ValueError(f"unknown model preset {settings.model!r}; choose one of {sorted(PRESETS)}")
+        base = dict(PRESET_BASE, **PRESETS[settings.model])
+    if "backend" in settings.overrides:
+        raise ValueError("the backend is chosen per path: use --paths, not --backend")
+    return GPTConfig(**dict(base, **settings.overrides))
+
+
+def parse_override(key, text):
+    """A `--key=value` for a GPTConfig field, converted to the field's type; an unknown key or a
+    value of the wrong type is a ValueError naming it."""
+    types = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
+    if key not in types:
+        raise ValueError(f"unknown option --{key} (model config keys: {', '.join(sorted(types))})")
+    kind = types[key]
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(kind, kind)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--{key}={text}: expected a value of type {kind.__name__}") from None
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def build(config, backend, compiled, settings, device):
+    """A fresh model of the path from the shared seed, its optimizer, and what the step calls."""
+    torch.manual_seed(settings.seed)
+    model = GPT(dataclasses.replace(config, backend=backend)).to(device)
+    optimizer = model.configure_optimizers(device_type=device.type, **OPTIM)
+    forward = torch.compile(model, backend=settings.compile_backend) if compiled else model
+    return model, forward, optimizer
+
+
+def make_batches(config, batch, seq_len, device, seed, n=2):
+    """n random (idx, targets) pairs; stepping through more than one keeps nothing cached by chance."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for _ in range(n):
+        tokens = torch.randint(0, config.vocab_size, (batch, seq_len + 1), generator=g)
+        out.append((tokens[:, :-1].to(device), tokens[:, 1:].to(device)))
+    return out
+
+
+def train_step(forward, optimizer, idx, targets, device, dtype):
+    """One training step, the trainer's order, with its NVTX ranges (free when ranges are off)."""
+    with nvtx.range("forward"), autocast(device, dtype):
+        loss = forward(idx, targets)
+    with nvtx.range("backward"):
+        loss.backward()
+    with nvtx.range("optimizer"):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def run_steps(forward, optimizer, batches, n, device, dtype, timed=False):
+    """n steps cycling through batches; with timed, the milliseconds of each step (CUDA events on
+    a GPU, so no host sync between steps; perf_counter on a CPU) and the last loss."""
+    times, pairs, loss = [], [], None
+    for i in range(n):
+        with nvtx.range("data"):
+            idx, targets = batches[i % len(batches)]
+        if timed and device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            loss = train_step(forward, optimizer, idx, targets, device, dtype)
+            end.record()
+            pairs.append((start, end))
+        elif timed:
+            t0 = time.perf_counter()
+            loss = train_step(forward, optimizer, idx, targets, device, dtype)
+            times.append((time.perf_counter() - t0) * 1e3)
+        else:
+            loss = train_step(forward, optimizer, idx, targets, device, dtype)
+    common.sync(device)
+    times += [s.elapsed_time(e) for s, e in pairs]
+    return times, loss
+
+
+# ----------------------------------------------------------------------------- --batch auto
+
+
+def find_max_batch(fits, limit, start=1):
+    """The largest batch b <= limit with fits(b): doubling from start until a try fails (or the
+    limit is reached), then bisecting between the last fit and the first failure.
+
+    Returns (batch or None when even `start` does not fit, [(batch, fitted), ...] in try order)."""
+    tries = []
+
+    def attempt(b):
+        ok = bool(fits(b))
+        tries.append((b, ok))
+        return ok
+
+    if not attempt(start):
+        return None, tries
+    lo, hi = start, None
+    while hi is None:
+        b = min(lo * 2, limit)
+        if b == lo:
+            return lo, tries
+        if attempt(b):
+            lo = b
+        else:
+            hi = b
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if attempt(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, tries
+
+
+def _probe(config, backend, compiled, settings, device, dtype, seq_len):
+    """fits(b) for find_max_batch: two steps of one model (the second step holds the optimizer
+    state too) at batch b; an out-of-memory error means no, and everything is freed before the
+    next try. Other errors propagate."""
+    model, forward, optimizer = build(config, backend, compiled, settings, device)
+
+    def fits(b):
+        oom = False
+        try:
+            batches = make_batches(config, b, seq_len, device, settings.seed)
+            run_steps(forward, optimizer, batches, 2, device, dtype)
+        except Exception as exc:  # noqa: BLE001 - only OOM is an answer; the rest is re-raised
+            if not common.is_oom(exc):
+                raise
+            oom = True
+        batches = None
+        optimizer.zero_grad(set_to_none=True)
+        common.free_memory(device)  # outside the except block: the traceback is gone by now
+        return not oom
+
+    return fits, (model, forward, optimizer)
+
+
+# ----------------------------------------------------------------------------- one path
+
+
+def empty_path(name):
+    backend, compiled = PATHS[name]
+    return {
+        "path": name,
+        "backend": backend,
+        "compiled": compiled,
+        "status": None,  # ok | skipped | error
+        "reason": None,
+        "batch": None,
+        "batch_search": None,  # [[batch, fitted], ...] with --batch auto
+        "tokens_per_step": None,
+        "ms_per_step": None,  # median of the timed steps
+        "step_ms": [],
+        "tokens_per_sec": None,
+        "tflops": None,
+        "mfu": None,
+        "peak_memory_gib": None,
+        "speedup_vs_torch_compile": None,
+        "graph_breaks": None,
+        "graph_break_reasons": {},
+        "final_loss": None,
+        "nulls": {},  # field -> why it is null
+    }
+
+
+def run_path(name, config, settings, device):
+    """Measure one path; never raises for a path that cannot run (compile failure, OOM): the result
+    says skipped and why. Any other failure of an eager path is status error."""
+    backend, compiled = PATHS[name]
+    dtype = DTYPES[settings.dtype]
+    T = settings.seq_len or config.block_size
+    res = empty_path(name)
+    common.reset_compiler()
+    common.free_memory(device)
+    stage = "setup"
+    try:
+        batch = settings.batch
+        if batch == "auto":
+            stage = "batch search"
+            fits, held = _probe(config, backend, compiled, settings, device, dtype, T)
+            batch, tries = find_max_batch(fits, settings.batch_max)
+            res["batch_search"] = [list(t) for t in tries]
+            del fits, held
+            common.reset_compiler()  # the measurement compiles afresh for the batch it found
+            common.free_memory(device)
+            if batch is None:
+                raise torch.OutOfMemoryError("out of memory even at batch 1")
+        res["batch"] = batch
+        stage = "build"
+        model, forward, optimizer = build(config, backend, compiled, settings, device)
+        batches = make_batches(config, batch, T, device, settings.seed)
+        common.free_memory(device)  # peak memory counts from here: this path's own steps
+        stage = "warm-up (compile, autotune)"
+        run_steps(forward, optimizer, batches, settings.warmup, device, dtype)
+        stage = "timed steps"
+        times, loss = run_steps(forward, optimizer, batches, settings.steps, device, dtype, timed=True)
+        final_loss = common.finite(loss.item())
+    except Exception as exc:  # noqa: BLE001 - recorded in the result, see the docstring
+        res["status"] = "skipped" if (compiled or common.is_oom(exc)) else "error"
+        what = "torch.compile failed" if compiled and not common.is_oom(exc) else "failed"
+        at = "" if res["batch"] is None else f" at batch {res['batch']}"
+        res["reason"] = f"{what} during {stage}{at}: {common.first_line(exc)}"
+    else:
+        res["status"] = "ok"
+        res["step_ms"] = [round(t, 4) for t in times]
+        res["ms_per_step"] = statistics.median(times)
+        res["tokens_per_step"] = batch * T
+        res["tokens_per_sec"] = batch * T / (res["ms_per_step"] / 1e3)
+        res["tflops"] = res["tokens_per_sec"] * gflops.flops_per_token(config, T) / 1e12
+        res["mfu"] = gflops.mfu(config, T, res["tokens_per_sec"], common.device_name(device))
+        if device.type == "cuda":
+            res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        res["final_loss"] = final_loss
+        if final_loss is None:
+            res["status"], res["reason"] = "error", "the loss is not finite"
+    if compiled:
+        res["graph_breaks"], res["graph_break_reasons"] = common.graph_breaks()
+    model = forward = optimizer = batches = loss = None
+    common.reset_compiler()
+    common.free_memory(device)
+    return res
+
+
+def explain_nulls(res, device):
+    """Fill res['nulls'] with the reason for every null figure."""
+    why = {}
+    if res["status"] != "ok":
+        for k in ("ms_per_step", "tokens_per_sec", "tflops", "mfu", "peak_memory_gib", "final_loss"):
+            if res[k] is None:
+                why[k] = f"path {res['status']}: {res['reason']}"
+    else:
+        if res["mfu"] is None:
+            why["mfu"] = f"no dense bf16 peak known for {common.device_name(device)!r} (gpt.flops.PEAK_BF16_FLOPS)"
+        if res["peak_memory_gib"] is None:
+            why["peak_memory_gib"] = "n/a on a CPU (torch.cuda.max_memory_allocated needs a GPU)"
+    if res["speedup_vs_torch_compile"] is None:
+        why["speedup_vs_torch_compile"] = "no measured torch+compile path, or this path has no figure"
+    if res["graph_breaks"] is None:
+        why["graph_breaks"] = "not compiled" if not res["compiled"] else "no compile happened"
+    if res["batch"] is None:
+        why["batch"] = res["reason"] or "not run"
+    if res["tokens_per_step"] is None:
+        why["tokens_per_step"] = "path did not run"
+    if res["batch_search"] is None:
+        why["batch_search"] = "a fixed --batch was given"
+    res["nulls"] = why
+    return res
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+
+def run(settings):
+    """Every path of the settings; returns the result dict (see bench/README or the JSON itself)."""
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    config = model_config(settings)
+    T = settings.seq_len or config.block_size
+    if T > config.block_size:
+        raise ValueError(f"--seq-len {T} is longer than block_size {config.block_size}")
+    for p in settings.paths:
+        if p not in PATHS:
+            raise ValueError(f"unknown path {p!r}; choose from {', '.join(PATHS)}")
+    if settings.dtype not in DTYPES:
+        raise ValueError(f"unknown --dtype {settings.dtype!r}; choose from {', '.join(DTYPES)}")
+
+    results = [run_path(p, config, settings, device) for p in settings.paths]
+    base = next((r for r in results if r["path"] == BASELINE and r["status"] == "ok"), None)
+    for r in results:
+        if base is not None and r["status"] == "ok":
+            r["speedup_vs_torch_compile"] = base["ms_per_step"] / r["ms_per_step"]
+        explain_nulls(r, device)
+
+    name = common.device_name(device)
+    peak = gflops.peak_flops(name)
+    return {
+        "kind": "train_step",
+        **common.run_info(device),
+        "settings": {
+            **{k: v for k, v in dataclasses.asdict(settings).items() if k != "paths"},
+            "paths": list(settings.paths),
+            "seq_len": T,
+            "config": config.to_dict(),
+            "optimizer": "AdamW (GPT.configure_optimizers)" + (", fused" if device.type == "cuda" else ""),
+        },
+        "flops": {
+            "formula": "flops_per_token = 6 * N + 12 * n_layer * n_embd * T (forward + backward); "
+            "TFLOP/s = tokens_per_sec * flops_per_token / 1e12; MFU = TFLOP/s * 1e12 / peak",
+            "N_matmul_params": gflops.matmul_params(config),
+            "flops_per_token": gflops.flops_per_token(config, T),
+            "peak_flops": peak,
+            "peak_note": None if peak else f"no dense bf16 peak known for {name!r}: MFU left out",
+        },
+        "paths": results,
+    }
+
+
+def table(result):
+    """The report as an aligned text table (printed last by python -m bench)."""
+    cols = ["path", "status", "batch", "ms/step", "tok/s", "TFLOP/s", "MFU", "mem GiB", f"vs {BASELINE}"]
+
+    def f(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    rows = [
+        [
+            r["path"], r["status"], f(r["batch"], "d"), f(r["ms_per_step"], ".2f"),
+            f(r["tokens_per_sec"], ",.0f"), f(r["tflops"], ".2f"),
+            "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%", f(r["peak_memory_gib"], ".2f"),
+            "-" if r["speedup_vs_torch_compile"] is None else f"{r['speedup_vs_torch_compile']:.2f}x",
+        ]
+        for r in result["paths"]
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+    lines = ["  ".join(str(x).rjust(w) for x, w in zip(row, widths)) for row in [cols, *rows]]
+    s = result["settings"]
+    cfg = s["config"]
+    head = (
+        f"{s['model']}: n_layer={cfg['n_layer']} n_head={cfg['n_head']} "
+        f"n_embd={cfg['n_embd']} vocab={cfg['vocab_size']} T={s['seq_len']} dtype={s['dtype']} "
+        f"on {result['device_name']} (torch {result['torch']}, triton {result['triton']})"
+    )
+    notes = [f"{r['path']}: {r['reason']}" for r in result["paths"] if r["reason"]]
+    notes += [
+        f"{r['path']}: {r['graph_breaks']} graph break(s)" for r in result["paths"] if r["graph_breaks"]
+    ]
+    tail = [result["flops"]["formula"]]
+    if result["flops"]["peak_note"]:
+        tail.append(result["flops"]["peak_note"])
+    if result["note"]:
+        tail.append(result["note"])
+    return "\n".join([head, *lines, *notes, *tail])
