@@ -1,0 +1,258 @@
+"""kernels.cross_entropy and kernels.linear_cross_entropy against kernels.reference."""
+
+import importlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import kernels
+from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
+from kernels import reference
+
+ce = importlib.import_module("kernels.cross_entropy")
+
+VOCABS = [1000] + ([50304] if HAS_GPU else [])
+
+
+def _targets(shape, V, ignored=0.25):
+    t = torch.randint(0, V, shape, device=DEVICE)
+    t[torch.rand(shape, device=DEVICE) < ignored] = -1
+    return t
+
+
+def _run(fn, tensors, targets, grad_out, **kw):
+    """The loss and the gradients of grad_out * loss wrt tensors, from fresh leaves."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    loss = fn(*leaves, targets, **kw)
+    loss.backward(grad_out)
+    return [loss] + [t.grad for t in leaves]
+
+
+def check(fn, ref_fn, tensors, targets, names, **kw):
+    """assert_parity on the loss and every gradient: out_ref from the reference in fp32 on the same
+    low-precision inputs, out_pt from the reference in their own precision (the CPU runs fp16
+    linear and cross-entropy natively). grad_output is not 1, so its scaling is checked too."""
+    g = torch.tensor(2.5, device=DEVICE)
+    out = _run(fn, tensors, targets, g, **kw)
+    ref = _run(lambda *a, **k: ref_fn(*a, upcast=True, **k), tensors, targets, g, **kw)
+    pt = _run(lambda *a, **k: ref_fn(*a, upcast=False, **k), tensors, targets, g, **kw)
+    assert out[0].dtype == torch.float32 and out[0].shape == ()
+    for name, o, r, p, t in zip(names, out, ref, pt, [None] + list(tensors)):
+        assert t is None or o.dtype == t.dtype, f"{name}: dtype {o.dtype} != the input's {t.dtype}"
+        assert_parity(o, r, p, name)
+    return out
+
+
+# ----------------------------------------------------------------------------- cross_entropy
+
+CE_SHAPES = [(1, 1000), (3, 1000), (127, 1000), (3, 5000)] + ([(127, 50304), (1024, 50304)] if HAS_GPU else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", CE_SHAPES)
+def test_cross_entropy_parity(shape, dtype):
+    logits = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
+    check(kernels.cross_entropy, reference.cross_entropy, [logits], _targets(shape[:1], shape[1]), ["loss", "dlogits"])
+
+
+def test_cross_entropy_online_softmax_across_blocks(monkeypatch):
+    """Many column blocks per row, the row's max in a late block, and a ragged last block."""
+    monkeypatch.setattr(ce, "MAX_BLOCK_V", 64)
+    logits = torch.randn(5, 1000, device=DEVICE)
+    logits[:, 900] += 30.0
+    check(kernels.cross_entropy, reference.cross_entropy, [logits], _targets((5,), 1000, 0.0), ["loss", "dlogits"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_leading_shape_ignore_index_and_int32(dtype):
+    logits = torch.randn(2, 7, 300, device=DEVICE).to(dtype)
+    t = _targets((2, 7), 300)
+    t[t == -1] = -100
+    out = check(kernels.cross_entropy, reference.cross_entropy, [logits], t, ["loss", "dlogits"], ignore_index=-100)
+    # int32 targets (which torch's own cross_entropy refuses) give the same result
+    out32 = _run(kernels.cross_entropy, [logits], t.int(), torch.tensor(2.5, device=DEVICE), ignore_index=-100)
+    for a, b in zip(out, out32):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cross_entropy_strided_logits():
+    """A row-strided view is read in place; a transposed one is copied: both right."""
+    for logits in (torch.randn(4, 1200, device=DEVICE)[:, :1000], torch.randn(1000, 4, device=DEVICE).t()):
+        assert not logits.is_contiguous()
+        check(kernels.cross_entropy, reference.cross_entropy, [logits], _targets((4,), 1000), ["loss", "dlogits"])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_all_ignored_gives_zero_loss_and_zero_grads(fused):
+    x = torch.randn(6, 16, device=DEVICE, requires_grad=True)
+    w = torch.randn(50, 16, device=DEVICE, requires_grad=True)
+    t = torch.full((6,), -1, device=DEVICE)
+    if fused:
+        loss = kernels.linear_cross_entropy(x, w, t)
+    else:
+        loss = kernels.cross_entropy(x @ w.t(), t)
+    loss.backward()
+    assert loss.item() == 0.0
+    for g in (x.grad, w.grad):
+        assert torch.isfinite(g).all() and not g.any()
+
+
+def test_out_of_range_target_gives_nan_not_a_wrong_number():
+    logits = torch.randn(3, 10, device=DEVICE)
+    assert torch.isnan(kernels.cross_entropy(logits, torch.tensor([1, 10, 2], device=DEVICE)))
+
+
+# ----------------------------------------------------------------------------- linear_cross_entropy
+
+LCE_SHAPES = [(1, 32, 1000), (3, 32, 1000), (127, 64, 1000)] + ([(1000, 768, 50304)] if HAS_GPU else [])
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LCE_SHAPES)
+def test_linear_cross_entropy_parity(shape, dtype, chunked, monkeypatch):
+    M, C, V = shape
+    if chunked:  # chunks of 16 rows: several, and a ragged last one when M is not a multiple
+        monkeypatch.setattr(ce, "LOGITS_BUDGET_BYTES", 16 * V * torch.finfo(dtype).bits // 8)
+        assert ce.chunk_rows(M, V, torch.finfo(dtype).bits // 8) == min(M, 16)
+    x = torch.randn(M, C, device=DEVICE).to(dtype)
+    w = (torch.randn(V, C, device=DEVICE) / C**0.5).to(dtype)
+    check(
+        kernels.linear_cross_entropy, reference.linear_cross_entropy, [x, w], _targets((M,), V), ["loss", "dx", "dweight"]
+    )
+
+
+def test_linear_cross_entropy_leading_shape():
+    x = torch.randn(2, 9, 32, device=DEVICE)
+    w = torch.randn(300, 32, device=DEVICE) / 32**0.5
+    check(kernels.linear_cross_entropy, reference.linear_cross_entropy, [x, w], _targets((2, 9), 300), ["loss", "dx", "dw"])
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32])
+def test_linear_cross_entropy_under_autocast(dtype):
+    """fp32 x and weight under autocast: the matmuls run in the autocast dtype (as F.linear's
+    would), the loss is fp32 and both gradients come back in fp32."""
+    x = torch.randn(2, 9, 32, device=DEVICE)
+    w = torch.randn(300, 32, device=DEVICE) / 32**0.5
+    t = _targets((2, 9), 300)
+    g = torch.tensor(1.5, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=dtype):
+        out = _run(kernels.linear_cross_entropy, [x, w], t, g)
+        pt = _run(reference.linear_cross_entropy, [x, w], t, g)
+    # out_ref: the reference in fp32 from the same low-precision (autocast) inputs
+    ref = _run(reference.linear_cross_entropy, [x.to(dtype).float(), w.to(dtype).float()], t, g)
+    for name, o, r, p in zip(["loss", "dx", "dweight"], out, ref, pt):
+        assert o.dtype == torch.float32, f"{name}: {o.dtype}"
+        assert_parity(o, r, p, name, atol=1e-3 * max(1.0, r.abs().max().item()))
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the size in bytes of the largest tensor any op creates while active (in bytes, as
+    Triton's interpreter looks at its arguments through byte views)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def test_logits_exist_one_chunk_at_a_time(monkeypatch):
+    """With chunks of 8 rows, no tensor larger than 8 x V fp32 is ever created in forward +
+    backward, where the unfused reference creates M x V ones."""
+    M, C, V = 50, 4, 1000
+    monkeypatch.setattr(ce, "LOGITS_BUDGET_BYTES", 8 * V * 4)
+    x = torch.randn(M, C, device=DEVICE, requires_grad=True)
+    w = torch.randn(V, C, device=DEVICE, requires_grad=True)
+    t = _targets((M,), V)
+    for fn, largest in ((reference.linear_cross_entropy, M * V * 4), (kernels.linear_cross_entropy, 8 * V * 4)):
+        with _LargestTensor() as seen:
+            fn(x, w, t).backward()
+        assert seen.largest == largest, f"{fn.__module__}: largest tensor {seen.largest}, expected {largest}"
+
+
+def test_chunk_rows_from_the_shape():
+    assert ce.chunk_rows(8192, 50304, 2) == 2048  # 2048 * 50304 * 2 bytes = 196 MiB <= 256 MiB
+    assert ce.chunk_rows(8192, 50304, 4) == 1024
+    assert ce.chunk_rows(100, 50304, 2) == 100 and ce.chunk_rows(5, 10**9, 4) == 1
+
+
+def test_bad_inputs_raise_value_errors(monkeypatch):
+    x, w = torch.randn(4, 8, device=DEVICE), torch.randn(20, 8, device=DEVICE)
+    t = torch.randint(0, 20, (4,), device=DEVICE)
+    with pytest.raises(ValueError, match="one dtype"):
+        kernels.linear_cross_entropy(x, w.half(), t)
+    with pytest.raises(ValueError, match="weight"):
+        kernels.linear_cross_entropy(x, w[:, :4], t)
+    with pytest.raises(ValueError, match="targets shape"):
+        kernels.linear_cross_entropy(x, w, t[:3])
+    with pytest.raises(ValueError, match="targets shape"):
+        kernels.cross_entropy(x, t[:3])
+    with pytest.raises(ValueError, match="int64 or int32"):
+        kernels.cross_entropy(x, t.float())
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        kernels.cross_entropy(t.view(2, 2), t[:2])
+    with pytest.raises(ValueError, match="one device"):
+        kernels.cross_entropy(x, t.to("meta"))
+    with pytest.raises(ValueError, match="one device"):
+        kernels.linear_cross_entropy(x, w.to("meta"), t)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="CUDA"):
+        kernels.cross_entropy(x.cpu(), t.cpu())
+
+
+# ----------------------------------------------------------------------------- GPU sizes
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+def test_gpt2_size_linear_cross_entropy_bf16():
+    """B*T = 8192, V = 50304, C = 768 in bf16: several chunks of 2048 rows."""
+    x = torch.randn(8192, 768, device=DEVICE).to(torch.bfloat16)
+    w = (torch.randn(50304, 768, device=DEVICE) * 0.02).to(torch.bfloat16)
+    check(kernels.linear_cross_entropy, reference.linear_cross_entropy, [x, w], _targets((8192,), 50304, 0.05), ["loss", "dx", "dweight"])
+
+
+def _peak_extra(fn, *args):
+    """Peak memory allocated by fn(*args).backward() beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn(*args).backward()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+def test_peak_memory_under_a_quarter_of_unfused():
+    x = torch.randn(8192, 768, device=DEVICE).to(torch.bfloat16).requires_grad_()
+    w = (torch.randn(50304, 768, device=DEVICE) * 0.02).to(torch.bfloat16).requires_grad_()
+    t = _targets((8192,), 50304, 0.05)
+    unfused = _peak_extra(reference.linear_cross_entropy, x, w, t)
+    x.grad = w.grad = None
+    fused = _peak_extra(kernels.linear_cross_entropy, x, w, t)
+    assert fused < unfused / 4, f"fused {fused / 2**20:.0f} MiB vs unfused {unfused / 2**20:.0f} MiB"
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+def test_int64_offsets_past_2_to_the_31():
+    """rows * V > 2^31 logits: only the last rows are kept, so with 32-bit offsets their loss
+    and gradient would be read from and written to the wrong place."""
+    M, V = 2**31 // 50304 + 64, 50304
+    logits = torch.randn(M, V, device=DEVICE, dtype=torch.bfloat16)
+    t = torch.full((M,), -1, device=DEVICE)
+    t[-4:] = torch.randint(0, V, (4,), device=DEVICE)
+    leaf = logits.requires_grad_()
+    loss = kernels.cross_entropy(leaf, t)
+    loss.backward()
+    tail = logits[-4:].detach().float().requires_grad_()
+    ref = reference.cross_entropy(tail, t[-4:])
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(leaf.grad[-4:].float(), tail.grad, rtol=1e-2, atol=1e-4)
+    assert not leaf.grad[:-4].any()
