@@ -20,32 +20,15 @@ def parse_args(argv):
         prog="python -m bench",
         description="Training-step benchmark of every op path (model config keys: --key=value).",
     )
-    p.add_argument("--model", default="gpt2", choices=sorted(step.PRESETS))
     p.add_argument("--batch", default=None, help="micro-batch size, or 'auto' (default 8; 2 with --smoke)")
     p.add_argument("--batch-max", type=int, default=None, help="upper end of the --batch auto search (default 512; 4 with --smoke)")
-    p.add_argument("--seq-len", type=int, default=None, help="T (default: the config's block_size)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first: compile, autotune (default 5; 1 with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="timed steps, median reported (default 20; 2 with --smoke)")
-    p.add_argument("--dtype", default=None, choices=sorted(step.DTYPES),
-                   help="autocast dtype (default bfloat16; float32 with --smoke on a CPU)")
-    p.add_argument("--compile-backend", default=None,
-                   help="torch.compile backend (default inductor; aot_eager with --smoke on a CPU)")
     p.add_argument("--paths", default=",".join(step.PATHS), help="comma-separated subset of: " + ", ".join(step.PATHS))
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default=None, choices=["cuda", "cpu"])
-    p.add_argument("--smoke", action="store_true", help="tiny config, few steps: checks that everything runs")
     p.add_argument("--out", default=None, help="result JSON path, or a folder (default bench/results/)")
+    step.add_model_args(p)
     args, rest = p.parse_known_args(argv)
-
-    overrides = {}
-    for item in rest:
-        if not item.startswith("--") or "=" not in item:
-            p.error(f"unrecognized argument {item!r} (model config keys are given as --key=value)")
-        key, value = item[2:].split("=", 1)
-        try:
-            overrides[key] = step.parse_override(key, value)
-        except ValueError as e:
-            p.error(str(e))
+    overrides = step.parse_overrides(p, rest)
 
     smoke = args.smoke
     args.batch = args.batch or ("2" if smoke else "8")
@@ -65,8 +48,7 @@ def parse_args(argv):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
 
-    on_cpu = args.device == "cpu" or (args.device is None and not _cuda())
-    smoke_cpu = args.smoke and on_cpu
+    device, dtype, compile_backend = step.resolve_defaults(args)
     settings = step.Settings(
         model="smoke" if smoke else args.model,
         overrides=overrides,
@@ -75,22 +57,14 @@ def parse_args(argv):
         batch_max=args.batch_max,
         warmup=args.warmup,
         steps=args.steps,
-        # the Triton interpreter (no GPU) cannot do bf16 arithmetic
-        dtype=args.dtype or ("float32" if smoke_cpu else "bfloat16"),
-        # inductor's C++ build takes tens of seconds per path on a CPU; aot_eager still traces
-        compile_backend=args.compile_backend or ("aot_eager" if smoke_cpu else "inductor"),
+        dtype=dtype,
+        compile_backend=compile_backend,
         paths=tuple(x.strip() for x in args.paths.split(",") if x.strip()),
         seed=args.seed,
-        device=args.device,
+        device=device,
         smoke=args.smoke,
     )
     return settings, args.out
-
-
-def _cuda():
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def output_path(out, result):

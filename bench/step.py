@@ -98,6 +98,44 @@ def parse_override(key, text):
         raise ValueError(f"--{key}={text}: expected a value of type {kind.__name__}") from None
 
 
+def add_model_args(parser):
+    """The options python -m bench shares with the profile drivers (model keys come as --key=value)."""
+    parser.add_argument("--model", default="gpt2", choices=sorted(PRESETS))
+    parser.add_argument("--seq-len", type=int, default=None, help="T (default: the config's block_size)")
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                        help="autocast dtype (default bfloat16; float32 with --smoke on a CPU)")
+    parser.add_argument("--compile-backend", default=None,
+                        help="torch.compile backend (default inductor; aot_eager with --smoke on a CPU)")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default=None, choices=["cuda", "cpu"])
+    parser.add_argument("--smoke", action="store_true", help="tiny config, few steps: checks that everything runs")
+
+
+def parse_overrides(parser, rest):
+    """GPTConfig overrides from the arguments argparse did not know; anything else is an error."""
+    overrides = {}
+    for item in rest:
+        if not item.startswith("--") or "=" not in item:
+            parser.error(f"unrecognized argument {item!r} (model config keys are given as --key=value)")
+        key, value = item[2:].split("=", 1)
+        try:
+            overrides[key] = parse_override(key, value)
+        except ValueError as e:
+            parser.error(str(e))
+    return overrides
+
+
+def resolve_defaults(args):
+    """(device, dtype, compile_backend) with --smoke's CPU defaults: float32, because the Triton
+    interpreter cannot do bf16 arithmetic; aot_eager, because inductor's C++ build takes tens of
+    seconds per path on a CPU (aot_eager still runs dynamo and AOTAutograd)."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    smoke_cpu = args.smoke and device == "cpu"
+    dtype = args.dtype or ("float32" if smoke_cpu else "bfloat16")
+    backend = args.compile_backend or ("aot_eager" if smoke_cpu else "inductor")
+    return device, dtype, backend
+
+
 # ----------------------------------------------------------------------------- one step
 
 
@@ -339,6 +377,8 @@ def run(settings):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
     config = model_config(settings)
+    if settings.seq_len is not None and settings.seq_len < 1:
+        raise ValueError(f"--seq-len must be >= 1, got {settings.seq_len}")
     T = settings.seq_len or config.block_size
     if T > config.block_size:
         raise ValueError(f"--seq-len {T} is longer than block_size {config.block_size}")
