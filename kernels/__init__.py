@@ -59,8 +59,12 @@ def linear_cross_entropy(x, weight, targets, ignore_index=-1):
     return _cross_entropy.linear_cross_entropy(x, weight, targets, ignore_index, autocast_dtype(x.device.type))
 
 
+# Same story as linear_gelu: kernels/attention.py shares the op's name.
+from kernels import attention as _attention  # noqa: E402
+
+
 def attention(q, k, v, causal=True, dropout_p=0.0):
-    return reference.attention(q, k, v, causal=causal, dropout_p=dropout_p)
+    return _attention.attention(q, k, v, causal=causal, dropout_p=dropout_p)
 
 
 __all__ = ["layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention", "reference"]

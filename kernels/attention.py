@@ -1,0 +1,514 @@
+"""Flash attention (FlashAttention-2) in Triton: causal, forward and backward, with dropout.
+
+    y = attention(q, k, v, causal=True, dropout_p=0.0)    # q, k, v (B, H, T, D), any strides
+
+Forward: one program per (query tile, batch*head). It walks the key tiles with an online softmax
+in fp32 (running max m and sum l, scores in log2 units so exp2 does the work, 1/sqrt(D)*log2(e)
+folded into one multiply) and saves lse = m + log2(l) per row (4 bytes a row). Under the causal
+mask the key tiles wholly above the diagonal are never visited and only the tiles that straddle
+it (and the ragged tail at T) are masked. Nothing of size T x T is ever in memory.
+
+Backward: the probabilities are recomputed from q, k and the saved lse, not stored. A small
+pass computes delta = rowsum(dO * O); then one kernel gives dK, dV (a program per key tile, looping
+over the query tiles that see it) and another gives dQ (a program per query tile, looping over
+its key tiles). Each output tile is owned by one program: no atomics, no zero-fill.
+
+Dropout on the probabilities is drawn inside the kernels by Philox (`tl.rand`) keyed by
+(seed, batch*head) with counter row * T + column, so the backward regenerates the very mask the
+forward used from the seed alone. The seed comes from torch's CPU generator (no GPU sync;
+`torch.manual_seed` makes runs repeatable). Kept probabilities are scaled by 1 / (1 - p).
+
+FLOPs (the convention of the benchmarks): forward 4 * B * H * T * T * D, halved when causal
+(two matmuls, QK^T and PV, of 2*T*T*D each); backward 2.5x the forward (five matmuls, one of
+them the recomputed QK^T).
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+import kernels  # autocast_dtype; kernels/__init__ imports this module, so look it up at call time
+
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_T_DROPOUT = 46340  # row * T + col must fit the int32 Philox counter
+
+# ----------------------------------------------------------------------------- tuning
+
+# Candidates for Hopper (H100 / H200), (BLOCK_M, BLOCK_N, num_warps, num_stages); each kernel is
+# tuned once per (head dim, bucket of T, causal, dropout, dtype). BLOCK_M tiles queries, BLOCK_N
+# keys: the dK/dV kernel wants narrow query tiles against wide key tiles, the dQ kernel the
+# opposite, as each keeps its wide tile in registers and streams the other.
+FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 32, 4, 3)]
+DKDV_CONFIGS = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (64, 64, 4, 3), (16, 64, 4, 3)]
+DQ_CONFIGS = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4), (32, 32, 4, 3)]
+# The one switch: off under the interpreter (and in tests, which set it False), where every
+# kernel runs one small config. The CPU configs have BLOCK_M != BLOCK_N both ways round, so the
+# tile-skipping arithmetic is exercised as on the GPU.
+AUTOTUNE = os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get("TRITONGPT_AUTOTUNE", "1") != "0"
+SMALL = dict(fwd=(64, 32, 4, 2), dkdv=(32, 64, 4, 2), dq=(64, 32, 4, 2))
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _keep(seed, bh, rows, cols, T, dropout_p):
+    """Dropout decision at (rows, cols) of head bh (broadcastable int32 blocks): True = kept.
+    The key (seed, bh) picks a Philox stream per head; the counter row * T + col a draw in it."""
+    return tl.rand(seed + (bh << 32), rows * T + cols) >= dropout_p
+
+
+@triton.jit
+def _key_range(start_m, T, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Key tiles of the query tile at start_m: [0, lo) need no mask, [lo, hi) are masked."""
+    if CAUSAL:
+        lo = (start_m // BLOCK_N) * BLOCK_N  # tiles ending at or before the tile's first row
+        hi = tl.minimum(start_m + BLOCK_M, T)  # nothing above the diagonal
+    else:
+        lo = (T // BLOCK_N) * BLOCK_N  # only the ragged tail is masked
+        hi = T
+    return lo, hi
+
+
+@triton.jit
+def _fwd_tiles(
+    acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+    offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """The online softmax over key tiles [lo, hi): acc (BLOCK_M, D) += p v, l, m (BLOCK_M,)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
+        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
+        if MASKED:
+            k = tl.load(k_ptrs, mask=offs_n[:, None] < T, other=0.0)  # (BLOCK_N, D)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < T, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        if MASKED:
+            visible = offs_n[None, :] < T
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the softmax's denominator counts dropped entries too
+        if DROPOUT:
+            p = tl.where(_keep(seed, bh, offs_m[:, None], offs_n[None, :], T, dropout_p), p, 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr,  # (B, H, T, D) each, strides as given
+    o_ptr,  # (B, H, T, D) output
+    lse_ptr,  # (B * H, T) fp32: log2-sum-exp2 of each row's scaled scores
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    H, T, qk_scale, seed, dropout_p, drop_scale, T_BUCKET,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    q = tl.load(
+        q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+        mask=offs_m[:, None] < T, other=0.0,
+    )  # (BLOCK_M, D)
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    lo, hi = _key_range(start_m, T, BLOCK_M, BLOCK_N, CAUSAL)
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+        offs_m, offs_d, 0, lo, T, qk_scale, seed, bh, dropout_p, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PREC,
+    )
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+        offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PREC,
+    )
+
+    if DROPOUT:
+        acc = acc * drop_scale
+    o = acc / l_i[:, None]
+    o_ptrs = o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < T)
+    tl.store(lse_ptr + bh * T + offs_m, m_i + tl.log2(l_i), mask=offs_m < T)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(
+    o_ptr, do_ptr,  # (B, H, T, D) each, strides as given
+    delta_ptr,  # (B * H, T) fp32 output: rowsum(dO * O)
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_dob, stride_doh, stride_dot, stride_dod,
+    H, T,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = offs_m[:, None] < T
+    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od, mask=rows, other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
+    tl.store(delta_ptr + bh * T + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _dkdv_tiles(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_qd, stride_dot, stride_dod,
+    offs_n, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, drop_scale,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dK, dV (BLOCK_N, D) of one key tile, summed over query tiles [lo, hi), all transposed:
+    rows are keys, columns queries."""
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        rows = offs_m < T  # the ragged tail of queries loads as zeros and adds nothing
+        q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows[:, None], other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows[:, None], other=0.0)
+        lse = tl.load(lse_base + offs_m, mask=rows, other=0.0)  # (BLOCK_M,)
+        delta = tl.load(delta_base + offs_m, mask=rows, other=0.0)
+        pT = tl.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
+        if MASKED:  # causal diagonal: query row >= key column
+            pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # dL/d(dropped P), transposed
+        if DROPOUT:
+            keepT = _keep(seed, bh, offs_m[None, :], offs_n[:, None], T, dropout_p)
+            dv += tl.dot(tl.where(keepT, pT * drop_scale, 0.0).to(do.dtype), do, input_precision=DOT_PREC)
+            dpT = tl.where(keepT, dpT * drop_scale, 0.0)  # dL/dP
+        else:
+            dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PREC)
+        dsT = pT * (dpT - delta[None, :])  # dL/dS, S the scaled scores
+        dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr,  # (B, H, T, D) each, strides as given
+    dk_ptr, dv_ptr,  # (B, H, T, D) outputs, strides stride_g*
+    lse_ptr, delta_ptr,  # (B * H, T) fp32
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_dob, stride_doh, stride_dot, stride_dod,
+    stride_gb, stride_gh, stride_gt, stride_gd,
+    H, T, qk_scale, sm_scale, seed, dropout_p, drop_scale, T_BUCKET,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    cols = offs_n[:, None] < T
+    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=cols, other=0.0)
+    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=cols, other=0.0)
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    do_base = do_ptr + b * stride_dob + h * stride_doh
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    if CAUSAL:  # query tiles from the one holding row start_n; masked until past the diagonal
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        mid = tl.minimum(tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M, T)
+    else:
+        lo, mid = 0, 0
+    dk, dv = _dkdv_tiles(
+        dk, dv, k, v, q_base, do_base, lse_ptr + bh * T, delta_ptr + bh * T, stride_qt, stride_qd, stride_dot, stride_dod,
+        offs_n, offs_d, lo, mid, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_M, True, DROPOUT, DOT_PREC,
+    )
+    dk, dv = _dkdv_tiles(
+        dk, dv, k, v, q_base, do_base, lse_ptr + bh * T, delta_ptr + bh * T, stride_qt, stride_qd, stride_dot, stride_dod,
+        offs_n, offs_d, mid, T, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_M, False, DROPOUT, DOT_PREC,
+    )
+
+    g = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
+    tl.store(dk_ptr + g, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=cols)
+    tl.store(dv_ptr + g, dv.to(dv_ptr.dtype.element_ty), mask=cols)
+
+
+@triton.jit
+def _dq_tiles(
+    dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+    offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, drop_scale,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """dQ (BLOCK_M, D) of one query tile, summed over key tiles [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
+        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
+        if MASKED:
+            k = tl.load(k_ptrs, mask=offs_n[:, None] < T, other=0.0)  # (BLOCK_N, D)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < T, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
+        if MASKED:
+            visible = offs_n[None, :] < T
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None])
+            p = tl.where(visible, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # dL/d(dropped P)
+        if DROPOUT:
+            dp = tl.where(_keep(seed, bh, offs_m[:, None], offs_n[None, :], T, dropout_p), dp * drop_scale, 0.0)
+        ds = p * (dp - delta[:, None])  # dL/dS
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr,  # (B, H, T, D) each, strides as given
+    dq_ptr,  # (B, H, T, D) output, strides stride_g*
+    lse_ptr, delta_ptr,  # (B * H, T) fp32
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_dob, stride_doh, stride_dot, stride_dod,
+    stride_gb, stride_gh, stride_gt, stride_gd,
+    H, T, qk_scale, sm_scale, seed, dropout_p, drop_scale, T_BUCKET,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = offs_m < T
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows[:, None], other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows[:, None], other=0.0)
+    lse = tl.load(lse_ptr + bh * T + offs_m, mask=rows, other=0.0)
+    delta = tl.load(delta_ptr + bh * T + offs_m, mask=rows, other=0.0)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    lo, hi = _key_range(start_m, T, BLOCK_M, BLOCK_N, CAUSAL)
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+        offs_m, offs_d, 0, lo, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PREC,
+    )
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+        offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PREC,
+    )
+
+    g = b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
+    tl.store(dq_ptr + g, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=rows[:, None])
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _dropout_mask_kernel(
+    mask_ptr,  # (B * H, T, T) bool output: kept positions
+    T, seed, dropout_p,
+    BLOCK: tl.constexpr,
+):
+    """Test-only: the mask the attention kernels draw, written out, from the same `_keep`."""
+    bh = tl.program_id(2).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    keep = _keep(seed, bh, rows[:, None], cols[None, :], T, dropout_p)
+    inside = (rows[:, None] < T) & (cols[None, :] < T)
+    tl.store(mask_ptr + bh * T * T + rows[:, None] * T + cols[None, :], keep, mask=inside)
+
+
+# ----------------------------------------------------------------------------- host launchers
+
+
+def _tuned(kernel, configs):
+    configs = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in configs]
+    return triton.autotune(configs, key=["HEAD_DIM", "T_BUCKET", "CAUSAL", "DROPOUT"])(kernel)
+
+
+_FWD_TUNED = _tuned(_attn_fwd_kernel, FWD_CONFIGS)
+_DKDV_TUNED = _tuned(_attn_bwd_dkdv_kernel, DKDV_CONFIGS)
+_DQ_TUNED = _tuned(_attn_bwd_dq_kernel, DQ_CONFIGS)
+
+
+def _launch(kernel, tuned, small, tiles, T, BH, *args, **meta):
+    """Run `kernel` on a grid of (cdiv(T, meta[tiles]), BH): autotuned, or with one small config."""
+    grid = lambda meta: (triton.cdiv(T, meta[tiles]), BH)  # noqa: E731
+    meta["T_BUCKET"] = min(triton.next_power_of_2(T), 8192)
+    if AUTOTUNE:
+        tuned[grid](*args, **meta)
+    else:
+        m, n, w, s = small
+        kernel[grid](*args, **meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)
+
+
+def _interpreted():
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check(q, k, v, dropout_p):
+    """Shapes, dtypes, devices and options the kernels take; a ValueError naming what is wrong."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"attention: {name} must be a (B, H, T, D) tensor, got {shape}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"attention: q, k, v must have one shape (B, H, T, D), got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)} (self-attention only: no cross-attention or grouped heads)"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
+        raise ValueError(f"attention: q, k, v must share one of {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.device.type != "cuda" and not _interpreted():
+        raise ValueError(f"attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
+    B, H, T, D = q.shape
+    if D not in HEAD_DIMS:
+        raise ValueError(f"attention: head dim {D} is not supported; use one of {HEAD_DIMS}")
+    if B * H * T == 0:
+        raise ValueError(f"attention: B, H and T must be >= 1, got shape {tuple(q.shape)}")
+    if max(t.stride(2) for t in (q, k, v)) * T >= 2**31:
+        raise ValueError("attention: T * (stride of T) must fit in int32; make q, k, v (B, H, T, D)-contiguous")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p!r}")
+    if dropout_p > 0.0 and T > MAX_T_DROPOUT:
+        raise ValueError(f"attention: dropout supports T up to {MAX_T_DROPOUT}, got {T}")
+
+
+def _empty_bhtd(B, H, T, D, like):
+    """(B, H, T, D) laid out as (B, T, H, D): the model's y.transpose(1, 2).reshape is then free."""
+    return torch.empty((B, T, H, D), dtype=like.dtype, device=like.device).transpose(1, 2)
+
+
+def _strides(*ts):
+    return [s for t in ts for s in t.stride()]
+
+
+def _meta(q, causal, dropout_p):
+    return dict(
+        HEAD_DIM=q.shape[-1], CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",  # fp16/bf16 ignore it
+    )
+
+
+def attention_fwd(q, k, v, causal=True, dropout_p=0.0, seed=None):
+    """q, k, v (B, H, T, D) -> o (B, H, T, D), lse (B, H, T) fp32 (log2 units), seed (an int,
+    or None without dropout). `seed` fixes the dropout mask (tests); by default it is drawn
+    from torch's CPU generator."""
+    _check(q, k, v, dropout_p)
+    B, H, T, D = q.shape
+    if dropout_p > 0.0 and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    o = _empty_bhtd(B, H, T, D, q)
+    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    sm_scale = 1.0 / math.sqrt(D)
+    _launch(
+        _attn_fwd_kernel, _FWD_TUNED, SMALL["fwd"], "BLOCK_M", T, B * H,
+        q, k, v, o, lse, *_strides(q, k, v, o),
+        H, T, sm_scale * LOG2E, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p),
+        **_meta(q, causal, dropout_p),
+    )
+    return o, lse, seed
+
+
+def attention_bwd(do, q, k, v, o, lse, causal=True, dropout_p=0.0, seed=None):
+    """The forward's inputs, o, lse and seed, and dO (B, H, T, D) -> dq, dk, dv (B, H, T, D)."""
+    _check(q, k, v, dropout_p)
+    if do.shape != q.shape or do.device != q.device:
+        raise ValueError(f"attention: grad_output must be {tuple(q.shape)} on {q.device}, got {tuple(do.shape)} on {do.device}")
+    if dropout_p > 0.0 and seed is None:
+        raise ValueError("attention: the backward of dropout needs the forward's seed")
+    B, H, T, D = q.shape
+    do = do.to(q.dtype)
+    delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    BLOCK = 64 if AUTOTUNE else 16
+    _attn_bwd_delta_kernel[(triton.cdiv(T, BLOCK), B * H)](
+        o, do, delta, *_strides(o, do), H, T, HEAD_DIM=D, BLOCK_M=BLOCK,
+    )
+    dq, dk, dv = (_empty_bhtd(B, H, T, D, q) for _ in range(3))
+    sm_scale = 1.0 / math.sqrt(D)
+    rest = (H, T, sm_scale * LOG2E, sm_scale, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p))
+    meta = _meta(q, causal, dropout_p)
+    _launch(
+        _attn_bwd_dkdv_kernel, _DKDV_TUNED, SMALL["dkdv"], "BLOCK_N", T, B * H,
+        q, k, v, do, dk, dv, lse, delta, *_strides(q, k, v, do, dk), *rest, **meta,
+    )
+    _launch(
+        _attn_bwd_dq_kernel, _DQ_TUNED, SMALL["dq"], "BLOCK_M", T, B * H,
+        q, k, v, do, dq, lse, delta, *_strides(q, k, v, do, dq), *rest, **meta,
+    )
+    return dq, dk, dv
+
+
+def _dropout_mask(seed, B, H, T, dropout_p, device):
+    """Test-only: the (B, H, T, T) bool mask of kept positions the kernels draw for `seed`."""
+    mask = torch.empty((B, H, T, T), dtype=torch.bool, device=device)
+    BLOCK = 32
+    grid = (triton.cdiv(T, BLOCK), triton.cdiv(T, BLOCK), B * H)
+    _dropout_mask_kernel[grid](mask, T, seed, dropout_p, BLOCK=BLOCK)
+    return mask
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+class FlashAttention(torch.autograd.Function):
+    """Saves q, k, v, o and lse (4 bytes a row); the backward recomputes the probabilities.
+    Under the interpreter, which has no bf16 arithmetic, bf16 runs in fp32 and rounds back."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, dropout_p, seed):
+        dtype = q.dtype
+        if dtype == torch.bfloat16 and _interpreted():
+            q, k, v = q.float(), k.float(), v.float()
+        o, lse, seed = attention_fwd(q, k, v, causal, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.dropout_p, ctx.seed, ctx.dtype = causal, dropout_p, seed, dtype
+        return o.to(dtype)
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, ctx.causal, ctx.dropout_p, ctx.seed)
+        return dq.to(ctx.dtype), dk.to(ctx.dtype), dv.to(ctx.dtype), None, None, None
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def attention(q, k, v, causal=True, dropout_p=0.0):
+    """softmax(q k^T / sqrt(D), causal) v with dropout on the probabilities, as
+    F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p).
+
+    q, k, v: (B, H, T, D), any strides (the views out of c_attn need no copy), D in HEAD_DIMS,
+    fp32 / fp16 / bf16; under torch.autocast they are cast to autocast's dtype, as SDPA would be.
+    Returns (B, H, T, D) in their dtype, laid out as (B, T, H, D)."""
+    dtype = kernels.autocast_dtype(q.device.type)
+    if dtype is not None:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    return FlashAttention.apply(q, k, v, causal, float(dropout_p), None)

@@ -1,0 +1,218 @@
+"""kernels.attention: flash attention forward and dQ, dK, dV against the reference, the c_attn
+view, dropout (its mask, its statistics, its gradients), autocast, errors, and the model."""
+
+import importlib
+
+import pytest
+import torch
+
+import kernels
+from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
+from gpt import GPT, GPTConfig
+from kernels import reference
+
+fa = importlib.import_module("kernels.attention")  # the module: `kernels.attention` is the function
+
+
+@pytest.fixture(autouse=True)
+def _one_config(monkeypatch):
+    """Tests run the one small config (real configs: the GPU-size test below turns tuning on)."""
+    monkeypatch.setattr(fa, "AUTOTUNE", False)
+
+
+def qkv(B, H, T, D, dtype):
+    """Random q, k, v (B, H, T, D) and an upstream gradient dO like them."""
+    return [torch.randn(B, H, T, D, device=DEVICE).to(dtype) for _ in range(4)]
+
+
+def fwd_bwd(fn, q, k, v, do):
+    """[fn(q, k, v), dq, dk, dv] for the loss <fn(q, k, v), do>."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves)
+    out.backward(do)
+    return [out] + [t.grad for t in leaves]
+
+
+def check_parity(fn, q, k, v, do, **ref_kw):
+    """The parity rule on o, dq, dk, dv: fn against the reference in fp32 and in q's dtype."""
+    got = fwd_bwd(fn, q, k, v, do)
+    ref = fwd_bwd(lambda *a: reference.attention(*a, upcast=True, **ref_kw), q, k, v, do)
+    pt = fwd_bwd(lambda *a: reference.attention(*a, upcast=False, **ref_kw), q, k, v, do)
+    for name, g, r, p in zip(("o", "dq", "dk", "dv"), got, ref, pt):
+        assert g.dtype == q.dtype, f"{name}: dtype {g.dtype} != {q.dtype}"
+        assert_parity(g, r, p, name)
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("D", [32, 64])
+@pytest.mark.parametrize("T", [1, 17, 64, 100, 257])
+def test_parity(T, D, dtype):
+    check_parity(kernels.attention, *qkv(2, 2, T, D, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_head_dim_128(dtype):
+    check_parity(kernels.attention, *qkv(2, 2, 70, 128, dtype))
+
+
+def test_non_causal():
+    check_parity(lambda *a: kernels.attention(*a, causal=False), *qkv(2, 3, 100, 32, torch.float32), causal=False)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="bf16 at GPT-2 sizes needs a GPU")
+@pytest.mark.parametrize("B, T", [(16, 1024), (4, 4096)])
+def test_parity_bf16_gpt2_sizes(B, T, monkeypatch):
+    """bf16, H=12, D=64, with the autotuned Hopper configs (B=4 at T=4096: the reference's T x T
+    fp32 matrices must fit)."""
+    monkeypatch.setattr(fa, "AUTOTUNE", True)
+    check_parity(kernels.attention, *qkv(B, 12, T, 64, torch.bfloat16))
+
+
+def test_autocast_runs_in_autocast_dtype():
+    """fp32 q, k, v under autocast are cast as SDPA's would be (bf16 runs in fp32 on the interpreter)."""
+    q, k, v, do = qkv(2, 2, 33, 32, torch.float32)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out = kernels.attention(q, k, v)
+    assert out.dtype == torch.bfloat16
+    low = [t.to(torch.bfloat16) for t in (q, k, v)]
+    assert_parity(out, reference.attention(*low, upcast=True), reference.attention(*low), "o")
+
+
+def test_c_attn_view_equals_contiguous():
+    """The (B, H, T, D) views of c_attn's (B, T, 3 * C) output, strided, give exactly the result
+    (and gradients) of contiguous copies."""
+    B, T, H, D = 2, 37, 3, 32
+    x = torch.randn(B, T, 3 * H * D, device=DEVICE, requires_grad=True)
+    q, k, v = x.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each, stride of T = 3 * C
+    assert not q.is_contiguous()
+    do = torch.randn(B, H, T, D, device=DEVICE)
+    out = kernels.attention(q, k, v, causal=True)
+    out.backward(do)
+    dx = x.grad.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+
+    got = fwd_bwd(kernels.attention, q.contiguous(), k.contiguous(), v.contiguous(), do)
+    assert torch.equal(out, got[0])
+    for name, a, b in zip(("dq", "dk", "dv"), dx, got[1:]):
+        assert torch.equal(a, b), f"{name} differs between strided and contiguous inputs"
+
+
+# ----------------------------------------------------------------------------- dropout
+
+
+def test_dropout_zero_is_exactly_no_dropout():
+    """p = 0 draws no seed (torch's generator is untouched) and gives the dropout-free result."""
+    q, k, v, do = qkv(2, 2, 50, 32, torch.float32)
+    base = fwd_bwd(fa.attention, q, k, v, do)
+    state = torch.get_rng_state()
+    zero = fwd_bwd(lambda *a: fa.attention(*a, dropout_p=0.0), q, k, v, do)
+    assert torch.equal(torch.get_rng_state(), state)
+    for a, b in zip(base, zero):
+        assert torch.equal(a, b)
+    assert_parity(zero[0], reference.attention(q, k, v, upcast=True), reference.attention(q, k, v), "o")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_mask_statistics(p):
+    """Kept fraction 1 - p within 5 standard deviations, heads drawing different masks, a new
+    seed a new mask."""
+    B, H, T = 2, 2, 100
+    mask = fa._dropout_mask(1234, B, H, T, p, DEVICE)  # (B, H, T, T) bool
+    n = mask.numel()
+    kept = mask.float().mean().item()
+    assert abs(kept - (1 - p)) <= 5 * (p * (1 - p) / n) ** 0.5, f"kept {kept:.4f}, expected {1 - p}"
+    flat = mask.view(B * H, T * T)
+    for i in range(1, B * H):
+        assert not torch.equal(flat[0], flat[i]), f"head {i} drew head 0's mask"
+    assert not torch.equal(mask, fa._dropout_mask(1235, B, H, T, p, DEVICE))
+    assert torch.equal(mask, fa._dropout_mask(1234, B, H, T, p, DEVICE))
+
+
+def test_dropout_same_seed_same_output():
+    q, k, v, _ = qkv(2, 2, 40, 32, torch.float32)
+    torch.manual_seed(7)
+    a = kernels.attention(q, k, v, dropout_p=0.3)
+    torch.manual_seed(7)
+    b = kernels.attention(q, k, v, dropout_p=0.3)
+    c = kernels.attention(q, k, v, dropout_p=0.3)  # the generator moved on: a new mask
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a, kernels.attention(q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("T, D", [(17, 32), (100, 64)])
+def test_dropout_matches_reference_with_kernel_mask(T, D, dtype):
+    """Output and dq, dk, dv equal the reference's computed with the mask the kernel drew."""
+    p, seed, (B, H) = 0.2, 4321, (2, 2)
+    mask = fa._dropout_mask(seed, B, H, T, p, DEVICE)
+    check_parity(
+        lambda *a: fa.FlashAttention.apply(*a, True, p, seed), *qkv(B, H, T, D, dtype),
+        dropout_p=p, dropout_mask=mask,
+    )
+
+
+def test_model_applies_attention_dropout_in_training_only():
+    """The triton backend with dropout > 0 (and every other dropout off): training-mode logits
+    change from draw to draw and repeat under one seed; eval-mode logits equal the torch backend's."""
+    cfg = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=64, dropout=0.2)
+    torch.manual_seed(1)
+    a = GPT(GPTConfig(**cfg, backend="torch")).to(DEVICE)
+    b = GPT(GPTConfig(**cfg, backend="triton")).to(DEVICE)
+    b.load_state_dict(a.state_dict())
+    for m in b.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # only the attention's own dropout is left
+    assert all(blk.attn.dropout == 0.2 for blk in b.transformer.h)
+    idx = torch.randint(0, 97, (2, 20), device=DEVICE)
+    with torch.no_grad():
+        b.train()
+        torch.manual_seed(5)
+        first = b(idx)
+        torch.manual_seed(5)
+        again = b(idx)
+        other = b(idx)
+        b.eval()
+        a.eval()
+        assert torch.equal(b(idx), b(idx))
+        assert_parity(b(idx), a(idx), a(idx), "eval logits")
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.allclose(first, b(idx), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _bad(**kw):
+    q, k, v, _ = qkv(1, 2, 8, 32, torch.float32)
+    args = dict(q=q, k=k, v=v)
+    args.update(kw)
+    return args
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (_bad(q=torch.randn(1, 2, 8, 48), k=torch.randn(1, 2, 8, 48), v=torch.randn(1, 2, 8, 48)), "head dim 48"),
+        (_bad(k=torch.randn(1, 2, 9, 32)), "one shape"),
+        (_bad(v=torch.randn(2, 8, 32)), r"v must be a \(B, H, T, D\)"),
+        (_bad(k=torch.randn(1, 2, 8, 32, dtype=torch.float16)), "share one of"),
+        (_bad(q=torch.ones(1, 2, 8, 32, dtype=torch.int64)), "share one of"),
+        (_bad(k=torch.randn(1, 2, 8, 32, device="meta")), "one device"),
+        (_bad(q=torch.randn(1, 2, 0, 32), k=torch.randn(1, 2, 0, 32), v=torch.randn(1, 2, 0, 32)), "T must be >= 1"),
+    ],
+)
+def test_errors_name_the_problem(args, match):
+    args = {n: t.to(DEVICE) if t.device.type != "meta" else t for n, t in args.items()}
+    with pytest.raises(ValueError, match=match):
+        kernels.attention(args["q"], args["k"], args["v"])
+
+
+@pytest.mark.parametrize("p, T, match", [(1.0, 8, r"dropout_p must be in \[0, 1\)"), (0.1, 46341, "T up to 46340")])
+def test_dropout_errors(p, T, match):
+    q = torch.randn(1, 1, T, 32, device=DEVICE)
+    with pytest.raises(ValueError, match=match):
+        kernels.attention(q, q, q, dropout_p=p)
