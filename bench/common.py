@@ -115,21 +115,31 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn, device, warmup=3, reps=10):
-    """Median milliseconds of fn().
+def time_ms(fn, device, grad_to_none=None, warmup=1, reps=3):
+    """Median milliseconds of fn(); the .grad of each tensor in grad_to_none is cleared before
+    every call, so a backward never measures gradient accumulation.
 
     GPU: triton.testing.do_bench (CUDA events, the L2 cache flushed before every call, so the
-    inputs come from memory as they would inside a training step). CPU: perf_counter."""
+    inputs come from memory as they would inside a training step). CPU (smoke runs only):
+    perf_counter over a few calls."""
     if device.type == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    for _ in range(warmup):
+        return float(
+            triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+        )
+
+    def call():
+        for t in grad_to_none or ():
+            t.grad = None
         fn()
+
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
+        call()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
