@@ -329,7 +329,7 @@ def _attn_bwd_dq_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _dropout_mask_kernel(
-    mask_ptr,  # (B * H, T, T) bool output: kept positions
+    mask_ptr,  # (B * H, T, T) int8 output: 1 where kept
     T, seed, dropout_p,
     BLOCK: tl.constexpr,
 ):
@@ -339,7 +339,7 @@ def _dropout_mask_kernel(
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     keep = _keep(seed, bh, rows[:, None], cols[None, :], T, dropout_p)
     inside = (rows[:, None] < T) & (cols[None, :] < T)
-    tl.store(mask_ptr + bh * T * T + rows[:, None] * T + cols[None, :], keep, mask=inside)
+    tl.store(mask_ptr + bh * T * T + rows[:, None] * T + cols[None, :], keep.to(tl.int8), mask=inside)
 
 
 # ----------------------------------------------------------------------------- host launchers
@@ -392,8 +392,8 @@ def _check(q, k, v, dropout_p):
         raise ValueError(f"attention: head dim {D} is not supported; use one of {HEAD_DIMS}")
     if B * H * T == 0:
         raise ValueError(f"attention: B, H and T must be >= 1, got shape {tuple(q.shape)}")
-    if max(t.stride(2) for t in (q, k, v)) * T >= 2**31:
-        raise ValueError("attention: T * (stride of T) must fit in int32; make q, k, v (B, H, T, D)-contiguous")
+    if max(q.stride(2), k.stride(2), v.stride(2), H * D) * T >= 2**31:  # in-tile offsets are int32
+        raise ValueError(f"attention: T * (stride of T) must be < 2**31 (int32 offsets in a head), got T={T}, strides {q.stride()}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p!r}")
     if dropout_p > 0.0 and T > MAX_T_DROPOUT:
@@ -441,15 +441,14 @@ def attention_bwd(do, q, k, v, o, lse, causal=True, dropout_p=0.0, seed=None):
     _check(q, k, v, dropout_p)
     if do.shape != q.shape or do.device != q.device:
         raise ValueError(f"attention: grad_output must be {tuple(q.shape)} on {q.device}, got {tuple(do.shape)} on {do.device}")
+    if do.stride(2) * q.shape[2] >= 2**31:
+        do = do.contiguous()
     if dropout_p > 0.0 and seed is None:
         raise ValueError("attention: the backward of dropout needs the forward's seed")
     B, H, T, D = q.shape
     do = do.to(q.dtype)
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    BLOCK = 64 if AUTOTUNE else 16
-    _attn_bwd_delta_kernel[(triton.cdiv(T, BLOCK), B * H)](
-        o, do, delta, *_strides(o, do), H, T, HEAD_DIM=D, BLOCK_M=BLOCK,
-    )
+    _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](o, do, delta, *_strides(o, do), H, T, HEAD_DIM=D, BLOCK_M=64)
     dq, dk, dv = (_empty_bhtd(B, H, T, D, q) for _ in range(3))
     sm_scale = 1.0 / math.sqrt(D)
     rest = (H, T, sm_scale * LOG2E, sm_scale, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p))
@@ -467,11 +466,11 @@ def attention_bwd(do, q, k, v, o, lse, causal=True, dropout_p=0.0, seed=None):
 
 def _dropout_mask(seed, B, H, T, dropout_p, device):
     """Test-only: the (B, H, T, T) bool mask of kept positions the kernels draw for `seed`."""
-    mask = torch.empty((B, H, T, T), dtype=torch.bool, device=device)
-    BLOCK = 32
+    mask = torch.empty((B, H, T, T), dtype=torch.int8, device=device)
+    BLOCK = 64
     grid = (triton.cdiv(T, BLOCK), triton.cdiv(T, BLOCK), B * H)
     _dropout_mask_kernel[grid](mask, T, seed, dropout_p, BLOCK=BLOCK)
-    return mask
+    return mask.bool()
 
 
 # ----------------------------------------------------------------------------- autograd
