@@ -67,8 +67,9 @@ CONFIGS = [_config(32, 64, 32, 2, 4, 1)] if INTERPRET else HOPPER_CONFIGS
 # The elementwise backward pass: fixed tiles, memory-bound.
 BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 128, 8
 
-SQRT_2_OVER_PI = 0.7978845608028654
-GELU_CUBIC = 0.044715
+# Globals that jit code reads must be tl.constexpr (the interpreter does not check this; the compiler does).
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+GELU_CUBIC = tl.constexpr(0.044715)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -134,13 +135,18 @@ def _linear_gelu_fwd_kernel(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
-    # Epilogue on the fp32 tile: bias, GELU, store (and h for the backward).
+    # Epilogue on the fp32 tile: bias, GELU, store y (and h for the backward).
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    y = acc * _gelu_sigmoid(acc)
-    offs = rows[:, None] * N + cols[None, :]  # (BLOCK_M, BLOCK_N)
+    # The tile's corner in int64 (a scalar), offsets within the tile in int32: BLOCK_M * N < 2^31,
+    # and 32-bit offsets save registers in the epilogue, where the big tiles are tight.
+    corner = pid_m * BLOCK_M * N + pid_n * BLOCK_N
+    tile_rows, tile_cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
+    offs = tile_rows[:, None] * N + tile_cols[None, :]  # (BLOCK_M, BLOCK_N) int32
     mask = (rows[:, None] < M) & (cols[None, :] < N)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    y_ptr += corner
+    h_ptr += corner
+    tl.store(y_ptr + offs, (acc * _gelu_sigmoid(acc)).to(y_ptr.dtype.element_ty), mask=mask)
     if STORE_H:
         tl.store(h_ptr + offs, acc.to(h_ptr.dtype.element_ty), mask=mask)
 
@@ -191,6 +197,8 @@ def _check(x, weight, bias):
             f"linear_gelu: x's last dim ({x.shape[-1]}) must equal weight's second dim "
             f"(weight is (N, K) = {tuple(weight.shape)}, nn.Linear layout)"
         )
+    if weight.shape[0] >= 2**31 // 256:
+        raise ValueError(f"linear_gelu: N = {weight.shape[0]} output features is too many (tile offsets are int32); split the weight")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"linear_gelu: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
@@ -211,16 +219,21 @@ def _check(x, weight, bias):
 
 
 def _input_precision(dtype):
-    if dtype == torch.float32 and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+    """tl.dot's input_precision; it only changes fp32 operands (16-bit ones take tensor cores as they are)."""
+    if dtype == torch.float32 and (INTERPRET or not torch.backends.cuda.matmul.allow_tf32):
+        return "ieee"
+    return "tf32"
 
 
 def linear_gelu_fwd(x, weight, bias=None, save_h=False):
     """y = gelu_tanh(x @ weight.T + bias): x (..., K) -> y (..., N); also h (M, N) when save_h."""
     _check(x, weight, bias)
     K, N = x.shape[-1], weight.shape[0]
-    x2 = x.reshape(-1, K)  # (M, K); a view when it can be, any strides are fine
+    x2 = x.reshape(-1, K)  # (M, K); a view when it can be
+    # The kernel takes any strides, but a unit stride along K lets its loads vectorize and
+    # pipeline; the copy costs one pass over x (or W), small beside the matmul.
+    x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
+    weight = weight if weight.stride(1) == 1 else weight.contiguous()
     M = x2.shape[0]
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     h = torch.empty_like(y) if save_h else None

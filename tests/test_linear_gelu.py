@@ -80,6 +80,9 @@ def test_non_contiguous_inputs():
     b = torch.randn(90, device=DEVICE)
     assert not x.is_contiguous() and not w.is_contiguous()
     check(x, w, b, torch.randn(3, 40, 90, device=DEVICE))
+    # rows of a wider matrix: unit stride along K, row stride 70 (taken by the kernel as it is)
+    x = torch.randn(37, 70, device=DEVICE)[:, 3:67]
+    check(x, w.contiguous(), b, torch.randn(37, 90, device=DEVICE))
 
 
 def test_autocast_casts_like_f_linear():
@@ -141,6 +144,7 @@ def _bad_inputs():
         ((x.to(DEVICE).int(), w.to(DEVICE).int(), None), "int32"),
         ((x.to(DEVICE), w.to(other), None), "device"),
         ((x.to(other), w.to(other), b.to(other)), "the Triton kernel runs on"),
+        ((x[:, :1].to(DEVICE), torch.empty(2**23, 1, device="meta"), None), "too many"),
     ]
 
 
