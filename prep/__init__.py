@@ -1,5 +1,10 @@
-"""Text to token files: data/NAME/train.bin, val.bin (flat uint16/uint32 token ids) and meta.json."""
+"""Text to token files: data/NAME/train.bin, val.bin (flat uint16/uint32 token ids) and meta.json.
+
+    prep.prepare("shakespeare_char", out_dir="data")   # -> "data/shakespeare_char"
+    ds = prep.load("data/shakespeare_char")           # ds.train, ds.val, ds.encode, ds.decode
+"""
 
 from prep.dataset import Dataset, DatasetError, load
+from prep.prepare import RECIPES, prepare
 
-__all__ = ["Dataset", "DatasetError", "load"]
+__all__ = ["Dataset", "DatasetError", "RECIPES", "load", "prepare"]

@@ -6,6 +6,7 @@
     ds.encode("text") -> list[int];  ds.decode(ids) -> str
 """
 
+import glob
 import json
 import os
 
@@ -13,7 +14,8 @@ import numpy as np
 
 
 class DatasetError(ValueError):
-    """A prepared dataset that is missing, incomplete or inconsistent; the message says what to do."""
+    """A dataset that cannot be prepared or opened (bad input, missing or damaged files); the message
+    is one line that says what to do."""
 
 
 class Dataset:
@@ -21,6 +23,10 @@ class Dataset:
         self.path = os.fspath(path)
         meta_path = os.path.join(self.path, "meta.json")
         if not os.path.isfile(meta_path):
+            if glob.glob(os.path.join(glob.escape(self.path), "*.tmp-*")):
+                raise DatasetError(
+                    f"{self.path} holds only the partial files of an interrupted run; run `python -m prep` again"
+                )
             raise DatasetError(
                 f"{self.path} is not a prepared dataset (no meta.json); run `python -m prep NAME` first"
             )
@@ -68,25 +74,14 @@ class Dataset:
 
     def _codec(self):
         if self._encoder is None:
+            from prep.tokenizer import CharTokenizer, GPT2Tokenizer
+
             if self.tokenizer == "char":
-                chars = self.meta["chars"]
-                stoi = {ch: i for i, ch in enumerate(chars)}
-
-                def encode(text):
-                    try:
-                        return [stoi[ch] for ch in text]
-                    except KeyError as e:
-                        raise ValueError(f"character {e.args[0]!r} is not in this dataset's vocabulary") from None
-
-                self._encoder = (encode, lambda ids: "".join(chars[int(i)] for i in ids))
+                tok = CharTokenizer(self.meta["chars"])
+                self._encoder = (lambda text: tok.encode_array(text).tolist(), tok.decode)
             elif self.tokenizer == "gpt2":
-                import tiktoken
-
-                enc = tiktoken.get_encoding("gpt2")
-                self._encoder = (
-                    lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}),
-                    lambda ids: enc.decode([int(i) for i in ids]),
-                )
+                tok = GPT2Tokenizer()
+                self._encoder = (tok.encode, tok.decode)
             else:
                 raise DatasetError(f"{self.path}: unknown tokenizer {self.tokenizer!r} in meta.json")
         return self._encoder

@@ -1,0 +1,262 @@
+"""Where the text comes from: local files read piece by piece, tiny Shakespeare, web corpora."""
+
+import glob
+import hashlib
+import http.client
+import os
+import re
+import sys
+import sysconfig
+import urllib.error
+import urllib.request
+
+from prep.dataset import DatasetError
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+DOWNLOAD_TIMEOUT = 10  # seconds; offline machines fail at once or after this
+FALLBACK_BYTES = 4_000_000  # how much of the Python standard library's source the fallback takes
+
+# The web corpora on the Hugging Face hub: (repository, configuration).
+WEB_CORPORA = {
+    "openwebtext": ("Skylion007/openwebtext", None),
+    "fineweb_edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+}
+SHUFFLE_BUFFER = 10_000  # documents held at once while the web stream is shuffled
+
+# A piece of text may end only where GPT-2's pre-tokenizer splits the text anyway: before a space
+# or newline that has a printable ASCII character on both sides ("word| next", "word|\nNext").
+# No pre-token crosses such a point and no rule looks across it, so encoding the pieces one by one
+# gives exactly the ids of the whole text; and since the cut is at an ASCII byte, it never splits
+# a UTF-8 character.
+SAFE_CUT = re.compile(rb"(?<=[\x21-\x7e])[ \n](?=[\x21-\x7e])")
+
+
+# ----------------------------------------------------------------------------- local files
+
+
+def find_files(pattern):
+    """[(path, size)] of the non-empty files that `pattern` (a path or a glob) names, sorted."""
+    if glob.has_magic(pattern):
+        paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        if not paths:
+            raise DatasetError(f"no files match {pattern!r}; check the pattern (and quote it for the shell)")
+    elif not os.path.exists(pattern):
+        raise DatasetError(f"input {pattern} does not exist; give the path of a UTF-8 text file")
+    elif os.path.isdir(pattern):
+        raise DatasetError(f"input {pattern} is a folder; give a file, or a glob such as '{pattern}/*.txt'")
+    else:
+        paths = [pattern]
+    files = [(p, os.path.getsize(p)) for p in paths]
+    files = [(p, size) for p, size in files if size > 0]
+    if not files:
+        raise DatasetError(f"input {pattern} is empty; give a file that holds text")
+    return files
+
+
+def first_cut(path, pos):
+    """The first safe cut at or after byte `pos` of the file, or None when there is none."""
+    with open(path, "rb") as f:
+        start = max(pos - 1, 0)  # one byte before: the cut looks back at it
+        f.seek(start)
+        buf = b""
+        while True:
+            block = f.read(1 << 16)
+            searched = max(pos - start, len(buf) - 2)
+            buf += block
+            m = SAFE_CUT.search(buf, searched)
+            if m:
+                return start + m.start()
+            if not block:
+                return None
+
+
+def split_files(files, val_fraction):
+    """Cut the files, taken in order as one stream, into ranges [(path, begin, end, split)]: the
+    first (1 - val_fraction) of the bytes, up to the next safe cut, is "train", the rest "val"."""
+    target = int(sum(size for _, size in files) * (1 - val_fraction))
+    ranges, offset = [], 0
+    for path, size in files:
+        if offset + size <= target:
+            ranges.append((path, 0, size, "train"))
+        elif offset >= target:
+            ranges.append((path, 0, size, "val"))
+        else:
+            cut = first_cut(path, target - offset)
+            if cut is None:  # no cut in the rest of this file: the split falls at its end
+                cut = size
+            ranges += [(path, 0, cut, "train"), (path, cut, size, "val")]
+        offset += size
+    return [r for r in ranges if r[2] > r[1]]
+
+
+def _last_cut(buf):
+    """The position of the last safe cut in buf, or 0 when there is none."""
+    for window in (1 << 12, 1 << 16, len(buf)):
+        last = None
+        for last in SAFE_CUT.finditer(buf, max(len(buf) - window, 0)):
+            pass
+        if last:
+            return last.start()
+        if window >= len(buf):
+            return 0
+
+
+def _decode(data, path, offset):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start}); "
+            "convert it to UTF-8 (e.g. with iconv) or leave it out"
+        ) from None
+
+
+def read_pieces(path, begin, end, piece_bytes):
+    """Yield (text, nbytes) for bytes [begin, end) of a UTF-8 file in pieces of about piece_bytes,
+    each ending at a safe cut, so that memory holds a piece or two, never the whole file."""
+    with open(path, "rb") as f:
+        f.seek(begin)
+        pos, buf, buf_at = begin, b"", begin
+        while pos < end:
+            block = f.read(min(piece_bytes, end - pos))
+            if not block:
+                raise DatasetError(f"{path} became shorter while it was read; run again once it is complete")
+            buf += block
+            pos += len(block)
+            cut = _last_cut(buf) if pos < end and len(buf) >= piece_bytes else 0
+            if cut:
+                yield _decode(buf[:cut], path, buf_at), cut
+                buf, buf_at = buf[cut:], buf_at + cut
+        if buf:
+            yield _decode(buf, path, buf_at), len(buf)
+
+
+# ----------------------------------------------------------------------------- tiny Shakespeare
+
+
+def _download(url, path):
+    """Fetch url into path (written under a temporary name, then renamed); the reason on failure."""
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as r:
+            data = r.read()
+    except urllib.error.URLError as e:
+        return str(e.reason)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        return str(e) or type(e).__name__
+    if hashlib.sha256(data).hexdigest() != SHAKESPEARE_SHA256:
+        return "the download is not the expected file"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+    return None
+
+
+def python_stdlib_text(path):
+    """Write the .py sources of the Python standard library (sorted, tests left out, at most
+    FALLBACK_BYTES) into one UTF-8 file at path; return a description of it."""
+    root = sysconfig.get_paths()["stdlib"]
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    sources = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in skip)
+        sources += [os.path.join(folder, n) for n in sorted(names) if n.endswith(".py")]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    n_files = n_bytes = 0
+    with open(path + ".tmp", "wb") as out:
+        for source in sources:
+            with open(source, "rb") as f:
+                data = f.read()
+            if n_bytes + len(data) > FALLBACK_BYTES:
+                break
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            out.write(data)
+            n_files, n_bytes = n_files + 1, n_bytes + len(data)
+    os.replace(path + ".tmp", path)
+    if n_bytes == 0:
+        return None
+    version = ".".join(map(str, sys.version_info[:2]))
+    return f"the Python {version} standard library's source ({n_files} files, {n_bytes / 1e6:.1f} MB)"
+
+
+def shakespeare(out_dir, say):
+    """(path, source) of tiny Shakespeare: cached under out_dir/downloads, else downloaded, else
+    (no network) the Python standard library's source text, said in one line."""
+    downloads = os.path.join(out_dir, "downloads")
+    path = os.path.join(downloads, "tinyshakespeare.txt")
+    if not os.path.isfile(path):
+        reason = _download(SHAKESPEARE_URL, path)
+        if reason:
+            fallback = os.path.join(downloads, "python_stdlib.txt")
+            source = python_stdlib_text(fallback)
+            if source is None:
+                raise DatasetError(
+                    f"could not download tiny Shakespeare ({reason}) and found no Python source to fall "
+                    "back on; pass --input PATH to a local copy"
+                )
+            say(
+                f"prep: could not download tiny Shakespeare ({reason}); using {source} instead "
+                "(pass --input PATH to use a local copy)"
+            )
+            return fallback, f"fallback: {source}"
+    return path, f"tiny Shakespeare ({SHAKESPEARE_URL})"
+
+
+# ----------------------------------------------------------------------------- web corpora
+
+_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "text"}
+
+
+def web_documents(corpus, input, seed, limit):
+    """(documents, source): an iterator over the texts of a web corpus, streamed from the hub or
+    from local copies of its files (parquet, json lines, or text files of one document each), in
+    an order shuffled with `seed` (a buffer of SHUFFLE_BUFFER documents), at most `limit` of them."""
+    import datasets
+
+    if input:
+        paths = [p for p, _ in find_files(input)]
+        extension = os.path.splitext(paths[0].removesuffix(".gz"))[1]
+        if extension not in _BUILDERS:
+            raise DatasetError(f"cannot read {paths[0]}: give .parquet, .json/.jsonl or .txt files")
+        options = {"sample_by": "document"} if _BUILDERS[extension] == "text" else {}
+        source = f"{corpus}: local files {input} ({len(paths)})"
+        load = lambda: datasets.load_dataset(  # noqa: E731
+            _BUILDERS[extension], data_files=paths, split="train", streaming=True, **options
+        )
+    else:
+        repo, config = WEB_CORPORA[corpus]
+        source = f"{corpus}: Hugging Face {repo}" + (f" ({config})" if config else "")
+        load = lambda: datasets.load_dataset(repo, config, split="train", streaming=True)  # noqa: E731
+    try:
+        stream = load().shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
+    except Exception as e:  # the hub and the file readers raise many kinds; all mean the same here
+        raise DatasetError(f"could not open {source} ({_first_line(e)}); {_HINT}") from None
+    if limit:
+        stream = stream.take(limit)
+    return _texts(stream, source), source
+
+
+_HINT = "check the network, or pass --input with local copies of its parquet or json lines files"
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _texts(stream, source):
+    rows = iter(stream)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise DatasetError(f"reading {source} failed ({_first_line(e)}); {_HINT}") from None
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise DatasetError(f"{source} has no 'text' column of strings; give files with a 'text' field")
+        yield text
