@@ -35,7 +35,7 @@ PRESETS = {
 }
 PRESET_BASE = dict(block_size=1024, vocab_size=50304, dropout=0.0, bias=True)
 # --smoke: small enough that every path, torch.compile included, runs in seconds on a CPU.
-SMOKE = dict(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+SMOKE = dict(block_size=32, vocab_size=64, n_layer=1, n_head=2, n_embd=32, dropout=0.0, bias=True)
 
 PATHS = {  # name -> (backend, compiled)
     "torch": ("torch", False),

@@ -1,0 +1,281 @@
+"""The benchmarks on a CPU: python -m bench --smoke, --batch auto, the kernel-benchmark machinery,
+the plot, and the MFU arithmetic. CPU figures only show that the code runs."""
+
+import json
+import math
+import statistics
+import sys
+
+import pytest
+import torch
+
+from bench import __main__ as bench_main
+from bench import common, ops, plot, step
+from gpt import GPTConfig
+from gpt import flops as gflops
+
+
+def _load_strict(path):
+    """JSON that must not hold NaN or infinities (json.loads would accept them)."""
+
+    def bad(token):
+        raise AssertionError(f"{path} holds {token}")
+
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "step.json"
+    rc = bench_main.main(["--smoke", "--out", str(out)])
+    return rc, out, _load_strict(out)
+
+
+def test_smoke_writes_a_complete_result(smoke):
+    rc, _, result = smoke
+    assert rc == 0
+    for key in ("created_utc", "device_name", "torch", "triton", "git_commit", "settings", "flops", "paths", "note"):
+        assert key in result, key
+    assert result["gpu_figures"] is False and "not GPU figures" in result["note"]
+    assert result["settings"]["smoke"] and result["settings"]["seq_len"] == step.SMOKE["block_size"]
+    assert [r["path"] for r in result["paths"]] == list(step.PATHS)
+    expected = set(step.empty_path("torch"))
+    for r in result["paths"]:
+        assert set(r) == expected, r["path"]
+        assert r["status"] in ("ok", "skipped"), (r["path"], r["reason"])
+        if r["status"] == "skipped":
+            assert r["reason"]
+        # every null figure says why
+        for k, v in r.items():
+            if v is None and k != "reason":
+                assert r["nulls"].get(k), (r["path"], k)
+    ok = {r["path"]: r for r in result["paths"] if r["status"] == "ok"}
+    assert {"torch", "torch+compile", "triton"} <= set(ok)
+
+
+def test_smoke_figures_follow_the_formula(smoke):
+    _, _, result = smoke
+    T = result["settings"]["seq_len"]
+    cfg = GPTConfig(**result["settings"]["config"])
+    assert result["flops"]["flops_per_token"] == gflops.flops_per_token(cfg, T)
+    assert result["flops"]["peak_flops"] is None and result["flops"]["peak_note"]
+    base = next(r for r in result["paths"] if r["path"] == "torch+compile")
+    for r in result["paths"]:
+        if r["status"] != "ok":
+            continue
+        assert len(r["step_ms"]) == result["settings"]["steps"]
+        assert r["ms_per_step"] == pytest.approx(statistics.median(r["step_ms"]), rel=1e-3)
+        assert r["tokens_per_sec"] == pytest.approx(r["batch"] * T / (r["ms_per_step"] / 1e3))
+        assert r["tflops"] == pytest.approx(r["tokens_per_sec"] * gflops.flops_per_token(cfg, T) / 1e12)
+        assert r["mfu"] is None and "no dense bf16 peak" in r["nulls"]["mfu"]
+        assert r["peak_memory_gib"] is None and "CPU" in r["nulls"]["peak_memory_gib"]
+        assert r["speedup_vs_torch_compile"] == pytest.approx(base["ms_per_step"] / r["ms_per_step"])
+        assert math.isfinite(r["final_loss"])
+
+
+def test_paths_start_from_the_same_weights(smoke):
+    """Same seed, same batches, same number of steps: eager and compiled torch end at the same loss."""
+    _, _, result = smoke
+    loss = {r["path"]: r["final_loss"] for r in result["paths"] if r["status"] == "ok"}
+    assert loss["torch"] == pytest.approx(loss["torch+compile"], abs=1e-4)
+    assert loss["torch"] == pytest.approx(loss["triton"], abs=1e-3)
+
+
+def test_table_is_printed_last(smoke, capsys):
+    _, _, result = smoke
+    text = step.table(result)
+    assert "ms/step" in text and "MFU" in text and "not GPU figures" in text
+    for name in step.PATHS:
+        assert name in text
+
+
+def test_mfu_on_a_named_device(tmp_path, monkeypatch):
+    """With a device in the peak table the result carries MFU = TFLOP/s * 1e12 / peak."""
+    monkeypatch.setattr(common, "device_name", lambda device: "NVIDIA H200")
+    out = tmp_path / "r.json"
+    assert bench_main.main(["--smoke", "--paths", "torch", "--steps", "1", "--out", str(out)]) == 0
+    result = _load_strict(out)
+    r = result["paths"][0]
+    assert result["flops"]["peak_flops"] == 989e12
+    assert r["mfu"] == pytest.approx(r["tflops"] * 1e12 / 989e12)
+    assert "mfu" not in r["nulls"]
+
+
+def test_mfu_formula_by_hand():
+    cfg = GPTConfig(block_size=16, vocab_size=16, n_layer=2, n_head=2, n_embd=8)
+    # per layer: c_attn 8*24 + attn.c_proj 8*8 + c_fc 8*32 + mlp.c_proj 32*8 = 768; LM head 16*8
+    n = 2 * 768 + 128
+    per_token = 6 * n + 12 * 2 * 8 * 16
+    assert gflops.flops_per_token(cfg, 16) == per_token == 13056
+    tokens_per_sec = 2.5e6
+    assert gflops.mfu(cfg, 16, tokens_per_sec, "NVIDIA H200") == pytest.approx(tokens_per_sec * 13056 / 989e12)
+    assert gflops.mfu(cfg, 16, tokens_per_sec, "NVIDIA A100-SXM4-80GB") == pytest.approx(tokens_per_sec * 13056 / 312e12)
+    assert gflops.mfu(cfg, 16, tokens_per_sec, "NVIDIA H100 PCIe") == pytest.approx(tokens_per_sec * 13056 / 756e12)
+    assert gflops.mfu(cfg, 16, tokens_per_sec, "Some Future GPU") is None
+    assert gflops.mfu(cfg, 16, tokens_per_sec, "CPU (x86_64)") is None
+
+
+# ----------------------------------------------------------------------------- --batch auto
+
+
+def test_find_max_batch_doubles_then_bisects():
+    seen = []
+
+    def fits(b):
+        seen.append(b)
+        return b <= 37
+
+    best, tries = step.find_max_batch(fits, limit=512)
+    assert best == 37
+    assert seen[:7] == [1, 2, 4, 8, 16, 32, 64]  # doubling until the first failure
+    assert all(32 < b < 64 for b in seen[7:])  # then bisecting between 32 and 64
+    assert tries == [(b, b <= 37) for b in seen]
+
+
+def test_find_max_batch_edges():
+    assert step.find_max_batch(lambda b: True, limit=6)[0] == 6  # stops at the limit
+    assert step.find_max_batch(lambda b: True, limit=1)[0] == 1
+    assert step.find_max_batch(lambda b: False, limit=64) == (None, [(1, False)])
+
+
+def test_batch_auto_stops_at_out_of_memory(tmp_path, monkeypatch):
+    """A real OOM error from a step is a 'no' of the search, and the path then runs at the batch found."""
+    real = step.run_steps
+
+    def run_steps(forward, optimizer, batches, *args, **kwargs):
+        if batches[0][0].shape[0] > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate (simulated)")
+        return real(forward, optimizer, batches, *args, **kwargs)
+
+    monkeypatch.setattr(step, "run_steps", run_steps)
+    out = tmp_path / "auto.json"
+    rc = bench_main.main(["--smoke", "--paths", "torch", "--batch", "auto", "--batch-max", "16", "--warmup", "0", "--steps", "1", "--out", str(out)])
+    assert rc == 0
+    r = _load_strict(out)["paths"][0]
+    assert r["status"] == "ok" and r["batch"] == 5
+    assert r["batch_search"] == [[1, True], [2, True], [4, True], [8, False], [6, False], [5, True]]
+
+
+def test_a_path_that_cannot_compile_is_skipped_not_fatal(tmp_path):
+    out = tmp_path / "skip.json"
+    rc = bench_main.main(["--smoke", "--paths", "torch,torch+compile", "--compile-backend", "no_such_backend",
+                          "--steps", "1", "--out", str(out)])
+    assert rc == 0
+    paths = {r["path"]: r for r in _load_strict(out)["paths"]}
+    assert paths["torch"]["status"] == "ok"
+    skipped = paths["torch+compile"]
+    assert skipped["status"] == "skipped" and "torch.compile failed" in skipped["reason"]
+    assert skipped["ms_per_step"] is None and "skipped" in skipped["nulls"]["ms_per_step"]
+    assert paths["torch"]["speedup_vs_torch_compile"] is None and paths["torch"]["nulls"]["speedup_vs_torch_compile"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--n_layers=3"], "unknown option --n_layers"),
+        (["--n_layer=three"], "--n_layer=three: expected a value of type int"),
+        (["--bias=maybe"], "--bias=maybe: expected a value of type bool"),
+        (["--batch", "0"], "--batch must be a positive integer"),
+        (["--batch", "lots"], "--batch must be a positive integer"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--model", "gpt5"], "invalid choice"),
+        (["stray"], "unrecognized argument"),
+    ],
+)
+def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_main.main(["--smoke", *argv])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backend=triton"], "the backend is chosen per path"),
+        (["--seq-len", "4096"], "longer than block_size"),
+        (["--paths", "torch,jax"], "unknown path 'jax'"),
+        (["--n_head=3"], "must be divisible by n_head"),
+    ],
+)
+def test_bad_settings_exit_2(argv, message, capsys, tmp_path):
+    assert bench_main.main(["--smoke", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_write_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError, match=r"result.paths\[0\].ms is nan"):
+        common.write_json({"paths": [{"ms": float("nan")}]}, tmp_path / "x.json")
+    assert common.finite(float("inf")) is None and common.finite(2) == 2.0
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def test_kernel_work_formulas_by_hand():
+    s = 2  # bf16
+    assert ops.work(ops.OPS["layer_norm"], dict(N=10, C=4), "fwd", s) == 2 * 10 * 4 * 2
+    assert ops.work(ops.OPS["layer_norm"], dict(N=10, C=4), "fwd+bwd", s) == 5 * 10 * 4 * 2
+    assert ops.work(ops.OPS["cross_entropy"], dict(N=3, V=7), "bwd", s) == 2 * 3 * 7 * 2
+    assert ops.work(ops.OPS["linear_gelu"], dict(N=2, K=3, M=5), "fwd+bwd", s) == 6 * 2 * 3 * 5
+    assert ops.work(ops.OPS["linear_cross_entropy"], dict(N=2, C=3, V=5), "bwd", s) == 4 * 2 * 3 * 5
+    attn = dict(B=2, H=3, T=8, D=4)
+    full_square = 4 * 2 * 3 * 8 * 8 * 4
+    assert ops.work(ops.OPS["attention"], attn, "fwd", s) == full_square / 2  # causal: half
+    assert ops.work(ops.OPS["attention"], attn, "bwd", s) == 2.5 * full_square / 2
+    assert len(ops.gpu_cases()) == sum(len(o.sizes) for o in ops.OPS.values()) * 9
+    assert all("gpt2" in o.sizes for o in ops.OPS.values())
+
+
+@pytest.fixture(scope="module")
+def kernel_smoke(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kernels") / "kernels.json"
+    ops.run_smoke(torch.device("cpu"), path)
+    return path, _load_strict(path)
+
+
+def test_kernel_smoke_covers_every_op_mode_and_provider(kernel_smoke):
+    _, result = kernel_smoke
+    assert result["kind"] == "kernels" and result["gpu_figures"] is False and result["note"]
+    roof = result["roofline"]
+    assert roof["copy_gbps"] > 0 and roof["matmul_tflops"] > 0
+    seen = {(c["op"], c["mode"], c["provider"]) for c in result["cases"]}
+    assert seen == {(o, m, p) for o in ops.OPS for m in ops.MODES for p in ops.PROVIDERS}
+    for c in result["cases"]:
+        assert c["status"] in ("ok", "skipped"), c
+        if c["status"] == "skipped":
+            assert c["provider"] == "torch_compile" and c["reason"]
+            continue
+        scale = 1e9 if c["unit"] == "GB/s" else 1e12
+        assert c["rate"] == pytest.approx(c["work"] / (c["ms"] * 1e-3) / scale)
+        ceiling = roof["copy_gbps"] if c["unit"] == "GB/s" else roof["matmul_tflops"]
+        assert c["percent_of_roofline"] == pytest.approx(100 * c["rate"] / ceiling)
+    # the kernels and eager torch always run
+    assert all(c["status"] == "ok" for c in result["cases"] if c["provider"] != "torch_compile")
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def test_plot_draws_both_kinds(smoke, kernel_smoke, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, step_json, _ = smoke
+    assert plot.main([str(step_json), "-o", str(tmp_path / "step.png")]) == 0
+    assert plot.main([str(kernel_smoke[0]), "--size", "smoke", "-o", str(tmp_path / "k.png")]) == 0
+    for name in ("step.png", "k.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_errors(smoke, tmp_path, capsys, monkeypatch):
+    _, step_json, _ = smoke
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "something"}')
+    assert plot.main([str(bad)]) == 2
+    assert "not a bench result" in capsys.readouterr().err
+    assert plot.main([str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert plot.main([str(step_json), "-o", str(tmp_path / "x.png")]) == 2
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
