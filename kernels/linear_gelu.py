@@ -212,6 +212,12 @@ def _check(x, weight, bias):
             )
         if t.device != x.device:
             raise ValueError(f"linear_gelu: {name} is on {t.device} but x is on {x.device}; move them to one device")
+    if INTERPRET and x.dtype == torch.bfloat16:
+        # The interpreter's dot multiplies bf16 bit patterns as integers: refuse, never a wrong answer.
+        raise ValueError(
+            "linear_gelu: bfloat16 needs a GPU; Triton's CPU interpreter has no bf16 matmul "
+            "(use float32 or float16, e.g. torch.autocast(dtype=torch.float16), on the CPU)"
+        )
     want = "cpu" if INTERPRET else "cuda"
     if x.device.type != want:
         where = "the CPU (Triton's interpreter is on)" if INTERPRET else "a CUDA device"

@@ -145,7 +145,7 @@ def _bad_inputs():
         ((x.to(DEVICE), w.to(other), None), "device"),
         ((x.to(other), w.to(other), b.to(other)), "the Triton kernel runs on"),
         ((x[:, :1].to(DEVICE), torch.empty(2**23, 1, device="meta"), None), "too many"),
-    ]
+    ] + ([] if HAS_GPU else [((x.bfloat16(), w.bfloat16(), None), "bfloat16 needs a GPU")])
 
 
 @pytest.mark.parametrize("args, match", _bad_inputs())
