@@ -5,6 +5,6 @@
 """
 
 from prep.dataset import Dataset, DatasetError, load
-from prep.prepare import RECIPES, prepare
+from prep.pipeline import RECIPES, prepare
 
 __all__ = ["Dataset", "DatasetError", "RECIPES", "load", "prepare"]

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from prep.dataset import DatasetError
-from prep.prepare import RECIPES, prepare
+from prep.pipeline import RECIPES, prepare
 
 EXAMPLES = """examples:
   python -m prep shakespeare_char

@@ -24,12 +24,13 @@ WEB_CORPORA = {
 }
 SHUFFLE_BUFFER = 10_000  # documents held at once while the web stream is shuffled
 
-# A piece of text may end only where GPT-2's pre-tokenizer splits the text anyway: before a space
-# or newline that has a printable ASCII character on both sides ("word| next", "word|\nNext").
-# No pre-token crosses such a point and no rule looks across it, so encoding the pieces one by one
-# gives exactly the ids of the whole text; and since the cut is at an ASCII byte, it never splits
-# a UTF-8 character.
-SAFE_CUT = re.compile(rb"(?<=[\x21-\x7e])[ \n](?=[\x21-\x7e])")
+# A piece of text may end only before an ASCII whitespace byte that follows a printable ASCII
+# character ("word| next", "word|\nNext", "word|\r\n"). GPT-2's pre-tokenizer never joins a
+# non-space character to the whitespace after it (its pre-tokens are letters, digits or punctuation
+# with at most one space in front, or runs of whitespace), and how it splits a run of whitespace
+# depends only on what follows the run. So encoding the pieces one by one gives exactly the ids of
+# the whole text; and a cut at an ASCII byte never splits a UTF-8 character.
+SAFE_CUT = re.compile(rb"(?<=[\x21-\x7e])\s")
 
 
 # ----------------------------------------------------------------------------- local files
