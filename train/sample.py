@@ -64,9 +64,16 @@ def load_model(cfg):
         state, path = checkpoint.load_latest(cfg.out_dir, log=lambda m: print(m, file=sys.stderr))
         if state is None:
             raise ConfigError(f"config key 'out_dir': {cfg.out_dir!r} holds no checkpoint")
-    model = GPT(GPTConfig(**state["model_args"], dropout=0.0, backend=cfg.backend))
-    model.load_state_dict(state["model"])
     ds = prep.load(cfg.dataset or state["data"]["dataset"])
+    # The vocabulary was padded for speed (65 -> 128); drop the padding rows of the tied
+    # embedding / LM head so that only ids the tokenizer knows can be sampled.
+    args, weights = dict(state["model_args"]), state["model"]
+    if args["vocab_size"] > ds.vocab_size:
+        args["vocab_size"] = ds.vocab_size
+        for key in ("transformer.wte.weight", "lm_head.weight"):
+            weights[key] = weights[key][: ds.vocab_size]
+    model = GPT(GPTConfig(**args, dropout=0.0, backend=cfg.backend))
+    model.load_state_dict(weights)
     print(f"sampling from {path} (step {state['step']})", file=sys.stderr)
     return model, ds.encode, ds.decode
 

@@ -1,0 +1,327 @@
+"""The trainer on a CPU: exact resume, N processes = 1 process, restarts under torchrun, corrupt
+checkpoints, non-finite losses, bad configs and data, and a short Shakespeare run that learns."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train import checkpoint
+from train.__main__ import main as train_main
+from train.__main__ import run_cli
+from train.config import load_config
+from train.loop import TrainingStopped, train
+from train.sample import SampleConfig, sample
+
+TIMEOUT = 240  # seconds for any subprocess: a hung process group fails the test instead of CI
+
+
+def make_char_dataset(directory, text, val_fraction=0.1):
+    """A char-level dataset as prep writes it: train.bin, val.bin (uint16) and meta.json."""
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(len(ids) * (1 - val_fraction))
+    os.makedirs(directory, exist_ok=True)
+    ids[:n].tofile(os.path.join(directory, "train.bin"))
+    ids[n:].tofile(os.path.join(directory, "val.bin"))
+    meta = dict(tokenizer="char", vocab_size=len(chars), dtype="uint16", train_tokens=n, val_tokens=len(ids) - n,
+                chars=chars)
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    return str(directory)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread here and in every subprocess: models this small gain nothing from a second one
+    (and lose a lot on a busy machine), and CPU matmuls sum in an order that depends on it, so
+    runs compared bit for bit must use the same number."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shakespeare(shared_data):
+    return (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def small_ds(shakespeare, tmp_path_factory):
+    return make_char_dataset(tmp_path_factory.mktemp("data") / "small", shakespeare[:50_000])
+
+
+def tiny(ds, out_dir, **overrides):
+    """Arguments for a tiny fp32 CPU run: 20 steps, checkpoints at 10 and 20, dropout on so that
+    the RNG state matters."""
+    args = dict(dataset=ds, out_dir=out_dir, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4,
+                gradient_accumulation_steps=2, max_iters=20, lr_decay_iters=20, warmup_iters=3, learning_rate=3e-3,
+                eval_interval=10, eval_iters=2, log_interval=1, dropout=0.1, device="cpu", dtype="float32",
+                backend="torch", seed=7)
+    args.update(overrides)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def losses(out_dir):
+    """{step: loss} of the training log lines in out_dir/metrics.jsonl (the last record per step)."""
+    out = {}
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if "loss" in r:
+                out[r["step"]] = r["loss"]
+    return out
+
+
+def weights(path):
+    return checkpoint.read(path)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def torchrun(args, nproc=1, env=None, extra=()):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
+           "-m", "train", *args]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))  # as this process (one_thread)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=full_env)
+
+
+@pytest.fixture(scope="module")
+def straight(small_ds, tmp_path_factory):
+    """20 steps that never stopped."""
+    out = str(tmp_path_factory.mktemp("straight"))
+    train(load_config(tiny(small_ds, out)))
+    return out
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_is_exact(straight, small_ds, tmp_path):
+    out = str(tmp_path)
+    train(load_config(tiny(small_ds, out, max_iters=10)))
+    assert os.path.basename(checkpoint.checkpoints(out)[0]) == "ckpt_00000010.pt"
+    train(load_config(tiny(small_ds, out, init_from="resume")))
+    a, b = losses(straight), losses(out)
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    assert a == b  # bit for bit: floats round-trip exactly through JSON
+    assert a[20] < a[1]
+    assert_same_weights(weights(f"{straight}/ckpt_00000020.pt"), weights(f"{out}/ckpt_00000020.pt"))
+
+
+def test_corrupt_latest_falls_back_to_previous(straight, small_ds, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(straight, out)
+    latest = f"{out}/ckpt_00000020.pt"
+    with open(latest, "r+b") as f:
+        f.truncate(os.path.getsize(latest) // 2)
+    train(load_config(tiny(small_ds, out, init_from="resume")))
+    printed = capsys.readouterr().out
+    assert "ckpt_00000020.pt is unreadable" in printed
+    assert "resuming from" in printed and "ckpt_00000010.pt (step 10)" in printed
+    # the run went on from step 10 and wrote step 20 again, the same as the first time
+    assert_same_weights(weights(f"{straight}/ckpt_00000020.pt"), weights(latest))
+
+
+def test_checkpoints_keep_last_k_and_best(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for step, val in [(1, 3.0), (2, 1.0), (3, 2.0), (4, 2.5)]:
+        state = dict(model={"w": torch.full((2,), float(step))}, optimizer={}, step=step, config={}, model_args={})
+        checkpoint.save(state, str(tmp_path), keep_last=2, is_best=val == 1.0)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["best.pt", "ckpt_00000003.pt", "ckpt_00000004.pt"]
+    assert checkpoint.read(f"{tmp_path}/best.pt")["step"] == 2
+    # every ckpt file unreadable: best.pt is the last resort; nothing at all is an error
+    for path in checkpoint.checkpoints(str(tmp_path)):
+        open(path, "wb").close()
+    state, path = checkpoint.load_latest(str(tmp_path), log=lambda m: None)
+    assert state["step"] == 2 and path.endswith("best.pt")
+    open(path, "wb").close()
+    with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint"):
+        checkpoint.load_latest(str(tmp_path), log=lambda m: None)
+
+
+def test_torchrun_restart_resumes_and_matches(straight, small_ds, tmp_path):
+    """Killed before step 15 (after the checkpoint at 10), restarted by torchrun, resumed by itself."""
+    out = str(tmp_path)
+    r = torchrun(tiny(small_ds, out), extra=["--max-restarts=1"], env={"TRITONGPT_TEST_CRASH_AT_STEP": "15"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "dying before step 15" in r.stdout
+    assert "ckpt_00000010.pt (step 10) after a restart" in r.stdout
+    assert_same_weights(weights(f"{straight}/ckpt_00000020.pt"), weights(f"{out}/ckpt_00000020.pt"))
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def test_two_processes_equal_one(small_ds, tmp_path):
+    """The same global batch (2 micro-steps) on 1 process or split over 2 with gloo."""
+    common = dict(dropout=0.0, max_iters=6, eval_interval=6)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    train(load_config(tiny(small_ds, one, **common)))
+    r = torchrun(tiny(small_ds, two, **common), nproc=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+    wa, wb = weights(f"{one}/ckpt_00000006.pt"), weights(f"{two}/ckpt_00000006.pt")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- non-finite losses
+
+
+def test_nan_loss_is_skipped_and_counted(small_ds, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITONGPT_TEST_NAN_STEPS", "4")
+    out = str(tmp_path)
+    train(load_config(tiny(small_ds, out, max_iters=8, eval_interval=8)))
+    records = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    steps = {r["step"]: r for r in records if "loss" in r}
+    assert [steps[s]["skipped"] for s in range(1, 9)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert np.isnan(steps[5]["loss"]) and np.isnan(steps[5]["grad_norm"])
+    assert all(np.isfinite(steps[s]["loss"]) for s in (1, 2, 3, 4, 6, 7, 8))
+    state = checkpoint.read(f"{out}/ckpt_00000008.pt")
+    assert state["skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nan_losses_in_a_row_stop_the_run(small_ds, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITONGPT_TEST_NAN_STEPS", "5,6,7")
+    out = str(tmp_path)
+    with pytest.raises(TrainingStopped, match=r"3 non-finite losses in a row .*ckpt_00000004\.pt"):
+        train(load_config(tiny(small_ds, out, max_iters=12, eval_interval=4, max_bad_steps=3)))
+    assert [os.path.basename(p) for p in checkpoint.checkpoints(out)] == ["ckpt_00000004.pt"]
+    state = checkpoint.read(f"{out}/ckpt_00000004.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# ----------------------------------------------------------------------------- bad configs and data
+
+
+def _bad_datasets(root, good):
+    """A few broken copies of the dataset `good`; {name: path}."""
+    out = {}
+    truncated = os.path.join(root, "truncated")
+    shutil.copytree(good, truncated)
+    with open(os.path.join(truncated, "train.bin"), "ab") as f:
+        f.write(b"\x01")  # an odd number of bytes for uint16
+    out["truncated"] = truncated
+    wrong_vocab = os.path.join(root, "wrong_vocab")
+    shutil.copytree(good, wrong_vocab)
+    meta = json.load(open(os.path.join(good, "meta.json")))
+    with open(os.path.join(wrong_vocab, "train.bin"), "ab") as f:
+        f.write(np.array([1000], dtype=np.uint16).tobytes())  # an id above the vocabulary of meta.json
+    meta["train_tokens"] += 1
+    json.dump(meta, open(os.path.join(wrong_vocab, "meta.json"), "w"))
+    out["wrong_vocab"] = wrong_vocab
+    out["short"] = make_char_dataset(os.path.join(root, "short"), "to be or not to be, that is the question" * 2)
+    return out
+
+
+BAD = [
+    # (argument overrides, words the one-line message must hold)
+    (dict(n_layr=2), "unknown config key 'n_layr'"),
+    (dict(batch_size="big"), "'batch_size' must be int"),
+    (dict(bias="maybe"), "'bias' must be true or false"),
+    (dict(n_embd=30, n_head=4), "'n_embd' (30) must be divisible by n_head (4)"),
+    (dict(dtype="float8"), "'dtype' must be one of"),
+    (dict(init_from="gpt5"), "'init_from' must be scratch, resume"),
+    (dict(init_from="resume"), "holds no checkpoint"),
+    (dict(device="cuda"), "no CUDA device") if not torch.cuda.is_available() else (dict(dtype="float99"), "'dtype'"),
+    (dict(dataset="no_such_dataset"), "is not a prepared dataset"),
+    (dict(dataset="truncated"), "truncated"),
+    (dict(dataset="wrong_vocab"), "outside the model's vocabulary"),
+    (dict(dataset="short", block_size=200), "'block_size' (200) is too long"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[m for _, m in BAD])
+def test_bad_config_or_data_is_one_line(overrides, message, small_ds, tmp_path, capsys):
+    bad = _bad_datasets(str(tmp_path), small_ds)
+    if overrides.get("dataset") in bad:
+        overrides = dict(overrides, dataset=bad[overrides["dataset"]])
+    args = tiny(small_ds, str(tmp_path / "out"))
+    args = [a for a in args if a.split("=")[0][2:] not in overrides] + [f"--{k}={v}" for k, v in overrides.items()]
+    with pytest.raises(SystemExit) as e:
+        run_cli(train_main, args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+def test_bad_config_combinations(small_ds, tmp_path, capsys, monkeypatch):
+    from gpt import GPT, GPTConfig
+
+    # the global batch cannot be split over the processes
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SystemExit):
+        run_cli(train_main, tiny(small_ds, str(tmp_path / "a")))
+    assert "'gradient_accumulation_steps' (2) must be divisible by the number of processes (3)" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    # fine-tuning with a block longer than the pretrained model's
+    pretrained = str(tmp_path / "hf")
+    GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=32, bias=True)).save_pretrained(pretrained)
+    with pytest.raises(SystemExit):
+        run_cli(train_main, tiny(small_ds, str(tmp_path / "b"), init_from=pretrained))
+    assert "'block_size' (16) is longer than the model's (8)" in capsys.readouterr().err
+    # a fresh run never writes over another run's checkpoints
+    os.makedirs(tmp_path / "c")
+    open(tmp_path / "c" / "ckpt_00000010.pt", "wb").close()
+    with pytest.raises(SystemExit):
+        run_cli(train_main, tiny(small_ds, str(tmp_path / "c")))
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_cli_bad_key_exits_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "train", "shakespeare_char_cpu", "--learning_rate=fast"],
+                       capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: config key 'learning_rate' must be float, got 'fast'"
+    r = subprocess.run([sys.executable, "-m", "train.sample", "--out_dir=nowhere"], capture_output=True, text=True,
+                       timeout=TIMEOUT, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "holds no checkpoint" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the Shakespeare run
+
+
+def test_shakespeare_cpu_learns_and_samples(shakespeare, tmp_path, monkeypatch, capsys):
+    """The main command (CPU config, shortened) on the whole of tiny Shakespeare, then a sample."""
+    make_char_dataset(tmp_path / "data" / "shakespeare_char", shakespeare)
+    monkeypatch.chdir(tmp_path)
+    short = ["--max_iters=80", "--lr_decay_iters=80", "--warmup_iters=10", "--eval_interval=80", "--eval_iters=4",
+             "--log_interval=40"]
+    import train.__main__ as cli
+
+    real = cli.load_config
+    monkeypatch.setattr(cli, "load_config", lambda argv: real(argv + short))
+    cli.main([])
+    printed = capsys.readouterr().out
+    evals = [json.loads(line) for line in open("out/shakespeare_char_cpu/metrics.jsonl") if '"eval"' in line]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 80
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0, evals  # about 4.9 -> 2.7
+    text = printed.split("saved out/shakespeare_char_cpu/ckpt_00000080.pt")[1].split("\n", 1)[1]
+    assert len(text.strip()) > 200 and set(text) <= set(shakespeare)
+    # sampling again: the seed fixes the text; a different seed changes it
+    again = sample(SampleConfig(out_dir="out/shakespeare_char_cpu", num_samples=2, max_new_tokens=60, start="ROMEO:"))
+    assert all(s.startswith("ROMEO:") and len(s) == 66 for s in again)
+    assert again == sample(SampleConfig(out_dir="out/shakespeare_char_cpu", num_samples=2, max_new_tokens=60,
+                                        start="ROMEO:"))
+    # a second main command finds the finished run and only samples
+    cli.main([])
+    assert "resuming from out/shakespeare_char_cpu/ckpt_00000080.pt" in capsys.readouterr().out
