@@ -259,3 +259,11 @@ def test_nsys_sh_end_to_end_with_a_stand_in_nsys(tmp_path):
     assert "no nvtx_gpu_proj_sum report" in res.stderr  # the older-nsys fallback
     summary = (out / "summary.md").read_text()
     assert "## GPU kernels (2 captured step(s)" in summary and "block*.attn" in summary
+
+
+def test_nsys_table_unreadable_range_report_is_a_note(tmp_path, capsys):
+    (tmp_path / "k.csv").write_text(KERNELS_CSV)
+    (tmp_path / "g.csv").write_text("Time (%),Something\n1,2\n")
+    assert nsys_table.main(["--kernels", str(tmp_path / "k.csv"), "--gpu-ranges", str(tmp_path / "g.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "_layer_norm_fwd_kernel" in out and "(not summarised:" in out
