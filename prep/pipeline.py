@@ -329,7 +329,11 @@ class _Output:
 
     def __init__(self, dest, dtype):
         self.dest, self.dtype = dest, dtype
-        self.created = not os.path.isdir(dest)
+        self.created = []  # the folders made here, removed again by discard() while empty
+        folder = dest
+        while folder and not os.path.isdir(folder):
+            self.created.append(folder)
+            folder = os.path.dirname(folder)
         os.makedirs(dest, exist_ok=True)
         suffix = f".tmp-{os.getpid()}"
         self.tmp = {name: os.path.join(dest, name + suffix) for name in ("train.bin", "val.bin", "meta.json")}
@@ -360,5 +364,7 @@ class _Output:
         for path in self.tmp.values():
             if os.path.exists(path):
                 os.remove(path)
-        if self.created and not os.listdir(self.dest):
-            os.rmdir(self.dest)
+        for folder in self.created:
+            if os.listdir(folder):
+                break
+            os.rmdir(folder)

@@ -215,6 +215,13 @@ def test_bad_input_is_one_line_and_damages_nothing(content, message, existing, t
     assert files_of(folder) == before  # the old dataset, and no temporary files
 
 
+def test_a_failed_run_leaves_no_folders_behind(tmp_path):
+    (tmp_path / "short.txt").write_text("Too short to train on.\n" * 5)
+    with pytest.raises(DatasetError, match="less than one training block"):
+        prep.prepare("text", out_dir=tmp_path / "new" / "data", input=str(tmp_path / "short.txt"), out_name="x", quiet=True)
+    assert not (tmp_path / "new").exists()
+
+
 def test_cli_bad_input_exit_codes(tmp_path):
     r = run_prep("text", "--input", "missing.txt", "--name", "x", cwd=tmp_path)
     assert_one_line_error(r, "missing.txt does not exist")
