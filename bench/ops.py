@@ -17,6 +17,9 @@ What is counted (s = bytes per element of the activations; N rows = B*T tokens):
         attention (B, H, T, D) causal: fwd 2*B*H*T^2*D (half of the full square's 4*B*H*T^2*D);
                                 bwd 2.5x fwd
     fwd+bwd is the sum. Parameters (C-sized vectors) and per-row statistics are left out.
+    These are the work the op must do, not what an implementation does: a kernel that computes
+    its gradients during the forward (the fused LM-head cross-entropy does) shows a slow forward
+    and a nearly free backward, even above 100% of the roofline; compare such ops on fwd+bwd.
 """
 
 import dataclasses
