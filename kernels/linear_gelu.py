@@ -37,10 +37,10 @@ from kernels import autocast_dtype
 
 # ----------------------------------------------------------------------------- tile configs
 
-# The one switch: under Triton's CPU interpreter (tests without a GPU) autotuning collapses to
-# one small config, which keeps the interpreter quick and still spans several row, column and
-# K blocks, and several program groups, at the tests' shapes.
+# The one switch: autotuning is off under Triton's CPU interpreter (tests without a GPU) and
+# wherever TRITONGPT_AUTOTUNE=0 (quick GPU test runs); the list then collapses to one config.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE = not INTERPRET and os.environ.get("TRITONGPT_AUTOTUNE", "1") != "0"
 
 
 def _config(bm, bn, bk, group_m, warps, stages):
@@ -62,7 +62,11 @@ HOPPER_CONFIGS = [
     _config(128, 128, 32, 8, 4, 4),
     _config(64, 64, 32, 8, 4, 4),
 ]
-CONFIGS = [_config(32, 64, 32, 2, 4, 1)] if INTERPRET else HOPPER_CONFIGS
+# Without autotuning: under the interpreter a small tile that still spans several row, column
+# and K blocks and several program groups at the tests' shapes; on a GPU a tile whose pipeline
+# fits in shared memory for every dtype, fp32 included.
+SINGLE_CONFIG = _config(32, 64, 32, 2, 4, 1) if INTERPRET else _config(128, 128, 32, 8, 8, 3)
+CONFIGS = HOPPER_CONFIGS if AUTOTUNE else [SINGLE_CONFIG]
 
 # The elementwise backward pass: fixed tiles, memory-bound.
 BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 128, 8
@@ -198,7 +202,10 @@ def _check(x, weight, bias):
             f"(weight is (N, K) = {tuple(weight.shape)}, nn.Linear layout)"
         )
     if weight.shape[0] >= 2**31 // 256:
-        raise ValueError(f"linear_gelu: N = {weight.shape[0]} output features is too many (tile offsets are int32); split the weight")
+        raise ValueError(
+            f"linear_gelu: N = {weight.shape[0]} output features is too many (tile offsets are int32); "
+            "split the weight into parts of fewer than 2^23 rows"
+        )
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"linear_gelu: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
@@ -262,7 +269,9 @@ def linear_gelu_bwd(dy, x, weight, h, has_bias=True, need_dx=True, need_dw=True)
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
     if dy.shape != (*x.shape[:-1], N) or h.shape != (M, N):
-        raise ValueError(f"linear_gelu_bwd: expected dy {(*x.shape[:-1], N)} and h {(M, N)}, got {tuple(dy.shape)}, {tuple(h.shape)}")
+        raise ValueError(
+            f"linear_gelu_bwd: expected dy {(*x.shape[:-1], N)} and h {(M, N)}, got {tuple(dy.shape)}, {tuple(h.shape)}"
+        )
     dy2 = dy.reshape(M, N).to(h.dtype).contiguous()
     dh = torch.empty_like(h)
     blocks_m = triton.cdiv(M, BWD_BLOCK_M)

@@ -6,7 +6,15 @@ import torch
 import kernels
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
 from kernels import reference
-from kernels.linear_gelu import CONFIGS, HOPPER_CONFIGS, INTERPRET, linear_gelu_bwd, linear_gelu_fwd
+from kernels.linear_gelu import (
+    AUTOTUNE,
+    CONFIGS,
+    HOPPER_CONFIGS,
+    INTERPRET,
+    SINGLE_CONFIG,
+    linear_gelu_bwd,
+    linear_gelu_fwd,
+)
 
 # Under autocast the trainer computes in bf16; the CPU interpreter has no bf16 matmul, so there
 # the same path is checked with fp16 autocast.
@@ -155,8 +163,12 @@ def test_bad_inputs_raise_value_error(args, match):
 
 
 def test_autotune_switch_and_hopper_configs_fit():
-    """One small config under the interpreter; every Hopper config's bf16 pipeline fits in shared memory."""
-    assert len(CONFIGS) == 1 if INTERPRET else CONFIGS is HOPPER_CONFIGS
+    """One config without autotuning (always under the interpreter); every Hopper config's bf16
+    pipeline, and the single GPU config's fp32 one, fits in shared memory."""
+    assert not (INTERPRET and AUTOTUNE)
+    assert CONFIGS == (HOPPER_CONFIGS if AUTOTUNE else [SINGLE_CONFIG])
+    k, c = SINGLE_CONFIG.kwargs, SINGLE_CONFIG
+    assert (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * 4 * c.num_stages <= 228 * 1024
     for c in HOPPER_CONFIGS:
         k = c.kwargs
         smem = (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * 2 * c.num_stages
