@@ -304,6 +304,7 @@ class LinearGELU(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the Triton pass has no graph: no double backward
     def backward(ctx, dy):
         x, weight, h = ctx.saved_tensors
         need_dx, need_dw, need_db = ctx.needs_input_grad

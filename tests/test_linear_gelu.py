@@ -130,6 +130,16 @@ def test_frozen_weight_and_no_grad():
     assert_parity(dx, ref[1], ref[1], "dx")
 
 
+def test_double_backward_is_refused():
+    """A second derivative through the kernel is an error, not a silently wrong gradient."""
+    x, w, b, dy = make(5, 8, 6, torch.float32)
+    x.requires_grad_()
+    dy.requires_grad_()
+    (gx,) = torch.autograd.grad(kernels.linear_gelu(x, w, b), x, dy, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
 def test_zero_rows():
     x = torch.randn(0, 16, device=DEVICE, requires_grad=True)
     w = torch.randn(8, 16, device=DEVICE, requires_grad=True)
