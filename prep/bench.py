@@ -3,13 +3,15 @@
 Runs the whole `text` pipeline (read, tokenize, write the bins) on the file, alternating the
 process counts so that a change in the machine's load touches them alike, and writes a JSON
 record to prep/results/. The load average before and after each run is kept with it: on a
-machine that others are using the figures are noisy, and the record should say so.
+machine that others are using the wall-clock figures are noisy, and the record should say so;
+the CPU seconds of each run (its own and its tokenizer processes') show the work it did regardless.
 """
 
 import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +41,12 @@ def git_commit():
         return None
 
 
+def cpu_seconds():
+    """CPU time of this process and its finished children (the tokenizer processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main():
     p = argparse.ArgumentParser(prog="python -m prep.bench", description=__doc__.splitlines()[0])
     p.add_argument("--input", default=os.path.join(DATA, "linux_docs.txt"), help="a UTF-8 text file")
@@ -56,15 +64,15 @@ def main():
         for n in args.procs:
             with tempfile.TemporaryDirectory() as tmp:
                 load_before = os.getloadavg()[0]
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), cpu_seconds()
                 path = prepare("text", out_dir=tmp, input=args.input, out_name="bench", num_proc=n, quiet=True)
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
                 with open(os.path.join(path, "meta.json")) as f:
                     meta = json.load(f)
             tokens = meta["train_tokens"] + meta["val_tokens"]
-            runs.append(dict(num_proc=n, seconds=round(seconds, 3), load_before=load_before, load_after=os.getloadavg()[0]))
+            runs.append(dict(num_proc=n, seconds=round(seconds, 3), cpu_seconds=round(cpu, 3), load_before=load_before, load_after=os.getloadavg()[0]))
             print(f"run {r + 1}, {n} process(es): {seconds:.2f} s, {size / 1e6 / seconds:.2f} MB/s, "
-                  f"{tokens / seconds / 1e6:.2f} M tokens/s (load {load_before:.1f})")
+                  f"{tokens / seconds / 1e6:.2f} M tokens/s (CPU {cpu:.2f} s, load {load_before:.1f})")
 
     summary = {}
     for n in args.procs:
@@ -72,6 +80,7 @@ def main():
         median = statistics.median(times)
         summary[str(n)] = dict(
             median_seconds=median, best_seconds=min(times),
+            median_cpu_seconds=statistics.median(run["cpu_seconds"] for run in runs if run["num_proc"] == n),
             mb_per_s=round(size / 1e6 / median, 3), tokens_per_s=round(tokens / median),
         )
     base = summary[str(args.procs[0])]

@@ -317,7 +317,7 @@ def test_download_is_checked_and_cached(shared_data, tmp_path, monkeypatch):
 def test_offline_fallback_is_said_in_one_line_and_usable(failure, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sources, "FALLBACK_BYTES", 400_000)
     if failure == "unreachable":
-        monkeypatch.setattr(sources, "SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")  # nothing listens there
+        monkeypatch.setattr(sources, "SHAKESPEARE_URL", "http://127.0.0.1:0/input.txt")  # nothing can listen there
     else:
         monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: _Response(b"<html>login</html>"))
     ds = prep.load(prep.prepare("shakespeare_char", out_dir=tmp_path))
