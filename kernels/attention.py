@@ -9,9 +9,10 @@ mask the key tiles wholly above the diagonal are never visited and only the tile
 it (and the ragged tail at T) are masked. Nothing of size T x T is ever in memory.
 
 Backward: the probabilities are recomputed from q, k and the saved lse, not stored. A small
-pass computes delta = rowsum(dO * O); then one kernel gives dK, dV (a program per key tile, looping
-over the query tiles that see it) and another gives dQ (a program per query tile, looping over
-its key tiles). Each output tile is owned by one program: no atomics, no zero-fill.
+pass computes delta = rowsum(dO * O); then program i of one kernel computes dK, dV of key tile i
+(looping over the query tiles that see it) and then dQ of query tile i (looping over the key
+tiles it sees). Causal, the two loops together are about as long for every i, so the programs
+are balanced. Each output tile is owned by one program: no atomics, no zero-fill.
 
 Dropout on the probabilities is drawn inside the kernels by Philox (`tl.rand`) keyed by
 (seed, batch*head) with counter row * T + column, so the backward regenerates the very mask the
@@ -38,18 +39,18 @@ MAX_T_DROPOUT = 46340  # row * T + col must fit the int32 Philox counter
 
 # ----------------------------------------------------------------------------- tuning
 
-# Candidates for Hopper (H100 / H200), (BLOCK_M, BLOCK_N, num_warps, num_stages); each kernel is
-# tuned once per (head dim, bucket of T, causal, dropout, dtype). BLOCK_M tiles queries, BLOCK_N
-# keys: the dK/dV kernel wants narrow query tiles against wide key tiles, the dQ kernel the
-# opposite, as each keeps its wide tile in registers and streams the other.
+# Candidates for Hopper (H100 / H200), (tile, tile, num_warps, num_stages); each kernel is tuned
+# once per (head dim, bucket of T, causal, dropout, dtype); the first tile is the grid's. Forward:
+# (BLOCK_M, BLOCK_N), queries by keys. Backward: (BLOCK_BIG, BLOCK_SMALL): a program keeps
+# BLOCK_BIG keys (then queries) in registers and streams BLOCK_SMALL-row tiles of the other side.
+FWD_BLOCKS, BWD_BLOCKS = ("BLOCK_M", "BLOCK_N"), ("BLOCK_BIG", "BLOCK_SMALL")
 FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 32, 4, 3)]
-DKDV_CONFIGS = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (64, 64, 4, 3), (16, 64, 4, 3)]
-DQ_CONFIGS = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4), (32, 32, 4, 3)]
-# The one switch: off under the interpreter (and in tests, which set it False), where every
-# kernel runs one small config. The CPU configs have BLOCK_M != BLOCK_N both ways round, so the
-# tile-skipping arithmetic is exercised as on the GPU.
+BWD_CONFIGS = [(128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 8, 3), (64, 64, 4, 3)]
+# The one switch: off under the interpreter (and in tests, which set it False), where each
+# kernel runs one small config, its two tiles unequal so the tile-skipping arithmetic is
+# exercised as on the GPU.
 AUTOTUNE = os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get("TRITONGPT_AUTOTUNE", "1") != "0"
-SMALL = dict(fwd=(64, 32, 4, 2), dkdv=(32, 64, 4, 2), dq=(64, 32, 4, 2))
+SMALL_FWD, SMALL_BWD = (64, 32, 4, 2), (64, 32, 4, 2)
 
 LOG2E = 1.4426950408889634
 
@@ -77,6 +78,29 @@ def _key_range(start_m, T, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL:
 
 
 @triton.jit
+def _kv_tile(k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, offs_n, offs_d, T, MASKED: tl.constexpr):
+    """The (BLOCK_N, D) tiles of k and v at rows offs_n; rows past T read as zeros when MASKED."""
+    k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
+    v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
+    if MASKED:
+        k = tl.load(k_ptrs, mask=offs_n[:, None] < T, other=0.0)
+        v = tl.load(v_ptrs, mask=offs_n[:, None] < T, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v
+
+
+@triton.jit
+def _visible(offs_m, offs_n, T, CAUSAL: tl.constexpr):
+    """(BLOCK_M, BLOCK_N): which keys each query attends to (inside T; at or before it if causal)."""
+    visible = offs_n[None, :] < T
+    if CAUSAL:
+        visible = visible & (offs_n[None, :] <= offs_m[:, None])
+    return visible
+
+
+@triton.jit
 def _fwd_tiles(
     acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
     offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p,
@@ -86,19 +110,10 @@ def _fwd_tiles(
     """The online softmax over key tiles [lo, hi): acc (BLOCK_M, D) += p v, l, m (BLOCK_M,)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
-        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
-        if MASKED:
-            k = tl.load(k_ptrs, mask=offs_n[:, None] < T, other=0.0)  # (BLOCK_N, D)
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < T, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k, v = _kv_tile(k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, offs_n, offs_d, T, MASKED)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
-            visible = offs_n[None, :] < T
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= offs_m[:, None])
+            visible = _visible(offs_m, offs_n, T, CAUSAL)
             s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
@@ -207,52 +222,6 @@ def _dkdv_tiles(
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr,  # (B, H, T, D) each, strides as given
-    dk_ptr, dv_ptr,  # (B, H, T, D) outputs, strides stride_g*
-    lse_ptr, delta_ptr,  # (B * H, T) fp32
-    stride_qb, stride_qh, stride_qt, stride_qd,
-    stride_kb, stride_kh, stride_kt, stride_kd,
-    stride_vb, stride_vh, stride_vt, stride_vd,
-    stride_dob, stride_doh, stride_dot, stride_dod,
-    stride_gb, stride_gh, stride_gt, stride_gd,
-    H, T, qk_scale, sm_scale, seed, dropout_p, drop_scale, T_BUCKET,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    cols = offs_n[:, None] < T
-    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=cols, other=0.0)
-    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=cols, other=0.0)
-    q_base = q_ptr + b * stride_qb + h * stride_qh
-    do_base = do_ptr + b * stride_dob + h * stride_doh
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-
-    if CAUSAL:  # query tiles from the one holding row start_n; masked until past the diagonal
-        lo = (start_n // BLOCK_M) * BLOCK_M
-        mid = tl.minimum(tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M, T)
-    else:
-        lo, mid = 0, 0
-    dk, dv = _dkdv_tiles(
-        dk, dv, k, v, q_base, do_base, lse_ptr + bh * T, delta_ptr + bh * T, stride_qt, stride_qd, stride_dot, stride_dod,
-        offs_n, offs_d, lo, mid, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_M, True, DROPOUT, DOT_PREC,
-    )
-    dk, dv = _dkdv_tiles(
-        dk, dv, k, v, q_base, do_base, lse_ptr + bh * T, delta_ptr + bh * T, stride_qt, stride_qd, stride_dot, stride_dod,
-        offs_n, offs_d, mid, T, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_M, False, DROPOUT, DOT_PREC,
-    )
-
-    g = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
-    tl.store(dk_ptr + g, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=cols)
-    tl.store(dv_ptr + g, dv.to(dv_ptr.dtype.element_ty), mask=cols)
-
-
 @triton.jit
 def _dq_tiles(
     dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
@@ -263,19 +232,10 @@ def _dq_tiles(
     """dQ (BLOCK_M, D) of one query tile, summed over key tiles [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
-        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
-        if MASKED:
-            k = tl.load(k_ptrs, mask=offs_n[:, None] < T, other=0.0)  # (BLOCK_N, D)
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < T, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k, v = _kv_tile(k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, offs_n, offs_d, T, MASKED)
         p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
         if MASKED:
-            visible = offs_n[None, :] < T
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= offs_m[:, None])
+            visible = _visible(offs_m, offs_n, T, CAUSAL)
             p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # dL/d(dropped P)
         if DROPOUT:
@@ -286,9 +246,9 @@ def _dq_tiles(
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dq_kernel(
+def _attn_bwd_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr,  # (B, H, T, D) each, strides as given
-    dq_ptr,  # (B, H, T, D) output, strides stride_g*
+    dq_ptr, dk_ptr, dv_ptr,  # (B, H, T, D) outputs, strides stride_g*
     lse_ptr, delta_ptr,  # (B * H, T) fp32
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
@@ -297,34 +257,61 @@ def _attn_bwd_dq_kernel(
     stride_gb, stride_gh, stride_gt, stride_gd,
     H, T, qk_scale, sm_scale, seed, dropout_p, drop_scale, T_BUCKET,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DKDV: tl.constexpr, BLOCK_BIG: tl.constexpr, BLOCK_SMALL: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
+    """A program holds BLOCK_BIG rows [start, start + BLOCK_BIG) and streams BLOCK_SMALL tiles
+    of the other side past them. DKDV: dK and dV of those keys, over the query tiles that see
+    them. Otherwise: dQ of those queries, over the key tiles they see. (Two launches rather than
+    one kernel doing both: fused, the two halves' registers add up and spill.)"""
+    start = tl.program_id(0) * BLOCK_BIG
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_big = start + tl.arange(0, BLOCK_BIG)
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = offs_m < T
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows[:, None], other=0.0)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows[:, None], other=0.0)
-    lse = tl.load(lse_ptr + bh * T + offs_m, mask=rows, other=0.0)
-    delta = tl.load(delta_ptr + bh * T + offs_m, mask=rows, other=0.0)
+    inside = offs_big[:, None] < T
+    q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    do_base = do_ptr + b * stride_dob + h * stride_doh
+    lse_base, delta_base = lse_ptr + bh * T, delta_ptr + bh * T
+    g = b * stride_gb + h * stride_gh + offs_big[:, None] * stride_gt + offs_d[None, :] * stride_gd
 
-    lo, hi = _key_range(start_m, T, BLOCK_M, BLOCK_N, CAUSAL)
-    dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-        offs_m, offs_d, 0, lo, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PREC,
-    )
-    dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-        offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PREC,
-    )
-
-    g = b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
-    tl.store(dq_ptr + g, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=rows[:, None])
+    if DKDV:
+        k = tl.load(k_base + offs_big[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=inside, other=0.0)
+        v = tl.load(v_base + offs_big[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=inside, other=0.0)
+        dk = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
+        if CAUSAL:  # query tiles from the one holding row `start`; masked until past the diagonal
+            lo = (start // BLOCK_SMALL) * BLOCK_SMALL
+            mid = tl.minimum(tl.cdiv(start + BLOCK_BIG, BLOCK_SMALL) * BLOCK_SMALL, T)
+        else:
+            lo, mid = 0, 0
+        dk, dv = _dkdv_tiles(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_qd, stride_dot, stride_dod,
+            offs_big, offs_d, lo, mid, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_SMALL, True, DROPOUT, DOT_PREC,
+        )
+        dk, dv = _dkdv_tiles(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_qd, stride_dot, stride_dod,
+            offs_big, offs_d, mid, T, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_SMALL, False, DROPOUT, DOT_PREC,
+        )
+        tl.store(dk_ptr + g, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=inside)
+        tl.store(dv_ptr + g, dv.to(dv_ptr.dtype.element_ty), mask=inside)
+    else:
+        q = tl.load(q_base + offs_big[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=inside, other=0.0)
+        do = tl.load(do_base + offs_big[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=inside, other=0.0)
+        lse = tl.load(lse_base + offs_big, mask=offs_big < T, other=0.0)
+        delta = tl.load(delta_base + offs_big, mask=offs_big < T, other=0.0)
+        dq = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
+        lo, hi = _key_range(start, T, BLOCK_BIG, BLOCK_SMALL, CAUSAL)
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+            offs_big, offs_d, 0, lo, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_SMALL, False, CAUSAL, DROPOUT, DOT_PREC,
+        )
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+            offs_big, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_SMALL, True, CAUSAL, DROPOUT, DOT_PREC,
+        )
+        tl.store(dq_ptr + g, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -345,25 +332,23 @@ def _dropout_mask_kernel(
 # ----------------------------------------------------------------------------- host launchers
 
 
-def _tuned(kernel, configs):
-    configs = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in configs]
-    return triton.autotune(configs, key=["HEAD_DIM", "T_BUCKET", "CAUSAL", "DROPOUT"])(kernel)
+def _tuned(kernel, configs, names, key=()):
+    configs = [triton.Config(dict(zip(names, c[:2])), num_warps=c[2], num_stages=c[3]) for c in configs]
+    return triton.autotune(configs, key=["HEAD_DIM", "T_BUCKET", "CAUSAL", "DROPOUT", *key])(kernel)
 
 
-_FWD_TUNED = _tuned(_attn_fwd_kernel, FWD_CONFIGS)
-_DKDV_TUNED = _tuned(_attn_bwd_dkdv_kernel, DKDV_CONFIGS)
-_DQ_TUNED = _tuned(_attn_bwd_dq_kernel, DQ_CONFIGS)
+_FWD_TUNED = _tuned(_attn_fwd_kernel, FWD_CONFIGS, FWD_BLOCKS)
+_BWD_TUNED = _tuned(_attn_bwd_kernel, BWD_CONFIGS, BWD_BLOCKS, key=["DKDV"])
 
 
-def _launch(kernel, tuned, small, tiles, T, BH, *args, **meta):
-    """Run `kernel` on a grid of (cdiv(T, meta[tiles]), BH): autotuned, or with one small config."""
-    grid = lambda meta: (triton.cdiv(T, meta[tiles]), BH)  # noqa: E731
+def _launch(kernel, tuned, small, names, T, BH, *args, **meta):
+    """Run `kernel` on a grid of (cdiv(T, first tile), B * H): autotuned, or with one small config."""
+    grid = lambda meta: (triton.cdiv(T, meta[names[0]]), BH)  # noqa: E731
     meta["T_BUCKET"] = min(triton.next_power_of_2(T), 8192)
     if AUTOTUNE:
         tuned[grid](*args, **meta)
     else:
-        m, n, w, s = small
-        kernel[grid](*args, **meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)
+        kernel[grid](*args, **meta, **dict(zip(names, small[:2])), num_warps=small[2], num_stages=small[3])
 
 
 def _interpreted():
@@ -428,7 +413,7 @@ def attention_fwd(q, k, v, causal=True, dropout_p=0.0, seed=None):
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     sm_scale = 1.0 / math.sqrt(D)
     _launch(
-        _attn_fwd_kernel, _FWD_TUNED, SMALL["fwd"], "BLOCK_M", T, B * H,
+        _attn_fwd_kernel, _FWD_TUNED, SMALL_FWD, FWD_BLOCKS, T, B * H,
         q, k, v, o, lse, *_strides(q, k, v, o),
         H, T, sm_scale * LOG2E, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p),
         **_meta(q, causal, dropout_p),
@@ -451,16 +436,13 @@ def attention_bwd(do, q, k, v, o, lse, causal=True, dropout_p=0.0, seed=None):
     _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](o, do, delta, *_strides(o, do), H, T, HEAD_DIM=D, BLOCK_M=64)
     dq, dk, dv = (_empty_bhtd(B, H, T, D, q) for _ in range(3))
     sm_scale = 1.0 / math.sqrt(D)
-    rest = (H, T, sm_scale * LOG2E, sm_scale, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p))
-    meta = _meta(q, causal, dropout_p)
-    _launch(
-        _attn_bwd_dkdv_kernel, _DKDV_TUNED, SMALL["dkdv"], "BLOCK_N", T, B * H,
-        q, k, v, do, dk, dv, lse, delta, *_strides(q, k, v, do, dk), *rest, **meta,
-    )
-    _launch(
-        _attn_bwd_dq_kernel, _DQ_TUNED, SMALL["dq"], "BLOCK_M", T, B * H,
-        q, k, v, do, dq, lse, delta, *_strides(q, k, v, do, dq), *rest, **meta,
-    )
+    for dkdv in (True, False):
+        _launch(
+            _attn_bwd_kernel, _BWD_TUNED, SMALL_BWD, BWD_BLOCKS, T, B * H,
+            q, k, v, do, dq, dk, dv, lse, delta, *_strides(q, k, v, do, dq),
+            H, T, sm_scale * LOG2E, sm_scale, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p),
+            **_meta(q, causal, dropout_p), DKDV=dkdv,
+        )
     return dq, dk, dv
 
 
