@@ -49,7 +49,8 @@ def check(x, w, b, dy):
         assert_parity(o, r, p, name)
 
 
-# (M, K, N): rows 1, 3, 127; K and N through 1, 127, 768 and 1000, none a multiple of the tiles.
+# (M, K, N): rows 1, 3, 127; K and N through 1, 127, 768 and 1000. K = 768 takes the kernel's
+# unmasked path (K a multiple of BLOCK_K); every other K, and every M and N, ends in a partial tile.
 SHAPES = [(1, 1, 1), (1, 127, 1000), (3, 1000, 127), (127, 768, 1), (127, 1, 768), (127, 127, 127), (3, 768, 1000)]
 
 
