@@ -84,7 +84,7 @@ def _gelu_sigmoid(h):
     """sigmoid(2u), u = sqrt(2/pi) * (h + 0.044715 h^3), so that gelu_tanh(h) = h * sigmoid(2u).
 
     (0.5 * (1 + tanh(u)) == sigmoid(2u): no libdevice tanh, which the interpreter lacks.) 2u is
-    clamped to +-80, where sigmoid is already 0 or 1 in fp32 but exp(-2u) does not overflow."""
+    clamped to +-80, where sigmoid is already 1 or below 1e-34 in fp32, so exp(-2u) cannot overflow."""
     two_u = 2.0 * SQRT_2_OVER_PI * (h + GELU_CUBIC * h * h * h)
     return tl.sigmoid(tl.minimum(tl.maximum(two_u, -80.0), 80.0))
 
