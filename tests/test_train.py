@@ -289,8 +289,8 @@ def test_bad_config_combinations(small_ds, tmp_path, capsys, monkeypatch):
 def test_cli_bad_key_exits_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "train", "shakespeare_char_cpu", "--learning_rate=fast"],
                        capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
-    assert r.returncode == 2
-    assert r.stderr.strip() == "error: config key 'learning_rate' must be float, got 'fast'"
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == "error: config key 'learning_rate' must be float, got 'fast'", r.stderr
     r = subprocess.run([sys.executable, "-m", "train.sample", "--out_dir=nowhere"], capture_output=True, text=True,
                        timeout=TIMEOUT, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr

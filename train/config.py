@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bfloat16 on a GPU that has it, else float16; float32 on a CPU) | float32 | bfloat16 | float16
     compile: bool = False  # torch.compile the model
+    cpu_threads: int = 0  # torch's threads when training on a CPU; 0 keeps torch's default
     seed: int = 1337
     max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
 
@@ -189,7 +190,7 @@ def validate(cfg, world_size=1):
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
-    for key in ("max_iters", "warmup_iters", "lr_decay_iters"):
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "cpu_threads"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must not be negative, got {getattr(cfg, key)}")
     for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):

@@ -104,6 +104,7 @@ class Trainer:
         self._setup_processes()
         self._setup_data()
         state = self._find_start()
+        self._check_same_start(state)
         self._setup_model(state)
         self._setup_optimizer(state)
         self._restore_progress(state)
@@ -128,7 +129,7 @@ class Trainer:
         cfg = self.cfg
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_rank = local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.ddp = self.world_size > 1
         self.master = self.rank == 0
         validate(cfg, self.world_size)
@@ -137,6 +138,8 @@ class Trainer:
             cfg.device = f"cuda:{local_rank}"
         self.device = cfg.device
         self.device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
+        if self.device_type == "cpu" and cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)
         if self.device_type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -179,6 +182,19 @@ class Trainer:
             )
         return None
 
+    def _check_same_start(self, state):
+        """Every process must start from the same step: each reads out_dir itself, so across
+        machines out_dir has to be on a file system that all of them see."""
+        if not self.ddp:
+            return
+        steps = [None] * self.world_size
+        dist.all_gather_object(steps, -1 if state is None else state["step"])
+        if len(set(steps)) > 1:
+            raise ConfigError(
+                f"config key 'out_dir': the processes found different checkpoints to start from (steps {steps}); "
+                "across machines out_dir must be on a shared file system"
+            )
+
     def _setup_model(self, state):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
@@ -211,7 +227,7 @@ class Trainer:
             model = torch.compile(model)
         self.eval_model = model
         if self.ddp:
-            model = DDP(model, device_ids=[self.device] if self.device_type == "cuda" else None)
+            model = DDP(model, device_ids=[self.local_rank] if self.device_type == "cuda" else None)
         self.model = model
 
     def _setup_optimizer(self, state):
@@ -383,19 +399,17 @@ class Trainer:
                 loss, norm = torch.stack([loss, norm.float()]).tolist()  # the one wait for the device
                 skipped = self.check_bad_steps(step)
                 self.metrics.log_step(step, loss, lr, norm, skipped)
-        self.metrics.close()
         return self.best_val_loss
-
-    def close(self):
-        if self.ddp and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def train(cfg):
     """Train as `cfg` says; returns the best val loss seen."""
-    trainer = Trainer(cfg)
+    trainer = None
     try:
+        trainer = Trainer(cfg)
         return trainer.run()
     finally:
-        trainer.metrics.close()
-        trainer.close()
+        if trainer is not None:
+            trainer.metrics.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
