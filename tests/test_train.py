@@ -322,6 +322,10 @@ def test_shakespeare_cpu_learns_and_samples(shakespeare, tmp_path, monkeypatch, 
     assert all(s.startswith("ROMEO:") and len(s) == 66 for s in again)
     assert again == sample(SampleConfig(out_dir="out/shakespeare_char_cpu", num_samples=2, max_new_tokens=60,
                                         start="ROMEO:"))
+    (tmp_path / "prompt.txt").write_text("JULIET:\n")
+    from_file = sample(SampleConfig(out_dir="out/shakespeare_char_cpu", num_samples=1, max_new_tokens=20,
+                                    start=f"FILE:{tmp_path / 'prompt.txt'}", temperature=0.0))
+    assert from_file[0].startswith("JULIET:\n") and len(from_file[0]) == 28
     # a second main command finds the finished run and only samples
     cli.main([])
     assert "resuming from out/shakespeare_char_cpu/ckpt_00000080.pt" in capsys.readouterr().out

@@ -299,7 +299,12 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
             bad = (~torch.isfinite(norm)).long()  # identical in every process: the gradients are averaged
             if self.scaler.is_enabled():
-                self.scaler.step(self.optimizer)  # skips the update on inf/NaN by itself
+                # fp16: the scaler skips steps whose gradients overflow and lowers its scale, routinely
+                # at the start; only a non-finite loss counts as a bad step (in any process).
+                bad = (~torch.isfinite(loss_sum)).long()
+                if self.ddp:
+                    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+                self.scaler.step(self.optimizer)
             elif self.fused:
                 self.optimizer.found_inf = bad.float()  # the fused kernel skips the update on the device
                 self.optimizer.step()
