@@ -181,6 +181,19 @@ def test_two_processes_equal_one(small_ds, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
 
 
+def test_bfloat16_autocast_trains_and_samples(small_ds, tmp_path):
+    """The GPU's mixed-precision path (autocast, fp32 master weights), here on the CPU."""
+    out = str(tmp_path)
+    train(load_config(tiny(small_ds, out, dtype="bfloat16", max_iters=4, eval_interval=4)))
+    steps = losses(out)
+    assert sorted(steps) == [1, 2, 3, 4] and all(np.isfinite(v) for v in steps.values())
+    state = checkpoint.read(f"{out}/ckpt_00000004.pt")
+    assert state["config"]["dtype"] == "bfloat16"
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
+    text = sample(SampleConfig(out_dir=out, num_samples=1, max_new_tokens=10, start="A", dtype="bfloat16"))[0]
+    assert text.startswith("A") and len(text) == 11
+
+
 # ----------------------------------------------------------------------------- non-finite losses
 
 
