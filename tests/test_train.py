@@ -342,3 +342,10 @@ def test_shakespeare_cpu_learns_and_samples(shakespeare, tmp_path, monkeypatch, 
     # a second main command finds the finished run and only samples
     cli.main([])
     assert "resuming from out/shakespeare_char_cpu/ckpt_00000080.pt" in capsys.readouterr().out
+
+
+def test_help_lists_every_key(capsys):
+    run_cli(train_main, ["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("python -m train [CONFIG]")
+    assert "--n_layer=12  (int)" in out and "--init_from='scratch'  (str)" in out and "--keep_last=2" in out

@@ -12,7 +12,7 @@ import torch
 
 import prep
 from train import checkpoint
-from train.config import ConfigError, load_config
+from train.config import ConfigError, TrainConfig, load_config, usage
 from train.loop import TrainingStopped, train
 from train.sample import SampleConfig, sample
 
@@ -41,9 +41,12 @@ def main(argv):
         train(load_config(argv))
 
 
-def run_cli(fn, argv):
+def run_cli(fn, argv, doc=__doc__, cls=TrainConfig):
     """Run fn(argv) with the one top-level handler: a bad config, dataset or checkpoint is one line
     on stderr and exit status 2; a run that stopped itself, exit status 1."""
+    if "-h" in argv or "--help" in argv:
+        print(doc.strip() + "\n\nKeys and defaults:\n" + usage(cls))
+        return
     try:
         fn(argv)
     except (ConfigError, prep.DatasetError, checkpoint.CheckpointError) as e:

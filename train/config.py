@@ -153,6 +153,11 @@ def read_config_file(cls, path):
     return values
 
 
+def usage(cls):
+    """Every key with its type and default, one per line, for --help."""
+    return "\n".join(f"  --{f.name}={getattr(cls(), f.name)!r}  ({_type_of(cls, f.name).__name__})" for f in fields(cls))
+
+
 def parse_args(cls, argv):
     """(config file or None, {key: value}) from [CONFIG] [--key=value ...]."""
     config_file, overrides = None, {}

@@ -120,4 +120,4 @@ def main(argv):
 if __name__ == "__main__":
     from train.__main__ import run_cli
 
-    run_cli(main, sys.argv[1:])
+    run_cli(main, sys.argv[1:], __doc__, SampleConfig)
