@@ -314,7 +314,9 @@ def test_cli_bad_key_exits_without_traceback(tmp_path):
 
 
 def test_shakespeare_cpu_learns_and_samples(shakespeare, tmp_path, monkeypatch, capsys):
-    """The main command (CPU config, shortened) on the whole of tiny Shakespeare, then a sample."""
+    """The main command (shortened) on the whole of tiny Shakespeare, then a sample: the CPU config
+    here, the baby GPT where there is a GPU."""
+    name = "shakespeare_char" if torch.cuda.is_available() else "shakespeare_char_cpu"
     make_char_dataset(tmp_path / "data" / "shakespeare_char", shakespeare)
     monkeypatch.chdir(tmp_path)
     short = ["--max_iters=80", "--lr_decay_iters=80", "--warmup_iters=10", "--eval_interval=80", "--eval_iters=4",
@@ -325,23 +327,23 @@ def test_shakespeare_cpu_learns_and_samples(shakespeare, tmp_path, monkeypatch, 
     monkeypatch.setattr(cli, "load_config", lambda argv: real(argv + short))
     cli.main([])
     printed = capsys.readouterr().out
-    evals = [json.loads(line) for line in open("out/shakespeare_char_cpu/metrics.jsonl") if '"eval"' in line]
+    evals = [json.loads(line) for line in open(f"out/{name}/metrics.jsonl") if '"eval"' in line]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 80
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0, evals  # about 4.9 -> 2.7
-    text = printed.split("saved out/shakespeare_char_cpu/ckpt_00000080.pt")[1].split("\n", 1)[1]
+    text = printed.split(f"saved out/{name}/ckpt_00000080.pt")[1].split("\n", 1)[1]
     assert len(text.strip()) > 200 and set(text) <= set(shakespeare)
     # sampling again: the seed fixes the text; a different seed changes it
-    again = sample(SampleConfig(out_dir="out/shakespeare_char_cpu", num_samples=2, max_new_tokens=60, start="ROMEO:"))
+    again = sample(SampleConfig(out_dir=f"out/{name}", num_samples=2, max_new_tokens=60, start="ROMEO:"))
     assert all(s.startswith("ROMEO:") and len(s) == 66 for s in again)
-    assert again == sample(SampleConfig(out_dir="out/shakespeare_char_cpu", num_samples=2, max_new_tokens=60,
+    assert again == sample(SampleConfig(out_dir=f"out/{name}", num_samples=2, max_new_tokens=60,
                                         start="ROMEO:"))
     (tmp_path / "prompt.txt").write_text("JULIET:\n")
-    from_file = sample(SampleConfig(out_dir="out/shakespeare_char_cpu", num_samples=1, max_new_tokens=20,
+    from_file = sample(SampleConfig(out_dir=f"out/{name}", num_samples=1, max_new_tokens=20,
                                     start=f"FILE:{tmp_path / 'prompt.txt'}", temperature=0.0))
     assert from_file[0].startswith("JULIET:\n") and len(from_file[0]) == 28
     # a second main command finds the finished run and only samples
     cli.main([])
-    assert "resuming from out/shakespeare_char_cpu/ckpt_00000080.pt" in capsys.readouterr().out
+    assert f"resuming from out/{name}/ckpt_00000080.pt" in capsys.readouterr().out
 
 
 def test_help_lists_every_key(capsys):
