@@ -181,6 +181,22 @@ def test_two_processes_equal_one(small_ds, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
 
 
+def test_init_from_pretrained_directory(small_ds, tmp_path):
+    """Fine-tuning: the shape comes from the pretrained weights, whatever the config says."""
+    from gpt import GPT, GPTConfig
+
+    pretrained = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, bias=True))
+    pretrained.save_pretrained(str(tmp_path / "hf"))
+    out = str(tmp_path / "out")
+    train(load_config(tiny(small_ds, out, init_from=str(tmp_path / "hf"), max_iters=2, eval_interval=2)))
+    state = checkpoint.read(f"{out}/ckpt_00000002.pt")
+    assert state["model_args"]["n_layer"] == 2 and state["config"]["n_layer"] == 2
+    assert state["model_args"]["block_size"] == 32 and state["model_args"]["vocab_size"] == 64
+    before = pretrained.state_dict()["transformer.h.1.mlp.c_fc.weight"]
+    after = state["model"]["transformer.h.1.mlp.c_fc.weight"]
+    assert 0 < (after - before).abs().max() < 0.05  # trained a little, from the pretrained weights
+
+
 def test_bfloat16_autocast_trains_and_samples(small_ds, tmp_path):
     """The GPU's mixed-precision path (autocast, fp32 master weights), here on the CPU."""
     out = str(tmp_path)
