@@ -110,6 +110,8 @@ class Trainer:
         self._restore_progress(state)
         tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         self.metrics = Metrics(cfg, self.raw_model.config, self.device, tokens_per_step, self.world_size, self.master)
+        if self.resumed:  # the lines after this one may repeat steps that a crash lost
+            self.metrics.event(self.start_step, "resume")
         if self.master:
             n = self.raw_model.get_num_params()
             print(
