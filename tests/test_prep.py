@@ -234,6 +234,24 @@ def test_cli_bad_input_exit_codes(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_cli_reports_ctrl_c_and_system_errors_in_one_line(monkeypatch, capsys, tmp_path):
+    import prep.__main__ as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "prepare", interrupted)
+    assert cli.main(["shakespeare_char"]) == 130
+    assert capsys.readouterr().err.startswith("prep: error: interrupted; the partial files were removed")
+    monkeypatch.undo()
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "t.txt").write_text("some text\n" * 100)
+    args = ["text", "--input", str(tmp_path / "t.txt"), "--name", "x", "--out_dir", str(tmp_path / "a_file")]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("prep: error: [Errno") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "kw,message",
     [
