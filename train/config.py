@@ -74,7 +74,6 @@ class TrainConfig:
         return asdict(self)
 
 
-KEYS = {f.name: f.type for f in fields(TrainConfig)}
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
