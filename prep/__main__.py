@@ -35,7 +35,7 @@ def main(argv=None):
     p.add_argument("--val_fraction", type=float, help="share of the text held out for validation (default 0.1)")
     p.add_argument("--val_docs", type=int, help="web corpora: documents held out (default 4000, at most limit/10)")
     p.add_argument("--seed", type=int, default=1337, help="web corpora: seed of the shuffled order (default 1337)")
-    p.add_argument("--limit", type=int, help="web corpora: take only the first N documents")
+    p.add_argument("--limit", type=int, help="web corpora: take only N documents (the first of the shuffled stream)")
     p.add_argument("--num_proc", type=int, help="processes that tokenize (default: all cores)")
     p.add_argument("--block_size", type=int, default=1024, help="each split must hold block_size + 1 tokens (default 1024)")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto", help="token id type (default auto)")

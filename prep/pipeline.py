@@ -62,7 +62,7 @@ def prepare(
     val_fraction: the share of the text held out for validation (default 0.1; not for web corpora)
     val_docs:     web corpora: documents held out for validation (default 4000, at most limit / 10)
     seed:         web corpora: the seed of the shuffled document order
-    limit:        web corpora: take only the first `limit` documents
+    limit:        web corpora: take only `limit` documents (the first of the shuffled stream)
     num_proc:     processes that tokenize (default: all cores)
     block_size:   the training block: each split must hold at least block_size + 1 tokens
     dtype:        "auto" (uint16 when the vocabulary fits, else uint32), "uint16" or "uint32"
