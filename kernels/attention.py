@@ -342,10 +342,11 @@ _BWD_TUNED = _tuned(_attn_bwd_kernel, BWD_CONFIGS, BWD_BLOCKS, key=["DKDV"])
 
 
 def _launch(kernel, tuned, small, names, T, BH, *args, **meta):
-    """Run `kernel` on a grid of (cdiv(T, first tile), B * H): autotuned, or with one small config."""
+    """Run `kernel` on a grid of (cdiv(T, first tile), B * H): autotuned, or with one small config.
+    fp32 (ieee dot products, no tensor cores: right, not fast) always takes the small config."""
     grid = lambda meta: (triton.cdiv(T, meta[names[0]]), BH)  # noqa: E731
     meta["T_BUCKET"] = min(triton.next_power_of_2(T), 8192)
-    if AUTOTUNE:
+    if AUTOTUNE and meta["DOT_PREC"] != "ieee":
         tuned[grid](*args, **meta)
     else:
         kernel[grid](*args, **meta, **dict(zip(names, small[:2])), num_warps=small[2], num_stages=small[3])
