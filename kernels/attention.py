@@ -487,6 +487,7 @@ class FlashAttention(torch.autograd.Function):
 # ----------------------------------------------------------------------------- public
 
 
+@torch.compiler.disable  # torch.compile runs it as it is (a graph break), not traced into
 def attention(q, k, v, causal=True, dropout_p=0.0):
     """softmax(q k^T / sqrt(D), causal) v with dropout on the probabilities, as
     F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p).

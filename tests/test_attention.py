@@ -99,6 +99,18 @@ def test_c_attn_view_equals_contiguous():
         assert torch.equal(a, b), f"{name} differs between strided and contiguous inputs"
 
 
+def test_torch_compile_runs_it_as_in_eager():
+    """Under torch.compile the op is a graph break, not traced into: same output and gradients."""
+    q, k, v, do = qkv(2, 2, 40, 32, torch.float32)
+    fn = lambda *a: kernels.attention(*a, dropout_p=0.1) * 2  # noqa: E731
+    torch.manual_seed(3)
+    eager = fwd_bwd(fn, q, k, v, do)
+    torch.manual_seed(3)
+    compiled = fwd_bwd(torch.compile(fn), q, k, v, do)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), eager, compiled):
+        assert torch.equal(a, b), name
+
+
 # ----------------------------------------------------------------------------- dropout
 
 
