@@ -143,7 +143,8 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
+    # the last query tiles see the most keys: start them first, so the grid ends on light ones
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -267,7 +268,9 @@ def _attn_bwd_kernel(
     of the other side past them. DKDV: dK and dV of those keys, over the query tiles that see
     them. Otherwise: dQ of those queries, over the key tiles they see. (Two launches rather than
     one kernel doing both: fused, the two halves' registers add up and spill.)"""
-    start = tl.program_id(0) * BLOCK_BIG
+    start = tl.program_id(0) * BLOCK_BIG  # heaviest first: the first key tiles, the last query tiles
+    if not DKDV:
+        start = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_BIG
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     offs_big = start + tl.arange(0, BLOCK_BIG)
