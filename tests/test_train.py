@@ -18,7 +18,7 @@ from train.config import load_config
 from train.loop import TrainingStopped, train
 from train.sample import SampleConfig, sample
 
-TIMEOUT = 240  # seconds for any subprocess: a hung process group fails the test instead of CI
+TIMEOUT = 120  # seconds for any subprocess: a hung process group fails the test instead of CI
 
 
 def make_char_dataset(directory, text, val_fraction=0.1):
@@ -94,7 +94,16 @@ def torchrun(args, nproc=1, env=None, extra=()):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
            "-m", "train", *args]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))  # as this process (one_thread)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=full_env)
+    # a session of its own, so that a hung run is killed with all its workers, not just torchrun
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun hung for {TIMEOUT} s:\n{out[-2000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")

@@ -222,7 +222,9 @@ class Trainer:
         self.batches.check_vocab(model.config.vocab_size)
         model.to(self.device)
         self.raw_model = model
-        if cfg.nvtx:
+        if cfg.nvtx and cfg.compile:
+            self.log("nvtx: per-module ranges are left out under compile (their hooks would break the graph)")
+        elif cfg.nvtx:
             nvtx.annotate_model(model)
         if cfg.compile:
             self.log("compiling the model (takes a minute)")
@@ -412,11 +414,19 @@ class Trainer:
 def train(cfg):
     """Train as `cfg` says; returns the best val loss seen."""
     trainer = None
+    finished = False
     try:
         trainer = Trainer(cfg)
-        return trainer.run()
+        best = trainer.run()
+        finished = True
+        return best
     finally:
         if trainer is not None:
             trainer.metrics.close()
         if dist.is_initialized():
+            if finished:
+                # every process leaves together: tearing gloo down while a peer still writes the
+                # last checkpoint can leave that peer hanging in the process group's destructor
+                dist.barrier()
+            del trainer
             dist.destroy_process_group()
