@@ -8,16 +8,14 @@ import datetime
 import gc
 import json
 import math
-import platform
 import statistics
-import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from train import metrics
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 CPU_NOTE = (
@@ -26,50 +24,17 @@ CPU_NOTE = (
 )
 
 
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine() or 'unknown'})"
-
-
-def _version(package):
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit():
-    """(commit, dirty) of the checkout the code runs from; (None, None) outside a git checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        ).stdout
-        return commit, bool(status.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
-
-
 def run_info(device):
-    """The header of every result file."""
-    commit, dirty = git_commit()
+    """The header of every result file: where it ran (train.metrics.run_info) and whether its
+    figures are GPU figures."""
     return {
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device.type,
-        "device_name": device_name(device),
+        **metrics.run_info(device),
         "gpu_figures": device.type == "cuda",
         "note": None if device.type == "cuda" else CPU_NOTE,
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "git_commit": commit,
-        "git_dirty": dirty,
     }
+
+
+device_name = metrics.device_name
 
 
 def utc_stamp():

@@ -114,6 +114,15 @@ def straight(small_ds, tmp_path_factory):
     return out
 
 
+def test_metrics_file_starts_with_where_and_how_it_ran(straight):
+    with open(os.path.join(straight, "metrics.jsonl")) as f:
+        first = json.loads(f.readline())
+    assert first["event"] == "start" and first["step"] == 0
+    for key in ("device_name", "torch", "triton", "git_commit", "created_utc", "tokens_per_step"):
+        assert key in first, key
+    assert first["config"]["max_iters"] == 20 and first["model"]["n_layer"] == 1
+
+
 # ----------------------------------------------------------------------------- resume
 
 

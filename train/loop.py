@@ -27,7 +27,7 @@ from profiles import nvtx
 from train import checkpoint
 from train.config import ConfigError, validate
 from train.data import EVAL, Batches, dataset_dir
-from train.metrics import Metrics
+from train.metrics import Metrics, run_info
 
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -110,8 +110,11 @@ class Trainer:
         self._restore_progress(state)
         tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         self.metrics = Metrics(cfg, self.raw_model.config, self.device, tokens_per_step, self.world_size, self.master)
-        if self.resumed:  # the lines after this one may repeat steps that a crash lost
-            self.metrics.event(self.start_step, "resume")
+        self.metrics.event(
+            self.start_step, "resume" if self.resumed else "start",  # after a resume, lines may repeat steps a crash lost
+            **run_info(self.device), world_size=self.world_size, tokens_per_step=tokens_per_step,
+            config=cfg.to_dict(), model=self.raw_model.config.to_dict(),
+        )
         if self.master:
             n = self.raw_model.get_num_params()
             print(

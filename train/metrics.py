@@ -8,15 +8,70 @@ ms and tok/s are averages over the interval; MFU uses gpt.flops and the device's
 process's peak resident memory on a CPU.
 """
 
+import datetime
 import json
 import os
+import platform
 import resource
+import subprocess
 import sys
 import time
+from importlib import metadata
+from pathlib import Path
 
 import torch
 
 from gpt.flops import mfu
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine() or 'unknown'})"
+
+
+def _version(package):
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit():
+    """(commit, dirty) of the checkout the code runs from; (None, None) outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def run_info(device):
+    """Where a run happened: device, versions, git commit, UTC time. Heads every result file
+    (the trainer's metrics.jsonl and the benchmarks' JSON)."""
+    device = torch.device(device)
+    commit, dirty = git_commit()
+    return {
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
 
 
 def _duration(seconds):
@@ -41,7 +96,7 @@ class Metrics:
         self.device = device
         self.tokens_per_step = tokens_per_step  # over all processes
         self.world_size = world_size
-        self.device_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
+        self.device_name = device_name(device)
         self.last_time, self.last_step = None, None
         self.step_seconds = None  # smoothed, for the ETA
         self.file = None
