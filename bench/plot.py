@@ -88,6 +88,11 @@ def main(argv=None):
     except (OSError, json.JSONDecodeError) as e:
         print(f"error: cannot read {args.result}: {e}", file=sys.stderr)
         return 2
+    kind = result.get("kind") if isinstance(result, dict) else None
+    if kind not in ("train_step", "kernels"):
+        print(f"error: {args.result} is not a bench result (kind {kind!r}; expected train_step or kernels)",
+              file=sys.stderr)
+        return 2
     try:
         import matplotlib
 
@@ -96,14 +101,11 @@ def main(argv=None):
     except ImportError:
         print('error: matplotlib is not installed; install the extra: pip install -e ".[plot]"', file=sys.stderr)
         return 2
-    kind = result.get("kind") if isinstance(result, dict) else None
     try:
         if kind == "train_step":
             fig = plot_step(result, plt)
         elif kind == "kernels":
             fig = plot_kernels(result, plt, args.size, args.mode)
-        else:
-            raise ValueError(f"{args.result} is not a bench result (kind {kind!r}; expected train_step or kernels)")
     except (ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
