@@ -206,8 +206,10 @@ def layer_norm_bwd(dy, x2, weight, bias, mean, rstd):
     dx = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
     BLOCK_M, BLOCK_N, num_warps = _tile(N, max_tile=8192)
     G = max(1, min(triton.cdiv(M, BLOCK_M), 2 * num_sms(x2.device)))
-    dw_part = torch.zeros((G, N), dtype=torch.float32, device=x2.device)
-    db_part = torch.zeros((G, N), dtype=torch.float32, device=x2.device) if bias is not None else dw_part
+    # every program writes its whole row of partials, so no zero-fill (M == 0: no program runs)
+    alloc = torch.empty if M > 0 else torch.zeros
+    dw_part = alloc((G, N), dtype=torch.float32, device=x2.device)
+    db_part = alloc((G, N), dtype=torch.float32, device=x2.device) if bias is not None else dw_part
     if M > 0:
         _layer_norm_bwd_kernel[(G,)](
             x2, dy2, dx, weight.contiguous(), mean, rstd, dw_part, db_part,
