@@ -5,8 +5,6 @@
     kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows
     kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)
     kernels.attention(q, k, v, causal=True, dropout_p=0.0)       # (B, H, T, D), any strides
-
-Until an op's Triton kernel lands, its public function runs the reference.
 """
 
 import os
@@ -19,32 +17,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import reference  # noqa: E402
+from kernels.common import autocast_dtype  # noqa: E402
 
-# Kernel modules are imported here, before the public functions below are defined: importing a
-# submodule binds its name on this package, and `kernels/cross_entropy.py` would otherwise
-# replace the function `kernels.cross_entropy`. Tests reach a module by
-# importlib.import_module("kernels.<name>").
+# The kernel modules are imported here, before the public functions below are defined: importing
+# a submodule binds its name on this package, and three of them share their op's name
+# (kernels/cross_entropy.py, linear_gelu.py, attention.py); the defs below take the names back.
+# Tests reach a module by importlib.import_module("kernels.<name>").
+from kernels import attention as _attention  # noqa: E402
 from kernels import cross_entropy as _cross_entropy  # noqa: E402
 from kernels import layernorm as _layernorm  # noqa: E402
-
-
-def autocast_dtype(device_type):
-    """The dtype torch.autocast runs matmuls in on `device_type`, or None when it is off.
-
-    Triton ops are not seen by autocast, so a public op casts its inputs itself to behave as
-    torch's own op would under autocast (fp32 master weights, bf16 compute)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
+from kernels import linear_gelu as _linear_gelu  # noqa: E402
 
 
 def layer_norm(x, weight, bias=None, eps=1e-5):
     return _layernorm.layer_norm(x, weight, bias, eps)
-
-
-# The submodule shares this op's name: import it once here, and the def below takes the name back
-# (a lazy import inside the function would rebind `kernels.linear_gelu` to the module).
-from kernels import linear_gelu as _linear_gelu  # noqa: E402
 
 
 def linear_gelu(x, weight, bias=None):
@@ -57,10 +43,6 @@ def cross_entropy(logits, targets, ignore_index=-1):
 
 def linear_cross_entropy(x, weight, targets, ignore_index=-1):
     return _cross_entropy.linear_cross_entropy(x, weight, targets, ignore_index, autocast_dtype(x.device.type))
-
-
-# Same story as linear_gelu: kernels/attention.py shares the op's name.
-from kernels import attention as _attention  # noqa: E402
 
 
 def attention(q, k, v, causal=True, dropout_p=0.0):

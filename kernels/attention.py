@@ -29,13 +29,12 @@ them the recomputed QK^T).
 """
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-import kernels  # autocast_dtype; kernels/__init__ imports this module, so look it up at call time
+from kernels.common import AUTOTUNE, autocast_dtype, interpreted
 
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -50,10 +49,8 @@ MAX_T_DROPOUT = 46340  # row * T + col must fit the int32 Philox counter
 FWD_BLOCKS, BWD_BLOCKS = ("BLOCK_M", "BLOCK_N"), ("BLOCK_BIG", "BLOCK_SMALL")
 FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 32, 4, 3)]
 BWD_CONFIGS = [(128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 8, 3), (64, 64, 4, 3)]
-# The one switch: off under the interpreter (and in tests, which set it False), where each
-# kernel runs one small config, its two tiles unequal so the tile-skipping arithmetic is
-# exercised as on the GPU.
-AUTOTUNE = os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get("TRITONGPT_AUTOTUNE", "1") != "0"
+# With AUTOTUNE off (kernels.common's switch; the tests turn it off too) each kernel runs one
+# small config, its two tiles unequal so the tile-skipping arithmetic is exercised as on the GPU.
 SMALL_FWD, SMALL_BWD = (64, 32, 4, 2), (64, 32, 4, 2)
 
 LOG2E = 1.4426950408889634
@@ -361,10 +358,6 @@ def _launch(kernel, tuned, small, names, T, BH, *args, **meta):
         kernel[grid](*args, **meta, **dict(zip(names, small[:2])), num_warps=small[2], num_stages=small[3])
 
 
-def _interpreted():
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _check(q, k, v, dropout_p):
     """Shapes, dtypes, devices and options the kernels take; a ValueError naming what is wrong."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -380,7 +373,7 @@ def _check(q, k, v, dropout_p):
         raise ValueError(f"attention: q, k, v must share one of {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda" and not _interpreted():
+    if q.device.type != "cuda" and not interpreted():
         raise ValueError(f"attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     B, H, T, D = q.shape
     if D not in HEAD_DIMS:
@@ -475,7 +468,7 @@ class FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, dropout_p, seed):
         dtype = q.dtype
-        if dtype == torch.bfloat16 and _interpreted():
+        if dtype == torch.bfloat16 and interpreted():
             q, k, v = q.float(), k.float(), v.float()
         o, lse, seed = attention_fwd(q, k, v, causal, dropout_p, seed)
         ctx.save_for_backward(q, k, v, o, lse)
@@ -500,7 +493,7 @@ def attention(q, k, v, causal=True, dropout_p=0.0):
     q, k, v: (B, H, T, D), any strides (the views out of c_attn need no copy), D in HEAD_DIMS,
     fp32 / fp16 / bf16; under torch.autocast they are cast to autocast's dtype, as SDPA would be.
     Returns (B, H, T, D) in their dtype, laid out as (B, T, H, D)."""
-    dtype = kernels.autocast_dtype(q.device.type)
+    dtype = autocast_dtype(q.device.type)
     if dtype is not None:
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     return FlashAttention.apply(q, k, v, causal, float(dropout_p), None)

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.layernorm import check_device, check_float
+from kernels.common import check_device, check_float
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of linear_cross_entropy's logits
 MAX_BLOCK_V = 4096  # columns of a row handled per loop step

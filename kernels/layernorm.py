@@ -21,13 +21,12 @@ Design, for a bandwidth-bound op:
   atomics, and the partials stay small because G does not grow with M.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from kernels.common import check_device, check_float, num_sms
+
 MAX_WIDTH = 65536  # one row must fit in one program's tile
 
 
@@ -124,33 +123,6 @@ def _layer_norm_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------- host launchers
-
-
-def check_device(**tensors):
-    """All tensors on one device, and one a kernel can run on: CUDA, or the CPU under Triton's
-    interpreter (TRITON_INTERPRET=1)."""
-    devices = {name: t.device for name, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        where = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"expected all tensors on one device, got {where}")
-    device = next(iter(devices.values()))
-    if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
-        raise ValueError(
-            f"expected CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got tensors on {device}"
-        )
-
-
-def check_float(**tensors):
-    for name, t in tensors.items():
-        if t is not None and t.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
-
-
-def num_sms(device):
-    """Multiprocessors to size persistent grids by; a small number under the interpreter."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2
 
 
 def _rows(t, N):

@@ -27,20 +27,17 @@ set by torch.set_float32_matmul_precision("high")), and full fp32 ("ieee") other
 always under the CPU interpreter, so the kernel agrees with F.linear under either setting.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from kernels import autocast_dtype
+from kernels.common import AUTOTUNE, autocast_dtype, interpreted
 
 # ----------------------------------------------------------------------------- tile configs
 
 # The one switch: autotuning is off under Triton's CPU interpreter (tests without a GPU) and
 # wherever TRITONGPT_AUTOTUNE=0 (quick GPU test runs); the list then collapses to one config.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-AUTOTUNE = not INTERPRET and os.environ.get("TRITONGPT_AUTOTUNE", "1") != "0"
+INTERPRET = interpreted()
 
 
 def _config(bm, bn, bk, group_m, warps, stages):
