@@ -6,11 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import prep
 from train import checkpoint
 from train.__main__ import main as train_main
 from train.__main__ import run_cli
@@ -21,20 +23,14 @@ from train.sample import SampleConfig, sample
 TIMEOUT = 120  # seconds for any subprocess: a hung process group fails the test instead of CI
 
 
-def make_char_dataset(directory, text, val_fraction=0.1):
-    """A char-level dataset as prep writes it: train.bin, val.bin (uint16) and meta.json."""
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-    n = int(len(ids) * (1 - val_fraction))
-    os.makedirs(directory, exist_ok=True)
-    ids[:n].tofile(os.path.join(directory, "train.bin"))
-    ids[n:].tofile(os.path.join(directory, "val.bin"))
-    meta = dict(tokenizer="char", vocab_size=len(chars), dtype="uint16", train_tokens=n, val_tokens=len(ids) - n,
-                chars=chars)
-    with open(os.path.join(directory, "meta.json"), "w") as f:
-        json.dump(meta, f)
-    return str(directory)
+def make_char_dataset(directory, text, block_size=16, val_fraction=0.1):
+    """A char-level dataset of `text` in `directory`, written by prep itself."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    source = directory.parent / f"{directory.name}.txt"
+    source.write_text(text, encoding="utf-8")
+    return prep.prepare("text", out_dir=str(directory.parent), input=str(source), out_name=directory.name,
+                        tokenizer="char", block_size=block_size, val_fraction=val_fraction, quiet=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -274,7 +270,8 @@ def _bad_datasets(root, good):
     meta["train_tokens"] += 1
     json.dump(meta, open(os.path.join(wrong_vocab, "meta.json"), "w"))
     out["wrong_vocab"] = wrong_vocab
-    out["short"] = make_char_dataset(os.path.join(root, "short"), "to be or not to be, that is the question" * 2)
+    out["short"] = make_char_dataset(os.path.join(root, "short"), "to be or not to be, that is the question " * 2,
+                                     block_size=4, val_fraction=0.5)
     return out
 
 
@@ -347,11 +344,12 @@ def test_cli_bad_key_exits_without_traceback(tmp_path):
 # ----------------------------------------------------------------------------- the Shakespeare run
 
 
-def test_shakespeare_cpu_learns_and_samples(shakespeare, tmp_path, monkeypatch, capsys):
+def test_shakespeare_cpu_learns_and_samples(shared_data, shakespeare, tmp_path, monkeypatch, capsys):
     """The main command (shortened) on the whole of tiny Shakespeare, then a sample: the CPU config
     here, the baby GPT where there is a GPU."""
     name = "shakespeare_char" if torch.cuda.is_available() else "shakespeare_char_cpu"
-    make_char_dataset(tmp_path / "data" / "shakespeare_char", shakespeare)
+    prep.prepare("shakespeare_char", out_dir=str(tmp_path / "data"), input=str(shared_data / "tinyshakespeare.txt"),
+                 quiet=True)
     monkeypatch.chdir(tmp_path)
     short = ["--max_iters=80", "--lr_decay_iters=80", "--warmup_iters=10", "--eval_interval=80", "--eval_iters=4",
              "--log_interval=40"]
