@@ -56,10 +56,6 @@ class GPTConfig:
 # ----------------------------------------------------------------------------- the ops, per backend
 
 
-def _torch_layer_norm(x, weight, bias, eps):
-    return reference.layer_norm(x, weight, bias, eps)
-
-
 def _torch_mlp_up(x, fc):
     return reference.gelu_tanh(fc(x))
 
@@ -77,7 +73,7 @@ def _triton_attention(q, k, v, dropout_p):
 
 
 OPS = {
-    "torch": dict(layer_norm=_torch_layer_norm, mlp_up=_torch_mlp_up, attention=_torch_attention),
+    "torch": dict(layer_norm=reference.layer_norm, mlp_up=_torch_mlp_up, attention=_torch_attention),
     "triton": dict(layer_norm=kernels.layer_norm, mlp_up=_triton_mlp_up, attention=_triton_attention),
 }
 
