@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from bench import common, step
+from instrument.run import utc_stamp
 
 
 def parse_args(argv):
@@ -73,7 +74,7 @@ def output_path(out, result):
     folder = Path(out) if out is not None else common.RESULTS_DIR
     tag = "smoke" if result["settings"]["smoke"] else result["settings"]["model"]
     dev = "gpu" if result["gpu_figures"] else "cpu"
-    return folder / f"step-{tag}-{dev}-{common.utc_stamp()}.json"
+    return folder / f"step-{tag}-{dev}-{utc_stamp()}.json"
 
 
 def main(argv=None):

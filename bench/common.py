@@ -1,10 +1,10 @@
-"""What every benchmark result shares: where it ran, a timer, and a JSON writer that never writes NaN.
+"""What every benchmark result shares: its header, a timer, and a JSON writer that never writes NaN.
 
 A result file always carries the device name, the torch and triton versions, the git commit and
-the UTC time, so a figure quoted anywhere can be traced to the run that produced it.
+the UTC time (instrument.run.run_info), so a figure quoted anywhere can be traced to the run
+that produced it.
 """
 
-import datetime
 import gc
 import json
 import math
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from train import metrics
+from instrument.run import run_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -24,21 +24,14 @@ CPU_NOTE = (
 )
 
 
-def run_info(device):
-    """The header of every result file: where it ran (train.metrics.run_info) and whether its
+def result_header(device):
+    """The header of every result file: where it ran (instrument.run.run_info) and whether its
     figures are GPU figures."""
     return {
-        **metrics.run_info(device),
+        **run_info(device),
         "gpu_figures": device.type == "cuda",
         "note": None if device.type == "cuda" else CPU_NOTE,
     }
-
-
-device_name = metrics.device_name
-
-
-def utc_stamp():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 # ----------------------------------------------------------------------------- numbers and JSON

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bench import common, ops
+from instrument.run import utc_stamp
 
 
 def pytest_addoption(parser):
@@ -36,7 +37,7 @@ def kernel_records(request, device, roofline):
     yield records
     if records:
         out = request.config.getoption("--bench-out") or (
-            common.RESULTS_DIR / f"kernels-gpu-{common.utc_stamp()}.json"
+            common.RESULTS_DIR / f"kernels-gpu-{utc_stamp()}.json"
         )
         path = common.write_json(ops.summary(records, roofline, device), out)
         print(f"\nkernel benchmark summary written to {path}")

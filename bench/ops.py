@@ -254,7 +254,7 @@ def summary(records, roofline, device):
     """The JSON summary of a kernel benchmark run."""
     return {
         "kind": "kernels",
-        **common.run_info(device),
+        **common.result_header(device),
         "roofline": roofline,
         "formulas": {o.name: {"unit": o.unit, "formula": o.formula} for o in OPS.values()},
         "counting": __doc__.split("What is counted", 1)[1].strip(),

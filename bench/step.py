@@ -24,7 +24,8 @@ import torch
 from bench import common
 from gpt import GPT, GPTConfig
 from gpt import flops as gflops
-from profiles import nvtx
+from instrument import nvtx
+from instrument.run import device_name
 
 # GPT-2's sizes; every preset uses GPT-2's padded vocabulary and a 1024-token context.
 PRESETS = {
@@ -328,7 +329,7 @@ def run_path(name, config, settings, device):
         res["tokens_per_step"] = batch * T
         res["tokens_per_sec"] = batch * T / (res["ms_per_step"] / 1e3)
         res["tflops"] = res["tokens_per_sec"] * gflops.flops_per_token(config, T) / 1e12
-        res["mfu"] = gflops.mfu(config, T, res["tokens_per_sec"], common.device_name(device))
+        res["mfu"] = gflops.mfu(config, T, res["tokens_per_sec"], device_name(device))
         if device.type == "cuda":
             res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         res["final_loss"] = final_loss
@@ -351,7 +352,7 @@ def explain_nulls(res, device):
                 why[k] = f"path {res['status']}: {res['reason']}"
     else:
         if res["mfu"] is None:
-            why["mfu"] = f"no dense bf16 peak known for {common.device_name(device)!r} (gpt.flops.PEAK_BF16_FLOPS)"
+            why["mfu"] = f"no dense bf16 peak known for {device_name(device)!r} (gpt.flops.PEAK_BF16_FLOPS)"
         if res["peak_memory_gib"] is None:
             why["peak_memory_gib"] = "n/a on a CPU (torch.cuda.max_memory_allocated needs a GPU)"
     if res["speedup_vs_torch_compile"] is None:
@@ -395,11 +396,11 @@ def run(settings):
             r["speedup_vs_torch_compile"] = base["ms_per_step"] / r["ms_per_step"]
         explain_nulls(r, device)
 
-    name = common.device_name(device)
+    name = device_name(device)
     peak = gflops.peak_flops(name)
     return {
         "kind": "train_step",
-        **common.run_info(device),
+        **common.result_header(device),
         "settings": {
             **{k: v for k, v in dataclasses.asdict(settings).items() if k != "paths"},
             "paths": list(settings.paths),

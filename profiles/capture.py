@@ -18,7 +18,7 @@ import sys
 import torch
 
 from bench import step
-from profiles import nvtx
+from instrument import nvtx
 
 
 def parse_args(argv, prog, description, add_options=None):

@@ -17,7 +17,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench import common, step
-from profiles import capture, nvtx
+from instrument import nvtx
+from profiles import capture
 
 
 def _options(p):
@@ -88,7 +89,7 @@ def main(argv=None):
     common.write_json(
         {
             "kind": "torch_profile",
-            **common.run_info(device),
+            **common.result_header(device),
             "settings": {
                 "path": settings.paths[0], "model": settings.model, "config": config.to_dict(),
                 "batch": settings.batch, "seq_len": settings.seq_len or config.block_size,

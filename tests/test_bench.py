@@ -91,7 +91,7 @@ def test_table_is_printed_last(smoke, capsys):
 
 def test_mfu_on_a_named_device(tmp_path, monkeypatch):
     """With a device in the peak table the result carries MFU = TFLOP/s * 1e12 / peak."""
-    monkeypatch.setattr(common, "device_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(step, "device_name", lambda device: "NVIDIA H200")
     out = tmp_path / "r.json"
     assert bench_main.main(["--smoke", "--paths", "torch", "--steps", "1", "--out", str(out)]) == 0
     result = _load_strict(out)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from gpt import GPT, GPTConfig
-from profiles import capture, nsys_table, nvtx, torch_profile
+from instrument import nvtx
+from profiles import capture, nsys_table, torch_profile
 from conftest import ROOT
 
 CFG = dict(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32)  # head dim 16: the kernels need >= 16

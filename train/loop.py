@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 import prep
 from gpt import GPT, GPTConfig, pad_vocab
-from profiles import nvtx
+from instrument import nvtx
+from instrument.run import run_info
 from train import checkpoint
 from train.config import ConfigError, validate
 from train.data import EVAL, Batches, dataset_dir
-from train.metrics import Metrics, run_info
+from train.metrics import Metrics
 
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -8,70 +8,17 @@ ms and tok/s are averages over the interval; MFU uses gpt.flops and the device's
 process's peak resident memory on a CPU.
 """
 
-import datetime
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
-from importlib import metadata
-from pathlib import Path
 
 import torch
 
 from gpt.flops import mfu
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def device_name(device):
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine() or 'unknown'})"
-
-
-def _version(package):
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit():
-    """(commit, dirty) of the checkout the code runs from; (None, None) outside a git checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        ).stdout
-        return commit, bool(status.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
-
-
-def run_info(device):
-    """Where a run happened: device, versions, git commit, UTC time. Heads every result file
-    (the trainer's metrics.jsonl and the benchmarks' JSON)."""
-    device = torch.device(device)
-    commit, dirty = git_commit()
-    return {
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device.type,
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "git_commit": commit,
-        "git_dirty": dirty,
-    }
+from instrument.run import device_name
+from train.config import ConfigError
 
 
 def _duration(seconds):
@@ -109,8 +56,6 @@ class Metrics:
             try:
                 import wandb
             except ImportError:
-                from train.config import ConfigError
-
                 raise ConfigError("config key 'wandb_log' is on but wandb is not installed (pip install wandb)") from None
             wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=cfg.to_dict())
             self.wandb = wandb

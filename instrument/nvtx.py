@@ -1,6 +1,6 @@
 """NVTX ranges for Nsight Systems: off by default and then free; on a CPU always no-ops.
 
-    from profiles import nvtx
+    from instrument import nvtx
     nvtx.enable(True)                 # once, at start-up (the trainer's --nvtx flag)
     nvtx.annotate_model(model)        # embedding, each block's attention and MLP, ln_f / loss
     with nvtx.range("backward"): ...  # anything else
