@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench import __main__ as bench_main
-from bench import common, ops, plot, step
+from bench import common, ops, plot, step, tokenize_rate
 from gpt import GPTConfig
 from gpt import flops as gflops
 
@@ -279,3 +279,21 @@ def test_plot_errors(smoke, tmp_path, capsys, monkeypatch):
     assert plot.main([str(step_json), "-o", str(tmp_path / "x.png")]) == 2
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+# ----------------------------------------------------------------------------- tokenizing rate
+
+
+def test_tokenize_rate_writes_a_record(shared_data, tmp_path, capsys):
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000]
+    (tmp_path / "in.txt").write_text(text, encoding="utf-8")
+    out = tmp_path / "rate.json"
+    argv = ["--input", str(tmp_path / "in.txt"), "--procs", "1", "2", "--repeat", "1", "--out", str(out)]
+    assert tokenize_rate.main(argv) == 0
+    record = _load_strict(out)
+    assert record["input_bytes"] == len(text.encode()) and record["tokens"] > 0
+    assert record["git_commit"] and record["tiktoken"]
+    assert set(record["summary"]) == {"1", "2"} and "speedup_median" in record["summary"]["2"]
+    assert [r["num_proc"] for r in record["runs"]] == [1, 2]
+    assert tokenize_rate.main(["--input", str(tmp_path / "missing.txt")]) == 1
+    assert "not found" in capsys.readouterr().err

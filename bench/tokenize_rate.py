@@ -1,8 +1,8 @@
-"""python -m prep.bench: the rate of GPT-2 BPE preparation of a text file, 1 process against N.
+"""python -m bench.tokenize_rate: the rate of GPT-2 BPE preparation of a text file, 1 process against N.
 
-Runs the whole `text` pipeline (read, tokenize, write the bins) on the file, alternating the
-process counts so that a change in the machine's load touches them alike, and writes a JSON
-record to prep/results/. The load average before and after each run is kept with it: on a
+Runs the whole `text` pipeline of prep (read, tokenize, write the bins) on the file, alternating
+the process counts so that a change in the machine's load touches them alike, and writes a JSON
+record to bench/results/. The load average before and after each run is kept with it: on a
 machine that others are using the wall-clock figures are noisy, and the record should say so;
 the CPU seconds of each run (its own and its tokenizer processes') show the work it did regardless.
 """
@@ -13,13 +13,11 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-import tiktoken
-
+from instrument.run import git_commit, package_version
 from prep.pipeline import prepare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,28 +32,21 @@ def cpu_model():
         return platform.processor() or "unknown"
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return None
-
-
 def cpu_seconds():
     """CPU time of this process and its finished children (the tokenizer processes)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def main():
-    p = argparse.ArgumentParser(prog="python -m prep.bench", description=__doc__.splitlines()[0])
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.tokenize_rate", description=__doc__.splitlines()[0])
     p.add_argument("--input", default=os.path.join(DATA, "linux_docs.txt"), help="a UTF-8 text file")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts (default 1 2)")
     p.add_argument("--repeat", type=int, default=3, help="runs of each process count (default 3)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "tokenize_linux_docs.json"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if not os.path.isfile(args.input):
-        print(f"prep.bench: error: {args.input} not found; pass --input or set TRITONGPT_DATA", file=sys.stderr)
+        print(f"bench.tokenize_rate: error: {args.input} not found; pass --input or set TRITONGPT_DATA", file=sys.stderr)
         return 1
 
     size = os.path.getsize(args.input)
@@ -94,8 +85,8 @@ def main():
     record = dict(
         benchmark="prep text --tokenizer gpt2 (read, tokenize, write bins)",
         input=os.path.basename(args.input), input_bytes=size, tokens=tokens,
-        cpu=cpu_model(), cpu_count=os.cpu_count(), python=platform.python_version(), tiktoken=tiktoken.__version__,
-        git_commit=git_commit(), time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        cpu=cpu_model(), cpu_count=os.cpu_count(), python=platform.python_version(), tiktoken=package_version("tiktoken"),
+        git_commit=git_commit()[0], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         target="2 processes >= 1.6x the rate of 1", summary=summary, runs=runs,
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
