@@ -1,5 +1,6 @@
 """GPT-2 with two interchangeable op backends: `torch` (the reference) and `triton`."""
 
-from gpt.model import GPT, GPTConfig, pad_vocab
+from gpt.config import GPTConfig, pad_vocab
+from gpt.model import GPT
 
 __all__ = ["GPT", "GPTConfig", "pad_vocab"]

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from gpt.model import GPTConfig
+from gpt.config import GPTConfig
 
 HF_PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

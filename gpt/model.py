@@ -3,79 +3,18 @@
 backend="torch": stock PyTorch ops (the references of `kernels.reference`, attention through
 F.scaled_dot_product_attention). backend="triton": the public ops of `kernels`. Both hold the
 same parameters under the same names, so one state_dict moves between them. The backend is
-picked once, when the modules are built.
+picked once, when the modules are built: each module takes its ops from gpt.backends.OPS.
 """
 
 import math
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels
-from kernels import reference
-
-BACKENDS = ("torch", "triton")
-
-
-def pad_vocab(n, multiple=64):
-    """Round a vocabulary size up to a multiple of 64 (50257 -> 50304): faster matmuls."""
-    return ((n + multiple - 1) // multiple) * multiple
-
-
-@dataclass
-class GPTConfig:
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
-    backend: str = "torch"  # "torch" or "triton"
-
-    def __post_init__(self):
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"GPTConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
-
-    def to_dict(self):
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-# ----------------------------------------------------------------------------- the ops, per backend
-
-
-def _torch_mlp_up(x, fc):
-    return reference.gelu_tanh(fc(x))
-
-
-def _torch_attention(q, k, v, dropout_p):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-
-
-def _triton_mlp_up(x, fc):
-    return kernels.linear_gelu(x, fc.weight, fc.bias)
-
-
-def _triton_attention(q, k, v, dropout_p):
-    return kernels.attention(q, k, v, causal=True, dropout_p=dropout_p)
-
-
-OPS = {
-    "torch": dict(layer_norm=reference.layer_norm, mlp_up=_torch_mlp_up, attention=_torch_attention),
-    "triton": dict(layer_norm=kernels.layer_norm, mlp_up=_triton_mlp_up, attention=_triton_attention),
-}
+from gpt.backends import OPS
+from gpt.config import GPTConfig
+from gpt.hf import load_hf_gpt2, save_hf_gpt2
 
 
 # ----------------------------------------------------------------------------- modules
@@ -178,6 +117,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self._lm_head_loss = OPS[config.backend]["lm_head_loss"]
 
         # GPT-2 init: N(0, 0.02), with the residual projections scaled by 1/sqrt(2 * n_layer)
         self.apply(self._init_weights)
@@ -237,10 +177,7 @@ class GPT(nn.Module):
             return self.lm_head(x)
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
-        if self.config.backend == "triton":
-            # the LM head fused into the loss: the (B*T, V) logits never exist at once
-            return kernels.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
-        return reference.cross_entropy(self.lm_head(x), targets, ignore_index=-1)
+        return self._lm_head_loss(x, self.lm_head, targets)
 
     # ------------------------------------------------------------------------- generation
 
@@ -277,13 +214,9 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, **overrides):
-        from gpt.hf import load_hf_gpt2
-
         return load_hf_gpt2(cls, name_or_dir, **overrides)
 
     def save_pretrained(self, directory):
-        from gpt.hf import save_hf_gpt2
-
         save_hf_gpt2(self, directory)
 
 

@@ -1,0 +1,46 @@
+"""The ops of each backend, looked up once when the modules are built (never inside forward).
+
+    torch   stock PyTorch: the references of kernels.reference, attention through SDPA, and the
+            LM head followed by the cross-entropy
+    triton  the public ops of kernels; the LM head fused into the loss, so the (B*T, V) logits
+            never exist at once
+"""
+
+import torch.nn.functional as F
+
+import kernels
+from kernels import reference
+
+
+def _torch_mlp_up(x, fc):
+    return reference.gelu_tanh(fc(x))
+
+
+def _torch_attention(q, k, v, dropout_p):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
+def _torch_lm_head_loss(x, lm_head, targets):
+    return reference.cross_entropy(lm_head(x), targets, ignore_index=-1)
+
+
+def _triton_mlp_up(x, fc):
+    return kernels.linear_gelu(x, fc.weight, fc.bias)
+
+
+def _triton_attention(q, k, v, dropout_p):
+    return kernels.attention(q, k, v, causal=True, dropout_p=dropout_p)
+
+
+def _triton_lm_head_loss(x, lm_head, targets):
+    return kernels.linear_cross_entropy(x, lm_head.weight, targets, ignore_index=-1)
+
+
+# layer_norm(x, weight, bias, eps); mlp_up(x, c_fc) = gelu_tanh(c_fc(x)); attention(q, k, v,
+# dropout_p), causal; lm_head_loss(x, lm_head, targets) = mean cross-entropy of lm_head(x)
+OPS = {
+    "torch": dict(layer_norm=reference.layer_norm, mlp_up=_torch_mlp_up, attention=_torch_attention,
+                  lm_head_loss=_torch_lm_head_loss),
+    "triton": dict(layer_norm=kernels.layer_norm, mlp_up=_triton_mlp_up, attention=_triton_attention,
+                   lm_head_loss=_triton_lm_head_loss),
+}
