@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from prep.dataset import DatasetError
+from prep.errors import DatasetError
 from prep.pipeline import RECIPES, prepare
 
 EXAMPLES = """examples:

@@ -12,10 +12,8 @@ import os
 
 import numpy as np
 
-
-class DatasetError(ValueError):
-    """A dataset that cannot be prepared or opened (bad input, missing or damaged files); the message
-    is one line that says what to do."""
+from prep.errors import DatasetError
+from prep.tokenizer import CharTokenizer, GPT2Tokenizer
 
 
 class Dataset:
@@ -74,8 +72,6 @@ class Dataset:
 
     def _codec(self):
         if self._encoder is None:
-            from prep.tokenizer import CharTokenizer, GPT2Tokenizer
-
             if self.tokenizer == "char":
                 tok = CharTokenizer(self.meta["chars"])
                 self._encoder = (lambda text: tok.encode_array(text).tolist(), tok.decode)

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prep import sources
-from prep.dataset import DatasetError
+from prep.errors import DatasetError
 from prep.tokenizer import CharTokenizer, GPT2Tokenizer
 
 RECIPES = ("shakespeare_char", "shakespeare", "openwebtext", "fineweb_edu", "text")

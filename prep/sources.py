@@ -10,7 +10,7 @@ import sysconfig
 import urllib.error
 import urllib.request
 
-from prep.dataset import DatasetError
+from prep.errors import DatasetError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

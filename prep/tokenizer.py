@@ -6,7 +6,7 @@ end-of-text token that separates documents (GPT-2 only; characters have no such 
 
 import numpy as np
 
-from prep.dataset import DatasetError
+from prep.errors import DatasetError
 
 
 class CharTokenizer:

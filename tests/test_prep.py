@@ -13,7 +13,7 @@ import pytest
 import prep
 from prep import pipeline
 from prep import sources
-from prep.dataset import DatasetError
+from prep.errors import DatasetError
 
 
 @pytest.fixture(scope="module")
