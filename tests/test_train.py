@@ -14,8 +14,8 @@ import torch
 
 import prep
 from train import checkpoint
-from train.__main__ import main as train_main
-from train.__main__ import run_cli
+import train.__main__ as train_command
+from train.cli import run_cli
 from train.config import load_config
 from train.loop import TrainingStopped, train
 from train.sample import SampleConfig, sample
@@ -300,7 +300,7 @@ def test_bad_config_or_data_is_one_line(overrides, message, small_ds, tmp_path, 
     args = tiny(small_ds, str(tmp_path / "out"))
     args = [a for a in args if a.split("=")[0][2:] not in overrides] + [f"--{k}={v}" for k, v in overrides.items()]
     with pytest.raises(SystemExit) as e:
-        run_cli(train_main, args)
+        run_cli(train_command.main, args, train_command.__doc__)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
@@ -313,20 +313,20 @@ def test_bad_config_combinations(small_ds, tmp_path, capsys, monkeypatch):
     # the global batch cannot be split over the processes
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(SystemExit):
-        run_cli(train_main, tiny(small_ds, str(tmp_path / "a")))
+        run_cli(train_command.main, tiny(small_ds, str(tmp_path / "a")), train_command.__doc__)
     assert "'gradient_accumulation_steps' (2) must be divisible by the number of processes (3)" in capsys.readouterr().err
     monkeypatch.delenv("WORLD_SIZE")
     # fine-tuning with a block longer than the pretrained model's
     pretrained = str(tmp_path / "hf")
     GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=32, bias=True)).save_pretrained(pretrained)
     with pytest.raises(SystemExit):
-        run_cli(train_main, tiny(small_ds, str(tmp_path / "b"), init_from=pretrained))
+        run_cli(train_command.main, tiny(small_ds, str(tmp_path / "b"), init_from=pretrained), train_command.__doc__)
     assert "'block_size' (16) is longer than the model's (8)" in capsys.readouterr().err
     # a fresh run never writes over another run's checkpoints
     os.makedirs(tmp_path / "c")
     open(tmp_path / "c" / "ckpt_00000010.pt", "wb").close()
     with pytest.raises(SystemExit):
-        run_cli(train_main, tiny(small_ds, str(tmp_path / "c")))
+        run_cli(train_command.main, tiny(small_ds, str(tmp_path / "c")), train_command.__doc__)
     assert "already holds checkpoints" in capsys.readouterr().err
 
 
@@ -379,7 +379,7 @@ def test_shakespeare_cpu_learns_and_samples(shared_data, shakespeare, tmp_path, 
 
 
 def test_help_lists_every_key(capsys):
-    run_cli(train_main, ["--help"])
+    run_cli(train_command.main, ["--help"], train_command.__doc__)
     out = capsys.readouterr().out
     assert out.startswith("python -m train [CONFIG]")
     assert "--n_layer=12  (int)" in out and "--init_from='scratch'  (str)" in out and "--keep_last=2" in out

@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import random
-from datetime import timedelta
 
 import numpy as np
 import torch
@@ -29,8 +28,7 @@ from train import checkpoint
 from train.config import ConfigError, validate
 from train.data import EVAL, Batches, dataset_dir
 from train.metrics import Metrics
-
-PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from train.system import autocast, resolve_system, setup_device
 
 
 class TrainingStopped(RuntimeError):
@@ -49,26 +47,6 @@ def learning_rate(step, cfg):
     ratio = (step - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-def resolve_system(cfg):
-    """device, dtype and backend with `auto` replaced by what fits the machine; impossible choices
-    are a ConfigError."""
-    if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
-    on_gpu = cfg.device.startswith("cuda")
-    if on_gpu and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'device' is {cfg.device!r} but no CUDA device is available (use --device=cpu)")
-    if cfg.dtype == "auto":
-        cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_gpu else "float32"
-    if not on_gpu and cfg.dtype == "float16":
-        raise ConfigError("config key 'dtype' is float16, which needs a GPU (its gradient scaler); use float32 or bfloat16")
-    if on_gpu and cfg.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("config key 'dtype' is bfloat16 but this GPU has no bfloat16; use float16")
-    if cfg.backend == "auto":
-        cfg.backend = "triton" if on_gpu else "torch"
-    if cfg.backend == "triton" and not on_gpu:
-        raise ConfigError("config key 'backend' is triton, which needs a GPU (on a CPU use backend=torch)")
 
 
 # ----------------------------------------------------------------------------- test-only faults
@@ -135,30 +113,16 @@ class Trainer:
         cfg = self.cfg
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.ddp = self.world_size > 1
         self.master = self.rank == 0
         validate(cfg, self.world_size)
         resolve_system(cfg)
-        if self.ddp and cfg.device.startswith("cuda"):
-            cfg.device = f"cuda:{local_rank}"
+        self.device_type = setup_device(cfg, self.local_rank, self.ddp)
         self.device = cfg.device
-        self.device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
-        if self.device_type == "cpu" and cfg.cpu_threads:
-            torch.set_num_threads(cfg.cpu_threads)
-        if self.device_type == "cuda":
-            torch.cuda.set_device(self.device)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        if self.ddp:
-            backend = "nccl" if self.device_type == "cuda" else "gloo"
-            dist.init_process_group(backend, timeout=timedelta(minutes=10))
         self.micro_steps = cfg.gradient_accumulation_steps // self.world_size
-        dtype = PTDTYPE[cfg.dtype]
-        self.autocast = (
-            torch.autocast(self.device_type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-        )
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=dtype == torch.float16)
+        self.autocast = autocast(self.device, cfg.dtype)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=cfg.dtype == "float16")
         if cfg.nvtx:
             nvtx.enable(True)
 

@@ -7,7 +7,6 @@ The prompt is encoded and the samples decoded with the dataset's tokenizer (read
 prep.load from the dataset the checkpoint was trained on), or with tiktoken's gpt2 for gpt2*.
 """
 
-import contextlib
 import sys
 from dataclasses import dataclass
 
@@ -16,7 +15,9 @@ import torch
 import prep
 from gpt import GPT, GPTConfig
 from train import checkpoint
+from train.cli import run_cli
 from train.config import GPT2_PRESETS, ConfigError, load_config
+from train.system import autocast, resolve_system
 
 
 @dataclass
@@ -48,8 +49,6 @@ def _check(cfg):
 
 def load_model(cfg):
     """(model, encode, decode) as cfg says."""
-    from train.loop import resolve_system  # device/dtype/backend resolution shared with training
-
     resolve_system(cfg)
     if cfg.init_from in GPT2_PRESETS:
         import tiktoken
@@ -97,12 +96,9 @@ def sample(cfg):
     if not ids:
         raise ConfigError("config key 'start' is empty: give at least one token of prompt")
     torch.manual_seed(cfg.seed)
-    device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    ctx = torch.autocast(device_type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     x = torch.tensor(ids, dtype=torch.long, device=cfg.device)[None, :]  # (1, T)
     out = []
-    with ctx:
+    with autocast(cfg.device, cfg.dtype):
         for _ in range(cfg.num_samples):
             y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
                                top_p=cfg.top_p)
@@ -118,6 +114,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from train.__main__ import run_cli
-
     run_cli(main, sys.argv[1:], __doc__, SampleConfig)

@@ -1,0 +1,27 @@
+"""The one top-level handler of the trainer's commands (python -m train, python -m train.sample)."""
+
+import sys
+
+import prep
+from train import checkpoint
+from train.config import ConfigError, TrainConfig, usage
+from train.loop import TrainingStopped
+
+
+def run_cli(fn, argv, doc, cls=TrainConfig):
+    """Run fn(argv): --help prints `doc` and every key of `cls`; a bad config, dataset or checkpoint
+    is one line on stderr and exit status 2; a run that stopped itself, exit status 1."""
+    if "-h" in argv or "--help" in argv:
+        print(doc.strip() + "\n\nKeys and defaults:\n" + usage(cls))
+        return
+    try:
+        fn(argv)
+    except (ConfigError, prep.DatasetError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
