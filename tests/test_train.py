@@ -13,14 +13,17 @@ import pytest
 import torch
 
 import prep
-from train import checkpoint
 import train.__main__ as train_command
+from conftest import ROOT
+from gpt import GPT
+from train import checkpoint
 from train.cli import run_cli
 from train.config import load_config
-from train.loop import TrainingStopped, train
+from train.loop import Trainer, TrainingStopped, train
 from train.sample import SampleConfig, sample
 
 TIMEOUT = 120  # seconds for any subprocess: a hung process group fails the test instead of CI
+CRASHING_TRAIN = ROOT / "tests" / "crashing_train.py"  # python -m train, made to die before a given step
 
 
 def make_char_dataset(directory, text, block_size=16, val_fraction=0.1):
@@ -86,10 +89,13 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
-def torchrun(args, nproc=1, env=None, extra=()):
+def torchrun(args, nproc=1, env=None, extra=(), script=None):
+    """torchrun of `python -m train args`, or of `python script args`."""
+    program = ["-m", "train"] if script is None else [str(script)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
-           "-m", "train", *args]
+           *program, *args]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))  # as this process (one_thread)
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     # a session of its own, so that a hung run is killed with all its workers, not just torchrun
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
                             start_new_session=True)
@@ -169,7 +175,7 @@ def test_checkpoints_keep_last_k_and_best(tmp_path):
 def test_torchrun_restart_resumes_and_matches(straight, small_ds, tmp_path):
     """Killed before step 15 (after the checkpoint at 10), restarted by torchrun, resumed by itself."""
     out = str(tmp_path)
-    r = torchrun(tiny(small_ds, out), extra=["--max-restarts=1"], env={"TRITONGPT_TEST_CRASH_AT_STEP": "15"})
+    r = torchrun(["15", *tiny(small_ds, out)], extra=["--max-restarts=1"], script=CRASHING_TRAIN)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "dying before step 15" in r.stdout
     assert "ckpt_00000010.pt (step 10) after a restart" in r.stdout
@@ -227,8 +233,31 @@ def test_bfloat16_autocast_trains_and_samples(small_ds, tmp_path):
 # ----------------------------------------------------------------------------- non-finite losses
 
 
-def test_nan_loss_is_skipped_and_counted(small_ds, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITONGPT_TEST_NAN_STEPS", "4")
+@pytest.fixture
+def nan_steps(monkeypatch):
+    """A set of steps whose training loss is made NaN right after the forward (so the backward and
+    the update see it, as in a diverging run): add steps to it before training."""
+    steps, current = set(), []
+    real_step, real_forward = Trainer.train_step, GPT.forward
+
+    def train_step(self, step):
+        current.append(step)
+        try:
+            return real_step(self, step)
+        finally:
+            current.pop()
+
+    def forward(self, idx, targets=None):
+        out = real_forward(self, idx, targets)
+        return out * float("nan") if targets is not None and current and current[-1] in steps else out
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(GPT, "forward", forward)
+    return steps
+
+
+def test_nan_loss_is_skipped_and_counted(small_ds, tmp_path, nan_steps):
+    nan_steps.add(4)
     out = str(tmp_path)
     train(load_config(tiny(small_ds, out, max_iters=8, eval_interval=8)))
     records = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
@@ -241,8 +270,8 @@ def test_nan_loss_is_skipped_and_counted(small_ds, tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_nan_losses_in_a_row_stop_the_run(small_ds, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITONGPT_TEST_NAN_STEPS", "5,6,7")
+def test_nan_losses_in_a_row_stop_the_run(small_ds, tmp_path, nan_steps):
+    nan_steps.update({5, 6, 7})
     out = str(tmp_path)
     with pytest.raises(TrainingStopped, match=r"3 non-finite losses in a row .*ckpt_00000004\.pt"):
         train(load_config(tiny(small_ds, out, max_iters=12, eval_interval=4, max_bad_steps=3)))

@@ -49,37 +49,12 @@ def learning_rate(step, cfg):
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-# ----------------------------------------------------------------------------- test-only faults
-
-
-def _env_steps(name):
-    return {int(s) for s in os.environ.get(name, "").split(",") if s.strip()}
-
-
-class Faults:
-    """Faults the tests inject through the environment, read once at start-up:
-    TRITONGPT_TEST_NAN_STEPS=3,4   the loss of these steps is made NaN;
-    TRITONGPT_TEST_CRASH_AT_STEP=N the process dies before step N, on the first attempt only
-                                   (TORCHELASTIC_RESTART_COUNT unset or 0)."""
-
-    def __init__(self):
-        self.nan_steps = _env_steps("TRITONGPT_TEST_NAN_STEPS")
-        first_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0
-        self.crash_steps = _env_steps("TRITONGPT_TEST_CRASH_AT_STEP") if first_attempt else set()
-
-    def maybe_crash(self, step):
-        if step in self.crash_steps:
-            print(f"test fault: dying before step {step}", flush=True)
-            os._exit(17)
-
-
 # ----------------------------------------------------------------------------- the trainer
 
 
 class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.faults = Faults()
         self._setup_processes()
         self._setup_data()
         state = self._find_start()
@@ -260,8 +235,6 @@ class Trainer:
             with sync:
                 with nvtx.range("forward"), self.autocast:
                     loss = self.model(x, y)
-                if step in self.faults.nan_steps:
-                    loss = loss * float("nan")
                 loss_sum += loss.detach().float()
                 with nvtx.range("backward"):
                     self.scaler.scale(loss / self.micro_steps).backward()
@@ -366,7 +339,6 @@ class Trainer:
                 self.metrics.start(step)  # evaluation time is not training time
             if step >= cfg.max_iters:
                 break
-            self.faults.maybe_crash(step)
             loss, norm, lr = self.train_step(step)
             step += 1
             if step % cfg.log_interval == 0 or step == cfg.max_iters:
