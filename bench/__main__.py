@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import common, step
+from bench import common, config, step
 from instrument.run import utc_stamp
 
 
@@ -25,11 +25,11 @@ def parse_args(argv):
     p.add_argument("--batch-max", type=int, default=None, help="upper end of the --batch auto search (default 512; 4 with --smoke)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first: compile, autotune (default 5; 1 with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="timed steps, median reported (default 20; 2 with --smoke)")
-    p.add_argument("--paths", default=",".join(step.PATHS), help="comma-separated subset of: " + ", ".join(step.PATHS))
+    p.add_argument("--paths", default=",".join(config.PATHS), help="comma-separated subset of: " + ", ".join(config.PATHS))
     p.add_argument("--out", default=None, help="result JSON path, or a folder (default bench/results/)")
-    step.add_model_args(p)
+    config.add_model_args(p)
     args, rest = p.parse_known_args(argv)
-    overrides = step.parse_overrides(p, rest)
+    overrides = config.parse_overrides(p, rest)
 
     smoke = args.smoke
     args.batch = args.batch or ("2" if smoke else "8")
@@ -49,8 +49,8 @@ def parse_args(argv):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
 
-    device, dtype, compile_backend = step.resolve_defaults(args)
-    settings = step.Settings(
+    device, dtype, compile_backend = config.resolve_defaults(args)
+    settings = config.Settings(
         model="smoke" if smoke else args.model,
         overrides=overrides,
         seq_len=args.seq_len,

@@ -1,8 +1,8 @@
 """python -m profiles.capture: a few training steps, bracketed for Nsight Systems.
 
-Builds one path of the benchmark (bench.step: same model, step and optimizer), turns the NVTX
-ranges on, runs the warm-up steps (torch.compile and Triton autotuning happen here), then calls
-cudaProfilerStart, runs the captured steps, and cudaProfilerStop. Under
+Builds one path of the benchmark (bench.config and bench.step: same model, step and optimizer),
+turns the NVTX ranges on, runs the warm-up steps (torch.compile and Triton autotuning happen
+here), then calls cudaProfilerStart, runs the captured steps, and cudaProfilerStop. Under
 `nsys profile --capture-range=cudaProfilerApi` (profiles/nsys.sh) only those steps are recorded.
 
     nsys profile --trace=cuda,nvtx --capture-range=cudaProfilerApi --capture-range-end=stop \\
@@ -18,6 +18,8 @@ import sys
 import torch
 
 from bench import step
+from bench.config import (DTYPES, PATHS, Settings, add_model_args, model_config, parse_overrides,
+                          resolve_defaults)
 from instrument import nvtx
 
 
@@ -30,28 +32,28 @@ def parse_args(argv, prog, description, add_options=None):
     p.add_argument("--warmup", type=int, default=None, help="steps before the capture (default 10; 1 with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="captured steps (default 5; 2 with --smoke)")
     p.add_argument("--no-nvtx", action="store_true", help="leave the NVTX ranges off")
-    step.add_model_args(p)
+    add_model_args(p)
     if add_options is not None:
         add_options(p)
     args, rest = p.parse_known_args(argv)
-    overrides = step.parse_overrides(p, rest)
+    overrides = parse_overrides(p, rest)
     args.batch = args.batch if args.batch is not None else (2 if args.smoke else 8)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
     args.steps = args.steps if args.steps is not None else (2 if args.smoke else 5)
     for name, low in (("batch", 1), ("warmup", 0), ("steps", 1)):
         if getattr(args, name) < low:
             p.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    device, dtype, compile_backend = step.resolve_defaults(args)
+    device, dtype, compile_backend = resolve_defaults(args)
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda asked for, but no CUDA device is available")
     path = args.backend + ("+compile" if args.compile else "")
-    settings = step.Settings(
+    settings = Settings(
         model="smoke" if args.smoke else args.model, overrides=overrides, seq_len=args.seq_len,
         batch=args.batch, warmup=args.warmup, steps=args.steps, dtype=dtype,
         compile_backend=compile_backend, paths=(path,), seed=args.seed, device=device, smoke=args.smoke,
     )
     try:
-        config = step.model_config(settings)
+        config = model_config(settings)
     except ValueError as e:
         p.error(str(e))
     T = settings.seq_len or config.block_size
@@ -66,8 +68,8 @@ def prepare(settings, config, use_nvtx):
     Returns (device, dtype, forward, optimizer, batches). The model's own ranges (per block) are
     added only to an eager model: hooks inside a compiled graph would break it."""
     device = torch.device(settings.device)
-    dtype = step.DTYPES[settings.dtype]
-    backend, compiled = step.PATHS[settings.paths[0]]
+    dtype = DTYPES[settings.dtype]
+    backend, compiled = PATHS[settings.paths[0]]
     nvtx.enable(use_nvtx)
     model, forward, optimizer = step.build(config, backend, compiled, settings, device)
     if not compiled:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench import __main__ as bench_main
-from bench import common, ops, plot, step, tokenize_rate
+from bench import common, config, ops, plot, step, tokenize_rate
 from gpt import GPTConfig
 from gpt import flops as gflops
 
@@ -37,8 +37,8 @@ def test_smoke_writes_a_complete_result(smoke):
     for key in ("created_utc", "device_name", "torch", "triton", "git_commit", "settings", "flops", "paths", "note"):
         assert key in result, key
     assert result["gpu_figures"] is False and "not GPU figures" in result["note"]
-    assert result["settings"]["smoke"] and result["settings"]["seq_len"] == step.SMOKE["block_size"]
-    assert [r["path"] for r in result["paths"]] == list(step.PATHS)
+    assert result["settings"]["smoke"] and result["settings"]["seq_len"] == config.SMOKE["block_size"]
+    assert [r["path"] for r in result["paths"]] == list(config.PATHS)
     expected = set(step.empty_path("torch"))
     for r in result["paths"]:
         assert set(r) == expected, r["path"]
@@ -85,7 +85,7 @@ def test_table_is_printed_last(smoke, capsys):
     _, _, result = smoke
     text = step.table(result)
     assert "ms/step" in text and "MFU" in text and "not GPU figures" in text
-    for name in step.PATHS:
+    for name in config.PATHS:
         assert name in text
 
 

@@ -109,11 +109,12 @@ def test_capture_driver_rejects_bad_arguments(capsys):
 def test_step_ranges_and_data_range(recorded_ranges):
     """bench.step's training step marks data, forward, backward and optimizer."""
     from bench import step
+    from bench.config import OPTIM
 
     log, stack = recorded_ranges
     cfg = GPTConfig(**CFG)
     model = GPT(cfg)
-    opt = model.configure_optimizers(device_type="cpu", **step.OPTIM)
+    opt = model.configure_optimizers(device_type="cpu", **OPTIM)
     batches = step.make_batches(cfg, 2, 8, torch.device("cpu"), 0)
     step.run_steps(model, opt, batches, 1, torch.device("cpu"), torch.float32)
     assert log == ["data", "forward", "backward", "optimizer"] and stack == []
