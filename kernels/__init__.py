@@ -5,6 +5,10 @@
     kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows
     kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)
     kernels.attention(q, k, v, causal=True, dropout_p=0.0)       # (B, H, T, D), any strides
+
+One module per op family: normalization.py (layer_norm), fused_mlp.py (linear_gelu), losses.py
+(cross_entropy), lm_head.py (linear_cross_entropy), flash_attention.py (attention); common.py
+holds what they share, reference.py the pure-PyTorch definitions they are checked against.
 """
 
 import os
@@ -17,36 +21,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import reference  # noqa: E402
-from kernels.common import autocast_dtype  # noqa: E402
-
-# The kernel modules are imported here, before the public functions below are defined: importing
-# a submodule binds its name on this package, and three of them share their op's name
-# (kernels/cross_entropy.py, linear_gelu.py, attention.py); the defs below take the names back.
-# Tests reach a module by importlib.import_module("kernels.<name>").
-from kernels import attention as _attention  # noqa: E402
-from kernels import cross_entropy as _cross_entropy  # noqa: E402
-from kernels import layernorm as _layernorm  # noqa: E402
-from kernels import linear_gelu as _linear_gelu  # noqa: E402
-
-
-def layer_norm(x, weight, bias=None, eps=1e-5):
-    return _layernorm.layer_norm(x, weight, bias, eps)
-
-
-def linear_gelu(x, weight, bias=None):
-    return _linear_gelu.linear_gelu(x, weight, bias)
-
-
-def cross_entropy(logits, targets, ignore_index=-1):
-    return _cross_entropy.cross_entropy(logits, targets, ignore_index)
-
-
-def linear_cross_entropy(x, weight, targets, ignore_index=-1):
-    return _cross_entropy.linear_cross_entropy(x, weight, targets, ignore_index, autocast_dtype(x.device.type))
-
-
-def attention(q, k, v, causal=True, dropout_p=0.0):
-    return _attention.attention(q, k, v, causal=causal, dropout_p=dropout_p)
-
+from kernels.flash_attention import attention  # noqa: E402
+from kernels.fused_mlp import linear_gelu  # noqa: E402
+from kernels.lm_head import linear_cross_entropy  # noqa: E402
+from kernels.losses import cross_entropy  # noqa: E402
+from kernels.normalization import layer_norm  # noqa: E402
 
 __all__ = ["layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention", "reference"]

@@ -1,7 +1,6 @@
-"""kernels.attention: flash attention forward and dQ, dK, dV against the reference, the c_attn
-view, dropout (its mask, its statistics, its gradients), autocast, errors, and the model."""
-
-import importlib
+"""kernels.attention (kernels/flash_attention.py): flash attention forward and dQ, dK, dV against
+the reference, the c_attn view, dropout (its mask, its statistics, its gradients), autocast,
+errors, and the model."""
 
 import pytest
 import torch
@@ -9,9 +8,8 @@ import torch
 import kernels
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
 from gpt import GPT, GPTConfig
+from kernels import flash_attention as fa
 from kernels import reference
-
-fa = importlib.import_module("kernels.attention")  # the module: `kernels.attention` is the function
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,5 @@
-"""kernels.cross_entropy and kernels.linear_cross_entropy against kernels.reference."""
-
-import importlib
+"""kernels.cross_entropy (kernels/losses.py) and kernels.linear_cross_entropy (kernels/lm_head.py)
+against kernels.reference."""
 
 import pytest
 import torch
@@ -8,9 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
-from kernels import reference
-
-ce = importlib.import_module("kernels.cross_entropy")
+from kernels import lm_head, losses, reference
 
 VOCABS = [1000] + ([50304] if HAS_GPU else [])
 
@@ -59,7 +56,7 @@ def test_cross_entropy_parity(shape, dtype):
 
 def test_cross_entropy_online_softmax_across_blocks(monkeypatch):
     """Many column blocks per row, the row's max in a late block, and a ragged last block."""
-    monkeypatch.setattr(ce, "MAX_BLOCK_V", 64)
+    monkeypatch.setattr(losses, "MAX_BLOCK_V", 64)
     logits = torch.randn(5, 1000, device=DEVICE)
     logits[:, 900] += 30.0
     check(kernels.cross_entropy, reference.cross_entropy, [logits], _targets((5,), 1000, 0.0), ["loss", "dlogits"])
@@ -116,8 +113,8 @@ def test_linear_cross_entropy_parity(shape, dtype, chunked, monkeypatch):
     M, C, V = shape
     if chunked:  # several chunks (as many as GPT-2's 8192 rows get on the GPU), a ragged last one
         rows, itemsize = (16 if M < 1000 else 256), torch.finfo(dtype).bits // 8
-        monkeypatch.setattr(ce, "LOGITS_BUDGET_BYTES", rows * V * itemsize)
-        assert ce.chunk_rows(M, V, itemsize) == min(M, rows)
+        monkeypatch.setattr(lm_head, "LOGITS_BUDGET_BYTES", rows * V * itemsize)
+        assert lm_head.chunk_rows(M, V, itemsize) == min(M, rows)
     x = torch.randn(M, C, device=DEVICE).to(dtype)
     w = (torch.randn(V, C, device=DEVICE) / C**0.5).to(dtype)
     check(
@@ -169,7 +166,7 @@ def test_logits_exist_one_chunk_at_a_time(monkeypatch):
     """With chunks of 8 rows, no tensor larger than 8 x V fp32 is ever created in forward +
     backward, where the unfused reference creates M x V ones."""
     M, C, V = 50, 4, 1000
-    monkeypatch.setattr(ce, "LOGITS_BUDGET_BYTES", 8 * V * 4)
+    monkeypatch.setattr(lm_head, "LOGITS_BUDGET_BYTES", 8 * V * 4)
     x = torch.randn(M, C, device=DEVICE, requires_grad=True)
     w = torch.randn(V, C, device=DEVICE, requires_grad=True)
     t = _targets((M,), V)
@@ -180,9 +177,9 @@ def test_logits_exist_one_chunk_at_a_time(monkeypatch):
 
 
 def test_chunk_rows_from_the_shape():
-    assert ce.chunk_rows(8192, 50304, 2) == 2048  # 2048 * 50304 * 2 bytes = 196 MiB <= 256 MiB
-    assert ce.chunk_rows(8192, 50304, 4) == 1024
-    assert ce.chunk_rows(100, 50304, 2) == 100 and ce.chunk_rows(5, 10**9, 4) == 1
+    assert lm_head.chunk_rows(8192, 50304, 2) == 2048  # 2048 * 50304 * 2 bytes = 196 MiB <= 256 MiB
+    assert lm_head.chunk_rows(8192, 50304, 4) == 1024
+    assert lm_head.chunk_rows(100, 50304, 2) == 100 and lm_head.chunk_rows(5, 10**9, 4) == 1
 
 
 def test_bad_inputs_raise_value_errors(monkeypatch):

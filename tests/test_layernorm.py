@@ -1,15 +1,12 @@
-"""kernels.layer_norm against kernels.reference.layer_norm: forward, dx, dweight, dbias."""
-
-import importlib
+"""kernels.layer_norm (kernels/normalization.py) against kernels.reference.layer_norm: forward,
+dx, dweight, dbias."""
 
 import pytest
 import torch
 
 import kernels
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
-from kernels import reference
-
-layernorm = importlib.import_module("kernels.layernorm")
+from kernels import normalization, reference
 
 
 def _run(fn, x, weight, bias, dy):
@@ -102,8 +99,8 @@ def test_strided_and_non_contiguous_inputs():
 def test_backward_partials_span_many_row_blocks():
     """The backward's persistent grid: more row blocks than programs, and a ragged last block."""
     x, w, b = _inputs((203, 100), torch.float32)
-    BLOCK_M, _, _ = layernorm._tile(100, max_tile=8192)
-    G = 2 * layernorm.num_sms(x.device)
+    BLOCK_M, _, _ = normalization._tile(100, max_tile=8192)
+    G = 2 * normalization.num_sms(x.device)
     assert -(-203 // BLOCK_M) > G and 203 % BLOCK_M
     check_layer_norm(x, w, b)
 
@@ -119,7 +116,7 @@ def test_bad_inputs_raise_value_errors(monkeypatch):
     with pytest.raises(ValueError, match="one device"):
         kernels.layer_norm(x, w.to("meta"), b)
     with pytest.raises(ValueError, match="widths up to"):
-        kernels.layer_norm(torch.randn(1, layernorm.MAX_WIDTH + 1, device=DEVICE), torch.ones(layernorm.MAX_WIDTH + 1, device=DEVICE))
+        kernels.layer_norm(torch.randn(1, normalization.MAX_WIDTH + 1, device=DEVICE), torch.ones(normalization.MAX_WIDTH + 1, device=DEVICE))
     with pytest.raises(ValueError, match="non-empty last dim"):
         kernels.layer_norm(torch.randn(3, 0, device=DEVICE), torch.ones(0, device=DEVICE))
     # CPU tensors are only runnable under the interpreter

@@ -1,4 +1,5 @@
-"""kernels.linear_gelu: gelu_tanh(x @ W.T + b) forward and dx, dW, db against the reference."""
+"""kernels.linear_gelu (kernels/fused_mlp.py): gelu_tanh(x @ W.T + b) forward and dx, dW, db
+against the reference."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 import kernels
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
 from kernels import reference
-from kernels.linear_gelu import (
+from kernels.fused_mlp import (
     AUTOTUNE,
     CONFIGS,
     HOPPER_CONFIGS,

@@ -1,4 +1,4 @@
-"""Cross-entropy with an online softmax, alone and fused with the LM head.
+"""Cross-entropy with an online softmax; its row kernel also serves the fused LM head (lm_head.py).
 
 cross_entropy(logits (M, V), targets (M,)): mean over the rows whose target != ignore_index.
     forward   one pass over each row: running max m and sum s of exp(x - m) in fp32, so
@@ -13,27 +13,6 @@ cross_entropy(logits (M, V), targets (M,)): mean over the rows whose target != i
         forward  M * V * s + 16 * M          logits in; targets in, loss and lse out
         backward 2 * M * V * s + 12 * M      logits in, dlogits out; targets and lse in
     i.e. about 3 * M * V * s for forward + backward.
-
-linear_cross_entropy(x (M, C), weight (V, C), targets (M,)) == cross_entropy(x @ weight.T, targets)
-    in chunks of R rows, so that only one (R, V) logits buffer exists. Per chunk, when a
-    gradient is wanted (the training step):
-        logits = x_c @ W.T                     cuBLAS, in the input dtype, into the buffer
-        the kernel above, in place: loss rows, then logits := (softmax - onehot) / kept
-        grad_x_c = dlogits @ W;  grad_W += dlogits.T @ x_c
-    so the gradients are done when the forward returns (the logits chunk is gone by the
-    backward, and recomputing it would cost a third more matmul FLOPs); the backward only scales
-    grad_x and grad_W by grad_output, on the device.
-    grad_W is accumulated in the input dtype with addmm_: cuBLAS sums each chunk's product in
-    fp32 and rounds once per chunk, so the error is a few roundings (the chunk count) instead
-    of one, while an fp32 (V, C) accumulator would cost twice the memory plus a cast pass, and
-    an fp32-output matmul of bf16 inputs is not available on every torch the code runs on.
-    R = the largest power of two with R * V * itemsize <= LOGITS_BUDGET_BYTES (256 MiB), at
-    least 1 and at most M: 2048 rows in bf16 at V = 50304, 1024 in fp32. Peak extra memory is
-    R * V * s for the logits chunk plus the gradients themselves (M * C + V * C elements).
-    The rows kept are counted on the device: no host sync.
-    FLOPs: 2 * M * V * C (forward only); 6 * M * V * C with the gradients, plus about 10 * M * V
-    for the softmax; bytes through the logits chunks: 3 * M * V * s (written by the matmul, read
-    twice and rewritten by the kernel, read by two matmuls: 5 * M * V * s with the gradients).
 """
 
 import torch
@@ -42,7 +21,6 @@ import triton.language as tl
 
 from kernels.common import check_device, check_float
 
-LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of linear_cross_entropy's logits
 MAX_BLOCK_V = 4096  # columns of a row handled per loop step
 INDEX_DTYPES = (torch.int64, torch.int32)
 
@@ -134,7 +112,8 @@ def _block_v(V):
     return BLOCK_V, (8 if BLOCK_V >= 2048 else 4)
 
 
-def _check_targets(targets, lead_shape, what):
+def check_targets(targets, lead_shape, what):
+    """targets (...) int class ids with the given leading shape -> a flat contiguous (M,) view."""
     if targets.dtype not in INDEX_DTYPES:
         raise ValueError(f"targets must be int64 or int32 class ids, got {targets.dtype}")
     if tuple(targets.shape) != tuple(lead_shape):
@@ -142,8 +121,9 @@ def _check_targets(targets, lead_shape, what):
     return targets.reshape(-1).contiguous()
 
 
-def _launch_fwd(logits2, t, ignore_index, loss_rows, lse, scale, write_grad):
-    """The forward kernel over the rows of logits2 (R, V); in place when write_grad."""
+def cross_entropy_rows(logits2, t, ignore_index, loss_rows, lse, scale, write_grad):
+    """The forward kernel over the rows of logits2 (R, V): loss_rows and lse (R,) out; when
+    write_grad, logits2 is overwritten in place by its gradient times scale (1,)."""
     R, V = logits2.shape
     if R == 0:
         return
@@ -161,14 +141,14 @@ def cross_entropy_fwd(logits, targets, ignore_index):
     if logits.dim() < 1 or logits.shape[-1] == 0:
         raise ValueError(f"logits must be (..., V) with V >= 1, got shape {tuple(logits.shape)}")
     V = logits.shape[-1]
-    t = _check_targets(targets, logits.shape[:-1], "logits' leading shape")
+    t = check_targets(targets, logits.shape[:-1], "logits' leading shape")
     logits2 = logits.reshape(-1, V)
     if logits2.stride(-1) != 1:
         logits2 = logits2.contiguous()
     M = logits2.shape[0]
     loss_rows = torch.empty(M, dtype=torch.float32, device=logits.device)
     lse = torch.empty(M, dtype=torch.float32, device=logits.device)
-    _launch_fwd(logits2, t, ignore_index, loss_rows, lse, lse, write_grad=False)
+    cross_entropy_rows(logits2, t, ignore_index, loss_rows, lse, lse, write_grad=False)
     kept = (t != ignore_index).sum().clamp(min=1).float()  # on the device: no sync
     return loss_rows.sum() / kept, (logits2, t, lse, kept)
 
@@ -185,53 +165,6 @@ def cross_entropy_bwd(grad_out, logits2, t, lse, kept, ignore_index):
             BLOCK_V=BLOCK_V, num_warps=num_warps,
         )
     return dlogits
-
-
-def chunk_rows(M, V, itemsize):
-    """Rows of logits per chunk: the largest power of two within LOGITS_BUDGET_BYTES, in [1, M]."""
-    fit = max(1, LOGITS_BUDGET_BYTES // (V * itemsize))
-    return max(1, min(M, 1 << (fit.bit_length() - 1)))
-
-
-def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
-    """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (M, C) or None, dW (V, C)
-    or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk."""
-    check_device(x=x, weight=weight, targets=targets)
-    check_float(x=x, weight=weight)
-    if x.dtype != weight.dtype:
-        raise ValueError(
-            f"x ({x.dtype}) and weight ({weight.dtype}) must have one dtype (under torch.autocast "
-            "both are cast to the autocast dtype)"
-        )
-    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"expected x (..., C) and weight (V, C) as in nn.Linear, got x {tuple(x.shape)} and "
-            f"weight {tuple(weight.shape)}"
-        )
-    V, C = weight.shape
-    t = _check_targets(targets, x.shape[:-1], "x's leading shape")
-    x2 = x.reshape(-1, C).contiguous()
-    w = weight.contiguous()
-    M = x2.shape[0]
-    write_grad = grad_x or grad_w
-    kept = (t != ignore_index).sum().clamp(min=1).float()  # on the device: no sync
-    scale = (1.0 / kept).reshape(1)
-    loss_rows = torch.empty(M, dtype=torch.float32, device=x.device)
-    lse = torch.empty(M, dtype=torch.float32, device=x.device)
-    dx = torch.empty_like(x2) if grad_x else None
-    dw = torch.zeros_like(w) if grad_w else None
-    R = chunk_rows(M, V, x.element_size())
-    buf = torch.empty((R, V), dtype=x.dtype, device=x.device)  # the one logits chunk
-    for start in range(0, M, R):
-        end = min(start + R, M)
-        x_c, logits = x2[start:end], buf[: end - start]  # (r, C), (r, V)
-        torch.mm(x_c, w.t(), out=logits)
-        _launch_fwd(logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], scale, write_grad)
-        if grad_x:
-            torch.mm(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
-        if grad_w:
-            dw.addmm_(logits.t(), x_c)  # (V, r) @ (r, C)
-    return loss_rows.sum() / kept, dx, dw
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -252,22 +185,6 @@ class CrossEntropyFunction(torch.autograd.Function):
         return dlogits.view(ctx.logits_shape), None, None
 
 
-class LinearCrossEntropyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, targets, ignore_index, grad_x, grad_w):
-        loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w)
-        ctx.save_for_backward(dx, dw)
-        ctx.x_shape = x.shape
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        dx, dw = ctx.saved_tensors
-        dx = (dx * grad_out).view(ctx.x_shape) if dx is not None else None
-        dw = dw * grad_out if dw is not None else None
-        return dx, dw, None, None, None, None
-
-
 # ----------------------------------------------------------------------------- public
 
 
@@ -275,17 +192,3 @@ def cross_entropy(logits, targets, ignore_index=-1):
     """Mean cross-entropy of logits (..., V) against targets (...) over the rows whose target is
     not ignore_index (0, with zero gradients, when all are). The loss is fp32."""
     return CrossEntropyFunction.apply(logits, targets, ignore_index)
-
-
-def linear_cross_entropy(x, weight, targets, ignore_index=-1, autocast_dtype=None):
-    """cross_entropy(x @ weight.T, targets) without the (rows, V) logits: x (..., C), weight (V, C).
-
-    autocast_dtype: the dtype torch.autocast would run the matmul in (None when it is off);
-    x and weight are cast to it, as F.linear would be, and their gradients come back in their
-    own dtypes through the casts."""
-    if autocast_dtype is not None:
-        x, weight = x.to(autocast_dtype), weight.to(autocast_dtype)
-    want = torch.is_grad_enabled()
-    return LinearCrossEntropyFunction.apply(
-        x, weight, targets, ignore_index, want and x.requires_grad, want and weight.requires_grad
-    )

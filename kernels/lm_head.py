@@ -1,0 +1,119 @@
+"""The LM head fused with its loss: linear_cross_entropy(x, weight, targets) equals
+cross_entropy(x @ weight.T, targets) without ever holding the full (rows, V) logits.
+
+linear_cross_entropy(x (M, C), weight (V, C), targets (M,)) runs in chunks of R rows, so that
+only one (R, V) logits buffer exists. Per chunk, when a gradient is wanted (the training step):
+    logits = x_c @ W.T                     cuBLAS, in the input dtype, into the buffer
+    the row kernel of losses.py, in place: loss rows, then logits := (softmax - onehot) / kept
+    grad_x_c = dlogits @ W;  grad_W += dlogits.T @ x_c
+so the gradients are done when the forward returns (the logits chunk is gone by the backward,
+and recomputing it would cost a third more matmul FLOPs); the backward only scales grad_x and
+grad_W by grad_output, on the device.
+
+grad_W is accumulated in the input dtype with addmm_: cuBLAS sums each chunk's product in fp32
+and rounds once per chunk, so the error is a few roundings (the chunk count) instead of one,
+while an fp32 (V, C) accumulator would cost twice the memory plus a cast pass, and an
+fp32-output matmul of bf16 inputs is not available on every torch the code runs on.
+
+R = the largest power of two with R * V * itemsize <= LOGITS_BUDGET_BYTES (256 MiB), at least 1
+and at most M: 2048 rows in bf16 at V = 50304, 1024 in fp32. Peak extra memory is R * V * s for
+the logits chunk plus the gradients themselves (M * C + V * C elements). The rows kept are
+counted on the device: no host sync.
+
+FLOPs: 2 * M * V * C (forward only); 6 * M * V * C with the gradients, plus about 10 * M * V for
+the softmax; bytes through the logits chunks: 3 * M * V * s (written by the matmul, read twice
+and rewritten by the kernel, read by two matmuls: 5 * M * V * s with the gradients).
+"""
+
+import torch
+
+from kernels.common import autocast_dtype, check_device, check_float
+from kernels.losses import check_targets, cross_entropy_rows
+
+LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of logits
+
+
+# ----------------------------------------------------------------------------- host launcher
+
+
+def chunk_rows(M, V, itemsize):
+    """Rows of logits per chunk: the largest power of two within LOGITS_BUDGET_BYTES, in [1, M]."""
+    fit = max(1, LOGITS_BUDGET_BYTES // (V * itemsize))
+    return max(1, min(M, 1 << (fit.bit_length() - 1)))
+
+
+def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
+    """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (M, C) or None, dW (V, C)
+    or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk."""
+    check_device(x=x, weight=weight, targets=targets)
+    check_float(x=x, weight=weight)
+    if x.dtype != weight.dtype:
+        raise ValueError(
+            f"x ({x.dtype}) and weight ({weight.dtype}) must have one dtype (under torch.autocast "
+            "both are cast to the autocast dtype)"
+        )
+    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"expected x (..., C) and weight (V, C) as in nn.Linear, got x {tuple(x.shape)} and "
+            f"weight {tuple(weight.shape)}"
+        )
+    V, C = weight.shape
+    t = check_targets(targets, x.shape[:-1], "x's leading shape")
+    x2 = x.reshape(-1, C).contiguous()
+    w = weight.contiguous()
+    M = x2.shape[0]
+    write_grad = grad_x or grad_w
+    kept = (t != ignore_index).sum().clamp(min=1).float()  # on the device: no sync
+    scale = (1.0 / kept).reshape(1)
+    loss_rows = torch.empty(M, dtype=torch.float32, device=x.device)
+    lse = torch.empty(M, dtype=torch.float32, device=x.device)
+    dx = torch.empty_like(x2) if grad_x else None
+    dw = torch.zeros_like(w) if grad_w else None
+    R = chunk_rows(M, V, x.element_size())
+    buf = torch.empty((R, V), dtype=x.dtype, device=x.device)  # the one logits chunk
+    for start in range(0, M, R):
+        end = min(start + R, M)
+        x_c, logits = x2[start:end], buf[: end - start]  # (r, C), (r, V)
+        torch.mm(x_c, w.t(), out=logits)
+        cross_entropy_rows(logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], scale, write_grad)
+        if grad_x:
+            torch.mm(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
+        if grad_w:
+            dw.addmm_(logits.t(), x_c)  # (V, r) @ (r, C)
+    return loss_rows.sum() / kept, dx, dw
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, targets, ignore_index, grad_x, grad_w):
+        loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w)
+        ctx.save_for_backward(dx, dw)
+        ctx.x_shape = x.shape
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        dx, dw = ctx.saved_tensors
+        dx = (dx * grad_out).view(ctx.x_shape) if dx is not None else None
+        dw = dw * grad_out if dw is not None else None
+        return dx, dw, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def linear_cross_entropy(x, weight, targets, ignore_index=-1):
+    """cross_entropy(x @ weight.T, targets) without the (rows, V) logits: x (..., C), weight (V, C).
+
+    Under torch.autocast x and weight are cast to the autocast dtype, as F.linear's would be, and
+    their gradients come back in their own dtypes through the casts."""
+    dtype = autocast_dtype(x.device.type)
+    if dtype is not None:
+        x, weight = x.to(dtype), weight.to(dtype)
+    want = torch.is_grad_enabled()
+    return LinearCrossEntropyFunction.apply(
+        x, weight, targets, ignore_index, want and x.requires_grad, want and weight.requires_grad
+    )
