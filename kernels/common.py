@@ -17,34 +17,67 @@ def interpreted():
 AUTOTUNE = not interpreted() and os.environ.get("TRITONGPT_AUTOTUNE", "1") != "0"
 
 
-def autocast_dtype(device_type):
-    """The dtype torch.autocast runs matmuls in on `device_type`, or None when it is off.
-
-    Triton ops are not seen by autocast, so a public op casts its inputs itself to behave as
-    torch's own op would under autocast (fp32 master weights, bf16 compute)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
+# ----------------------------------------------------------------------------- input checks
+# Each takes the op's name and the tensors by argument name (None for an absent optional one)
+# and raises a ValueError that names the op, the argument and what to do.
 
 
-def check_device(**tensors):
+def check_tensors(op, **tensors):
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_device(op, **tensors):
     """All tensors on one device, and one a kernel can run on: CUDA, or the CPU under Triton's
     interpreter (TRITON_INTERPRET=1)."""
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         where = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"expected all tensors on one device, got {where}")
+        raise ValueError(f"{op}: expected all tensors on one device, got {where}; move them to one device")
     device = next(iter(devices.values()))
     if device.type != "cuda" and not (device.type == "cpu" and interpreted()):
         raise ValueError(
-            f"expected CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got tensors on {device}"
+            f"{op}: tensors are on {device}, but the Triton kernel runs on CUDA tensors "
+            "(or on CPU tensors with TRITON_INTERPRET=1, Triton's interpreter)"
         )
 
 
-def check_float(**tensors):
+def check_float(op, **tensors):
+    """Each tensor float32, float16 or bfloat16; they may differ (layer_norm's bf16 x, fp32 weight)."""
     for name, t in tensors.items():
         if t is not None and t.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+            raise ValueError(f"{op}: {name} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def check_one_dtype(op, **tensors):
+    """All tensors of one dtype, and that one float32, float16 or bfloat16."""
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(dtypes.values())) > 1 or not set(dtypes.values()) <= set(FLOAT_DTYPES):
+        got = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
+        raise ValueError(
+            f"{op}: {', '.join(dtypes)} must share one of float32, float16 or bfloat16, but {got}; "
+            "cast them to one dtype (under torch.autocast the op casts them for you)"
+        )
+
+
+# ----------------------------------------------------------------------------- autocast
+
+
+def autocast_inputs(*tensors):
+    """The tensors cast to torch.autocast's dtype when autocast is on for the first one's device,
+    else as they are (None and non-tensors pass through, for the checks to report).
+
+    Triton ops are not seen by autocast, so a public op whose torch counterpart autocast would
+    cast (F.linear, SDPA) casts its inputs itself: fp32 master weights, bf16 compute. The casts
+    are part of the autograd graph, so gradients come back in each input's own dtype."""
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor) or first.device.type not in ("cpu", "cuda"):
+        return tensors
+    if not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in tensors)
 
 
 def num_sms(device):

@@ -34,10 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import AUTOTUNE, autocast_dtype, interpreted
+from kernels.common import AUTOTUNE, autocast_inputs, check_device, check_one_dtype, check_tensors, interpreted
 
 HEAD_DIMS = (16, 32, 64, 128)
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_T_DROPOUT = 46340  # row * T + col must fit the int32 Philox counter
 
 # ----------------------------------------------------------------------------- tuning
@@ -360,21 +359,17 @@ def _launch(kernel, tuned, small, names, T, BH, *args, **meta):
 
 def _check(q, k, v, dropout_p):
     """Shapes, dtypes, devices and options the kernels take; a ValueError naming what is wrong."""
+    check_tensors("attention", q=q, k=k, v=v)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"attention: {name} must be a (B, H, T, D) tensor, got {shape}")
+        if t.dim() != 4:
+            raise ValueError(f"attention: {name} must be a (B, H, T, D) tensor, got {tuple(t.shape)}")
     if not (q.shape == k.shape == v.shape):
         raise ValueError(
             f"attention: q, k, v must have one shape (B, H, T, D), got {tuple(q.shape)}, {tuple(k.shape)}, "
             f"{tuple(v.shape)} (self-attention only: no cross-attention or grouped heads)"
         )
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
-        raise ValueError(f"attention: q, k, v must share one of {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda" and not interpreted():
-        raise ValueError(f"attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
+    check_one_dtype("attention", q=q, k=k, v=v)
+    check_device("attention", q=q, k=k, v=v)
     B, H, T, D = q.shape
     if D not in HEAD_DIMS:
         raise ValueError(f"attention: head dim {D} is not supported; use one of {HEAD_DIMS}")
@@ -493,7 +488,5 @@ def attention(q, k, v, causal=True, dropout_p=0.0):
     q, k, v: (B, H, T, D), any strides (the views out of c_attn need no copy), D in HEAD_DIMS,
     fp32 / fp16 / bf16; under torch.autocast they are cast to autocast's dtype, as SDPA would be.
     Returns (B, H, T, D) in their dtype, laid out as (B, T, H, D)."""
-    dtype = autocast_dtype(q.device.type)
-    if dtype is not None:
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    q, k, v = autocast_inputs(q, k, v)
     return FlashAttention.apply(q, k, v, causal, float(dropout_p), None)

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import AUTOTUNE, autocast_dtype, interpreted
+from kernels.common import AUTOTUNE, autocast_inputs, check_device, check_one_dtype, check_tensors, interpreted
 
 # ----------------------------------------------------------------------------- tile configs
 
@@ -185,9 +185,9 @@ def _linear_gelu_bwd_kernel(
 
 
 def _check(x, weight, bias):
-    """A clear ValueError for inputs the kernels cannot take."""
-    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
-        raise ValueError("linear_gelu: x and weight must be torch.Tensors")
+    """A clear ValueError for inputs the kernels cannot take: shapes first (a shape error is
+    reported even for tensors that could not run), then dtypes and devices."""
+    check_tensors("linear_gelu", x=x, weight=weight, bias=bias)
     if x.dim() < 1 or weight.dim() != 2:
         raise ValueError(
             f"linear_gelu: expected x (..., K) and weight (N, K) as in nn.Linear, "
@@ -205,27 +205,14 @@ def _check(x, weight, bias):
         )
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"linear_gelu: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
-    for name, t in tensors:
-        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"linear_gelu: {name} has dtype {t.dtype}; expected float32, float16 or bfloat16")
-        if t.dtype != x.dtype:
-            raise ValueError(
-                f"linear_gelu: {name} is {t.dtype} but x is {x.dtype}; cast them to one dtype "
-                f"(or run under torch.autocast, which casts them for you)"
-            )
-        if t.device != x.device:
-            raise ValueError(f"linear_gelu: {name} is on {t.device} but x is on {x.device}; move them to one device")
+    check_one_dtype("linear_gelu", x=x, weight=weight, bias=bias)
+    check_device("linear_gelu", x=x, weight=weight, bias=bias)
     if INTERPRET and x.dtype == torch.bfloat16:
         # The interpreter's dot multiplies bf16 bit patterns as integers: refuse, never a wrong answer.
         raise ValueError(
             "linear_gelu: bfloat16 needs a GPU; Triton's CPU interpreter has no bf16 matmul "
             "(use float32 or float16, e.g. torch.autocast(dtype=torch.float16), on the CPU)"
         )
-    want = "cpu" if INTERPRET else "cuda"
-    if x.device.type != want:
-        where = "the CPU (Triton's interpreter is on)" if INTERPRET else "a CUDA device"
-        raise ValueError(f"linear_gelu: tensors are on {x.device}; the Triton kernel runs on {where}")
 
 
 def _input_precision(dtype):
@@ -317,9 +304,5 @@ def linear_gelu(x, weight, bias=None):
 
     Under torch.autocast the inputs are cast to the autocast dtype, as F.linear would be; the
     gradients come back in each input's own dtype (the casts are part of the autograd graph)."""
-    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.device.type in ("cpu", "cuda"):
-        dtype = autocast_dtype(x.device.type)
-        if dtype is not None:
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
+    x, weight, bias = autocast_inputs(x, weight, bias)
     return LinearGELU.apply(x, weight, bias)

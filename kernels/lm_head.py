@@ -27,7 +27,7 @@ and rewritten by the kernel, read by two matmuls: 5 * M * V * s with the gradien
 
 import torch
 
-from kernels.common import autocast_dtype, check_device, check_float
+from kernels.common import autocast_inputs, check_device, check_one_dtype, check_tensors
 from kernels.losses import check_targets, cross_entropy_rows
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of logits
@@ -45,20 +45,16 @@ def chunk_rows(M, V, itemsize):
 def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
     """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (M, C) or None, dW (V, C)
     or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk."""
-    check_device(x=x, weight=weight, targets=targets)
-    check_float(x=x, weight=weight)
-    if x.dtype != weight.dtype:
-        raise ValueError(
-            f"x ({x.dtype}) and weight ({weight.dtype}) must have one dtype (under torch.autocast "
-            "both are cast to the autocast dtype)"
-        )
+    check_tensors("linear_cross_entropy", x=x, weight=weight, targets=targets)
+    check_device("linear_cross_entropy", x=x, weight=weight, targets=targets)
+    check_one_dtype("linear_cross_entropy", x=x, weight=weight)
     if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"expected x (..., C) and weight (V, C) as in nn.Linear, got x {tuple(x.shape)} and "
-            f"weight {tuple(weight.shape)}"
+            f"linear_cross_entropy: expected x (..., C) and weight (V, C) as in nn.Linear, "
+            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
         )
     V, C = weight.shape
-    t = check_targets(targets, x.shape[:-1], "x's leading shape")
+    t = check_targets("linear_cross_entropy", targets, x.shape[:-1], "x's leading shape")
     x2 = x.reshape(-1, C).contiguous()
     w = weight.contiguous()
     M = x2.shape[0]
@@ -110,9 +106,7 @@ def linear_cross_entropy(x, weight, targets, ignore_index=-1):
 
     Under torch.autocast x and weight are cast to the autocast dtype, as F.linear's would be, and
     their gradients come back in their own dtypes through the casts."""
-    dtype = autocast_dtype(x.device.type)
-    if dtype is not None:
-        x, weight = x.to(dtype), weight.to(dtype)
+    x, weight = autocast_inputs(x, weight)
     want = torch.is_grad_enabled()
     return LinearCrossEntropyFunction.apply(
         x, weight, targets, ignore_index, want and x.requires_grad, want and weight.requires_grad

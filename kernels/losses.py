@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_device, check_float
+from kernels.common import check_device, check_float, check_tensors
 
 MAX_BLOCK_V = 4096  # columns of a row handled per loop step
 INDEX_DTYPES = (torch.int64, torch.int32)
@@ -112,12 +112,12 @@ def _block_v(V):
     return BLOCK_V, (8 if BLOCK_V >= 2048 else 4)
 
 
-def check_targets(targets, lead_shape, what):
+def check_targets(op, targets, lead_shape, what):
     """targets (...) int class ids with the given leading shape -> a flat contiguous (M,) view."""
     if targets.dtype not in INDEX_DTYPES:
-        raise ValueError(f"targets must be int64 or int32 class ids, got {targets.dtype}")
+        raise ValueError(f"{op}: targets must be int64 or int32 class ids, got {targets.dtype}")
     if tuple(targets.shape) != tuple(lead_shape):
-        raise ValueError(f"targets shape {tuple(targets.shape)} must equal {what} {tuple(lead_shape)}")
+        raise ValueError(f"{op}: targets shape {tuple(targets.shape)} must equal {what} {tuple(lead_shape)}")
     return targets.reshape(-1).contiguous()
 
 
@@ -136,12 +136,13 @@ def cross_entropy_rows(logits2, t, ignore_index, loss_rows, lse, scale, write_gr
 
 def cross_entropy_fwd(logits, targets, ignore_index):
     """logits (..., V), targets (...) -> loss (fp32 scalar), and (logits2, t, lse, kept) for the backward."""
-    check_device(logits=logits, targets=targets)
-    check_float(logits=logits)
+    check_tensors("cross_entropy", logits=logits, targets=targets)
+    check_device("cross_entropy", logits=logits, targets=targets)
+    check_float("cross_entropy", logits=logits)
     if logits.dim() < 1 or logits.shape[-1] == 0:
-        raise ValueError(f"logits must be (..., V) with V >= 1, got shape {tuple(logits.shape)}")
+        raise ValueError(f"cross_entropy: logits must be (..., V) with V >= 1, got shape {tuple(logits.shape)}")
     V = logits.shape[-1]
-    t = check_targets(targets, logits.shape[:-1], "logits' leading shape")
+    t = check_targets("cross_entropy", targets, logits.shape[:-1], "logits' leading shape")
     logits2 = logits.reshape(-1, V)
     if logits2.stride(-1) != 1:
         logits2 = logits2.contiguous()

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_device, check_float, num_sms
+from kernels.common import check_device, check_float, check_tensors, num_sms
 
 MAX_WIDTH = 65536  # one row must fit in one program's tile
 
@@ -143,16 +143,17 @@ def _tile(N, max_tile):
 
 def layer_norm_fwd(x, weight, bias, eps):
     """x (..., N), weight (N,), bias (N,) or None -> y (like x), mean (M,) fp32, rstd (M,) fp32."""
-    check_device(x=x, weight=weight, bias=bias)
-    check_float(x=x, weight=weight, bias=bias)
+    check_tensors("layer_norm", x=x, weight=weight, bias=bias)
+    check_device("layer_norm", x=x, weight=weight, bias=bias)
+    check_float("layer_norm", x=x, weight=weight, bias=bias)
     N = x.shape[-1] if x.dim() else 0
     if x.dim() == 0 or N == 0:
-        raise ValueError(f"x must have a non-empty last dim to normalize over, got shape {tuple(x.shape)}")
+        raise ValueError(f"layer_norm: x must have a non-empty last dim to normalize over, got shape {tuple(x.shape)}")
     if N > MAX_WIDTH:
-        raise ValueError(f"layer_norm supports widths up to {MAX_WIDTH}, got {N}")
+        raise ValueError(f"layer_norm: widths up to {MAX_WIDTH} are supported, got {N}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (N,):
-            raise ValueError(f"{name} must have shape ({N},) to match x's last dim, got {tuple(t.shape)}")
+            raise ValueError(f"layer_norm: {name} must have shape ({N},) to match x's last dim, got {tuple(t.shape)}")
     x2 = _rows(x, N)
     M = x2.shape[0]
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
