@@ -26,6 +26,12 @@ forward used from the seed alone. The seed comes from torch's CPU generator (no 
 FLOPs (the convention of the benchmarks): forward 4 * B * H * T * T * D, halved when causal
 (two matmuls, QK^T and PV, of 2*T*T*D each); backward 2.5x the forward (five matmuls, one of
 them the recomputed QK^T).
+
+The file reads top to bottom: tuning lists; the kernels (tile helpers, the forward, then the
+backward's delta pass, its dK/dV and dQ loops and their kernel); host launchers; autograd; the
+public function. It runs past the project's ~400 lines because the forward and the two-launch
+backward with dropout are one algorithm that shares its tile helpers and its dropout stream;
+split, each half would need the other to be read.
 """
 
 import math
@@ -38,24 +44,37 @@ from kernels.common import AUTOTUNE, autocast_inputs, check_device, check_one_dt
 
 HEAD_DIMS = (16, 32, 64, 128)
 MAX_T_DROPOUT = 46340  # row * T + col must fit the int32 Philox counter
+LOG2E = 1.4426950408889634
 
 # ----------------------------------------------------------------------------- tuning
 
-# Candidates for Hopper (H100 / H200), (tile, tile, num_warps, num_stages); each kernel is tuned
-# once per (head dim, bucket of T, causal, dropout, dtype); the first tile is the grid's. Forward:
-# (BLOCK_M, BLOCK_N), queries by keys. Backward: (BLOCK_BIG, BLOCK_SMALL): a program keeps
-# BLOCK_BIG keys (then queries) in registers and streams BLOCK_SMALL-row tiles of the other side.
-FWD_BLOCKS, BWD_BLOCKS = ("BLOCK_M", "BLOCK_N"), ("BLOCK_BIG", "BLOCK_SMALL")
-FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 32, 4, 3)]
-BWD_CONFIGS = [(128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 8, 3), (64, 64, 4, 3)]
-# With AUTOTUNE off (kernels.common's switch; the tests turn it off too) each kernel runs one
-# small config, its two tiles unequal so the tile-skipping arithmetic is exercised as on the GPU.
-SMALL_FWD, SMALL_BWD = (64, 32, 4, 2), (64, 32, 4, 2)
-
-LOG2E = 1.4426950408889634
+# Candidates for Hopper (H100 / H200); each kernel is tuned once per TUNE_KEY (and the inputs'
+# dtype); the first tile sets the grid. Forward: BLOCK_M queries by BLOCK_N keys. Backward: a
+# program keeps BLOCK_BIG keys (then queries) in registers and streams BLOCK_SMALL-row tiles of
+# the other side past them.
+TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "DROPOUT"]
+FWD_CONFIGS = [
+    triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s)
+    for m, n, w, s in [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4),
+                       (64, 32, 4, 3)]
+]
+BWD_CONFIGS = [
+    triton.Config(dict(BLOCK_BIG=big, BLOCK_SMALL=small), num_warps=w, num_stages=s)
+    for big, small, w, s in [(128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 8, 3),
+                             (64, 64, 4, 3)]
+]
+# With AUTOTUNE off (kernels.common's switch; the tests turn it off too), and always for fp32
+# (ieee dot products, no tensor cores: right, not fast), each kernel runs one small config, its
+# two tiles unequal so the tile-skipping arithmetic is exercised as on the GPU.
+SMALL_FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+SMALL_BWD = dict(BLOCK_BIG=64, BLOCK_SMALL=32, num_warps=4, num_stages=2)
 
 
 # ----------------------------------------------------------------------------- kernels
+# Inside the kernels two tuples travel together:
+#   a matrix: one head's (T, D) slice of q, k, v, o, dO or a gradient,
+#             (pointer to its row 0, stride of T, stride of D, offs_d = arange(D));
+#   head:     what every tile of one (batch, head) shares, (T, qk_scale, seed, bh, p, 1 / (1 - p)).
 
 
 @triton.jit
@@ -63,6 +82,40 @@ def _keep(seed, bh, rows, cols, T, dropout_p):
     """Dropout decision at (rows, cols) of head bh (broadcastable int32 blocks): True = kept.
     The key (seed, bh) picks a Philox stream per head; the counter row * T + col a draw in it."""
     return tl.rand(seed + (bh << 32), rows * T + cols) >= dropout_p
+
+
+@triton.jit
+def _matrix(ptr, strides, b, h, offs_d):
+    """Head h of batch b of a (B, H, T, D) tensor with `strides`, as a matrix (see above)."""
+    stride_b, stride_h, stride_t, stride_d = strides
+    return ptr + b * stride_b + h * stride_h, stride_t, stride_d, offs_d
+
+
+@triton.jit
+def _ptrs(mat, rows):
+    """(BLOCK, D) pointers to the rows `rows` (BLOCK,) of a matrix."""
+    base, stride_t, stride_d, offs_d = mat
+    return base + rows[:, None] * stride_t + offs_d[None, :] * stride_d
+
+
+@triton.jit
+def _load(mat, rows, T):
+    """The (BLOCK, D) tile of a matrix at `rows`; rows past T read as zeros."""
+    return tl.load(_ptrs(mat, rows), mask=rows[:, None] < T, other=0.0)
+
+
+@triton.jit
+def _load_kv(kv, rows, T, MASKED: tl.constexpr):
+    """The (BLOCK, D) tiles at `rows` of kv = (k, v matrices); rows past T read as zeros if MASKED."""
+    k_mat, v_mat = kv
+    k_ptrs, v_ptrs = _ptrs(k_mat, rows), _ptrs(v_mat, rows)
+    if MASKED:
+        k = tl.load(k_ptrs, mask=rows[:, None] < T, other=0.0)
+        v = tl.load(v_ptrs, mask=rows[:, None] < T, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v
 
 
 @triton.jit
@@ -78,17 +131,15 @@ def _key_range(start_m, T, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL:
 
 
 @triton.jit
-def _kv_tile(k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, offs_n, offs_d, T, MASKED: tl.constexpr):
-    """The (BLOCK_N, D) tiles of k and v at rows offs_n; rows past T read as zeros when MASKED."""
-    k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
-    v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
-    if MASKED:
-        k = tl.load(k_ptrs, mask=offs_n[:, None] < T, other=0.0)
-        v = tl.load(v_ptrs, mask=offs_n[:, None] < T, other=0.0)
+def _query_range(start_n, T, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """Query tiles that see the key tile at start_n: [lo, mid) cross the diagonal (masked),
+    [mid, T) lie wholly below it."""
+    if CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M  # the tile holding row start_n
+        mid = tl.minimum(tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M, T)
     else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
-    return k, v
+        lo, mid = 0, 0
+    return lo, mid
 
 
 @triton.jit
@@ -102,19 +153,18 @@ def _visible(offs_m, offs_n, T, CAUSAL: tl.constexpr):
 
 @triton.jit
 def _fwd_tiles(
-    acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-    offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    acc, l_i, m_i, q, offs_m, kv, lo, hi, head,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """The online softmax over key tiles [lo, hi): acc (BLOCK_M, D) += p v, l, m (BLOCK_M,)."""
+    """The online softmax of the query tile q (BLOCK_M, D) at rows offs_m over the key tiles
+    [lo, hi) of kv = (k, v matrices): acc (BLOCK_M, D) += p v; l, m (BLOCK_M,) its sum and max."""
+    T, qk_scale, seed, bh, dropout_p, _ = head
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v = _kv_tile(k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, offs_n, offs_d, T, MASKED)
+        k, v = _load_kv(kv, offs_n, T, MASKED=MASKED)  # (BLOCK_N, D) each
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
-            visible = _visible(offs_m, offs_n, T, CAUSAL)
-            s = tl.where(visible, s, float("-inf"))
+            s = tl.where(_visible(offs_m, offs_n, T, CAUSAL), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
@@ -128,13 +178,10 @@ def _fwd_tiles(
 
 @triton.jit(do_not_specialize=["seed"])
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr,  # (B, H, T, D) each, strides as given
+    q_ptr, k_ptr, v_ptr,  # (B, H, T, D) each
     o_ptr,  # (B, H, T, D) output
     lse_ptr,  # (B * H, T) fp32: log2-sum-exp2 of each row's scaled scores
-    stride_qb, stride_qh, stride_qt, stride_qd,
-    stride_kb, stride_kh, stride_kt, stride_kd,
-    stride_vb, stride_vh, stride_vt, stride_vd,
-    stride_ob, stride_oh, stride_ot, stride_od,
+    q_strides, k_strides, v_strides, o_strides,  # (stride of B, of H, of T, of D) each
     H, T, qk_scale, seed, dropout_p, drop_scale, T_BUCKET,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -145,73 +192,67 @@ def _attn_fwd_kernel(
     b, h = bh // H, bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    k_base = k_ptr + b * stride_kb + h * stride_kh
-    v_base = v_ptr + b * stride_vb + h * stride_vh
-    q = tl.load(
-        q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
-        mask=offs_m[:, None] < T, other=0.0,
-    )  # (BLOCK_M, D)
+    kv = (_matrix(k_ptr, k_strides, b, h, offs_d), _matrix(v_ptr, v_strides, b, h, offs_d))
+    head = (T, qk_scale, seed, bh, dropout_p, drop_scale)
+    q = _load(_matrix(q_ptr, q_strides, b, h, offs_d), offs_m, T)  # (BLOCK_M, D)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     lo, hi = _key_range(start_m, T, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-        offs_m, offs_d, 0, lo, T, qk_scale, seed, bh, dropout_p, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PREC,
+        acc, l_i, m_i, q, offs_m, kv, 0, lo, head,
+        MASKED=False, BLOCK_N=BLOCK_N, CAUSAL=CAUSAL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
     )
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-        offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PREC,
+        acc, l_i, m_i, q, offs_m, kv, lo, hi, head,
+        MASKED=True, BLOCK_N=BLOCK_N, CAUSAL=CAUSAL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
     )
 
     if DROPOUT:
         acc = acc * drop_scale
     o = acc / l_i[:, None]
-    o_ptrs = o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
+    o_ptrs = _ptrs(_matrix(o_ptr, o_strides, b, h, offs_d), offs_m)
     tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < T)
     tl.store(lse_ptr + bh * T + offs_m, m_i + tl.log2(l_i), mask=offs_m < T)
 
 
 @triton.jit
 def _attn_bwd_delta_kernel(
-    o_ptr, do_ptr,  # (B, H, T, D) each, strides as given
+    o_ptr, do_ptr,  # (B, H, T, D) each
     delta_ptr,  # (B * H, T) fp32 output: rowsum(dO * O)
-    stride_ob, stride_oh, stride_ot, stride_od,
-    stride_dob, stride_doh, stride_dot, stride_dod,
-    H, T,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    o_strides, do_strides,  # (stride of B, of H, of T, of D) each
+    H, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = offs_m[:, None] < T
-    o_ptrs = o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
-    do_ptrs = do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod
-    o = tl.load(o_ptrs, mask=rows, other=0.0)  # (BLOCK_M, D)
-    do = tl.load(do_ptrs, mask=rows, other=0.0)
+    o_and_do = (_matrix(o_ptr, o_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d))
+    o, do = _load_kv(o_and_do, offs_m, T, MASKED=True)  # (BLOCK_M, D) each
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
     tl.store(delta_ptr + bh * T + offs_m, delta, mask=offs_m < T)
 
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_qd, stride_dot, stride_dod,
-    offs_n, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, drop_scale,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    dk, dv, k, v, offs_n, queries, lo, hi, head,
+    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """dK, dV (BLOCK_N, D) of one key tile, summed over query tiles [lo, hi), all transposed:
-    rows are keys, columns queries."""
+    """dK, dV (BLOCK_N, D) of the key tile k, v at rows offs_n, summed over the query tiles
+    [lo, hi) of queries = (q matrix, dO matrix, lse row, delta row); MASKED: the causal
+    diagonal. All transposed: rows are keys, columns queries."""
+    q_mat, do_mat, lse_row, delta_row = queries
+    T, qk_scale, seed, bh, dropout_p, drop_scale = head
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < T  # the ragged tail of queries loads as zeros and adds nothing
-        q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows[:, None], other=0.0)
-        lse = tl.load(lse_base + offs_m, mask=rows, other=0.0)  # (BLOCK_M,)
-        delta = tl.load(delta_base + offs_m, mask=rows, other=0.0)
+        q = _load(q_mat, offs_m, T)  # (BLOCK_M, D)
+        do = _load(do_mat, offs_m, T)
+        lse = tl.load(lse_row + offs_m, mask=rows, other=0.0)  # (BLOCK_M,)
+        delta = tl.load(delta_row + offs_m, mask=rows, other=0.0)
         pT = tl.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
-        if MASKED:  # causal diagonal: query row >= key column
+        if MASKED:  # query row >= key column
             pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # dL/d(dropped P), transposed
         if DROPOUT:
@@ -227,19 +268,18 @@ def _dkdv_tiles(
 
 @triton.jit
 def _dq_tiles(
-    dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-    offs_m, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, drop_scale,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    dq, q, do, lse, delta, offs_m, kv, lo, hi, head,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """dQ (BLOCK_M, D) of one query tile, summed over key tiles [lo, hi)."""
+    """dQ (BLOCK_M, D) of the query tile q, do (BLOCK_M, D), lse, delta (BLOCK_M,) at rows
+    offs_m, summed over the key tiles [lo, hi) of kv = (k, v matrices)."""
+    T, qk_scale, seed, bh, dropout_p, drop_scale = head
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v = _kv_tile(k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, offs_n, offs_d, T, MASKED)
+        k, v = _load_kv(kv, offs_n, T, MASKED=MASKED)  # (BLOCK_N, D) each
         p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
         if MASKED:
-            visible = _visible(offs_m, offs_n, T, CAUSAL)
-            p = tl.where(visible, p, 0.0)
+            p = tl.where(_visible(offs_m, offs_n, T, CAUSAL), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # dL/d(dropped P)
         if DROPOUT:
             dp = tl.where(_keep(seed, bh, offs_m[:, None], offs_n[None, :], T, dropout_p), dp * drop_scale, 0.0)
@@ -250,14 +290,10 @@ def _dq_tiles(
 
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr,  # (B, H, T, D) each, strides as given
-    dq_ptr, dk_ptr, dv_ptr,  # (B, H, T, D) outputs, strides stride_g*
+    q_ptr, k_ptr, v_ptr, do_ptr,  # (B, H, T, D) each
+    dq_ptr, dk_ptr, dv_ptr,  # (B, H, T, D) outputs, strides g_strides
     lse_ptr, delta_ptr,  # (B * H, T) fp32
-    stride_qb, stride_qh, stride_qt, stride_qd,
-    stride_kb, stride_kh, stride_kt, stride_kd,
-    stride_vb, stride_vh, stride_vt, stride_vd,
-    stride_dob, stride_doh, stride_dot, stride_dod,
-    stride_gb, stride_gh, stride_gt, stride_gd,
+    q_strides, k_strides, v_strides, do_strides, g_strides,  # (stride of B, of H, of T, of D) each
     H, T, qk_scale, sm_scale, seed, dropout_p, drop_scale, T_BUCKET,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
     DKDV: tl.constexpr, BLOCK_BIG: tl.constexpr, BLOCK_SMALL: tl.constexpr,
@@ -274,87 +310,53 @@ def _attn_bwd_kernel(
     offs_big = start + tl.arange(0, BLOCK_BIG)
     offs_d = tl.arange(0, HEAD_DIM)
     inside = offs_big[:, None] < T
-    q_base = q_ptr + b * stride_qb + h * stride_qh
-    k_base = k_ptr + b * stride_kb + h * stride_kh
-    v_base = v_ptr + b * stride_vb + h * stride_vh
-    do_base = do_ptr + b * stride_dob + h * stride_doh
-    lse_base, delta_base = lse_ptr + bh * T, delta_ptr + bh * T
+    q_mat, k_mat = _matrix(q_ptr, q_strides, b, h, offs_d), _matrix(k_ptr, k_strides, b, h, offs_d)
+    v_mat, do_mat = _matrix(v_ptr, v_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d)
+    lse_row, delta_row = lse_ptr + bh * T, delta_ptr + bh * T
+    head = (T, qk_scale, seed, bh, dropout_p, drop_scale)
+    stride_gb, stride_gh, stride_gt, stride_gd = g_strides  # dq, dk, dv: one layout, one offset
     g = b * stride_gb + h * stride_gh + offs_big[:, None] * stride_gt + offs_d[None, :] * stride_gd
 
     if DKDV:
-        k = tl.load(k_base + offs_big[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=inside, other=0.0)
-        v = tl.load(v_base + offs_big[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=inside, other=0.0)
+        k = _load(k_mat, offs_big, T)  # (BLOCK_BIG, D)
+        v = _load(v_mat, offs_big, T)
         dk = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
-        if CAUSAL:  # query tiles from the one holding row `start`; masked until past the diagonal
-            lo = (start // BLOCK_SMALL) * BLOCK_SMALL
-            mid = tl.minimum(tl.cdiv(start + BLOCK_BIG, BLOCK_SMALL) * BLOCK_SMALL, T)
-        else:
-            lo, mid = 0, 0
+        queries = (q_mat, do_mat, lse_row, delta_row)
+        lo, mid = _query_range(start, T, BLOCK_BIG, BLOCK_SMALL, CAUSAL)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_qd, stride_dot, stride_dod,
-            offs_big, offs_d, lo, mid, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_SMALL, True, DROPOUT, DOT_PREC,
+            dk, dv, k, v, offs_big, queries, lo, mid, head,
+            MASKED=True, BLOCK_M=BLOCK_SMALL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_qd, stride_dot, stride_dod,
-            offs_big, offs_d, mid, T, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_SMALL, False, DROPOUT, DOT_PREC,
+            dk, dv, k, v, offs_big, queries, mid, T, head,
+            MASKED=False, BLOCK_M=BLOCK_SMALL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         tl.store(dk_ptr + g, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=inside)
         tl.store(dv_ptr + g, dv.to(dv_ptr.dtype.element_ty), mask=inside)
     else:
-        q = tl.load(q_base + offs_big[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=inside, other=0.0)
-        do = tl.load(do_base + offs_big[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=inside, other=0.0)
-        lse = tl.load(lse_base + offs_big, mask=offs_big < T, other=0.0)
-        delta = tl.load(delta_base + offs_big, mask=offs_big < T, other=0.0)
+        q = _load(q_mat, offs_big, T)  # (BLOCK_BIG, D)
+        do = _load(do_mat, offs_big, T)
+        lse = tl.load(lse_row + offs_big, mask=offs_big < T, other=0.0)  # (BLOCK_BIG,)
+        delta = tl.load(delta_row + offs_big, mask=offs_big < T, other=0.0)
         dq = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
+        kv = (k_mat, v_mat)
         lo, hi = _key_range(start, T, BLOCK_BIG, BLOCK_SMALL, CAUSAL)
         dq = _dq_tiles(
-            dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-            offs_big, offs_d, 0, lo, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_SMALL, False, CAUSAL, DROPOUT, DOT_PREC,
+            dq, q, do, lse, delta, offs_big, kv, 0, lo, head,
+            MASKED=False, BLOCK_N=BLOCK_SMALL, CAUSAL=CAUSAL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         dq = _dq_tiles(
-            dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-            offs_big, offs_d, lo, hi, T, qk_scale, seed, bh, dropout_p, drop_scale, BLOCK_SMALL, True, CAUSAL, DROPOUT, DOT_PREC,
+            dq, q, do, lse, delta, offs_big, kv, lo, hi, head,
+            MASKED=True, BLOCK_N=BLOCK_SMALL, CAUSAL=CAUSAL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         tl.store(dq_ptr + g, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=inside)
 
 
-@triton.jit(do_not_specialize=["seed"])
-def _dropout_mask_kernel(
-    mask_ptr,  # (B * H, T, T) int8 output: 1 where kept
-    T, seed, dropout_p,
-    BLOCK: tl.constexpr,
-):
-    """Test-only: the mask the attention kernels draw, written out, from the same `_keep`."""
-    bh = tl.program_id(2).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    keep = _keep(seed, bh, rows[:, None], cols[None, :], T, dropout_p)
-    inside = (rows[:, None] < T) & (cols[None, :] < T)
-    tl.store(mask_ptr + bh * T * T + rows[:, None] * T + cols[None, :], keep.to(tl.int8), mask=inside)
-
-
 # ----------------------------------------------------------------------------- host launchers
 
-
-def _tuned(kernel, configs, names, key=()):
-    configs = [triton.Config(dict(zip(names, c[:2])), num_warps=c[2], num_stages=c[3]) for c in configs]
-    return triton.autotune(configs, key=["HEAD_DIM", "T_BUCKET", "CAUSAL", "DROPOUT", *key])(kernel)
-
-
-_FWD_TUNED = _tuned(_attn_fwd_kernel, FWD_CONFIGS, FWD_BLOCKS)
-_BWD_TUNED = _tuned(_attn_bwd_kernel, BWD_CONFIGS, BWD_BLOCKS, key=["DKDV"])
-
-
-def _launch(kernel, tuned, small, names, T, BH, *args, **meta):
-    """Run `kernel` on a grid of (cdiv(T, first tile), B * H): autotuned, or with one small config.
-    fp32 (ieee dot products, no tensor cores: right, not fast) always takes the small config."""
-    grid = lambda meta: (triton.cdiv(T, meta[names[0]]), BH)  # noqa: E731
-    meta["T_BUCKET"] = min(triton.next_power_of_2(T), 8192)
-    if AUTOTUNE and meta["DOT_PREC"] != "ieee":
-        tuned[grid](*args, **meta)
-    else:
-        kernel[grid](*args, **meta, **dict(zip(names, small[:2])), num_warps=small[2], num_stages=small[3])
+_attn_fwd_tuned = triton.autotune(FWD_CONFIGS, key=TUNE_KEY)(_attn_fwd_kernel)
+_attn_bwd_tuned = triton.autotune(BWD_CONFIGS, key=TUNE_KEY + ["DKDV"])(_attn_bwd_kernel)
 
 
 def _check(q, k, v, dropout_p):
@@ -388,15 +390,19 @@ def _empty_bhtd(B, H, T, D, like):
     return torch.empty((B, T, H, D), dtype=like.dtype, device=like.device).transpose(1, 2)
 
 
-def _strides(*ts):
-    return [s for t in ts for s in t.stride()]
-
-
-def _meta(q, causal, dropout_p):
+def _flags(q, causal, dropout_p):
+    """The kernels' specialization: tl.constexpr flags, and T's bucket for the autotune key."""
+    T, D = q.shape[2], q.shape[3]
     return dict(
-        HEAD_DIM=q.shape[-1], CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
+        HEAD_DIM=D, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",  # fp16/bf16 ignore it
+        T_BUCKET=min(triton.next_power_of_2(T), 8192),
     )
+
+
+def _autotuned(q):
+    """Autotune over the Hopper configs, or run the one small config (AUTOTUNE off, or fp32)."""
+    return AUTOTUNE and q.dtype != torch.float32
 
 
 def attention_fwd(q, k, v, causal=True, dropout_p=0.0, seed=None):
@@ -410,12 +416,15 @@ def attention_fwd(q, k, v, causal=True, dropout_p=0.0, seed=None):
     o = _empty_bhtd(B, H, T, D, q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     sm_scale = 1.0 / math.sqrt(D)
-    _launch(
-        _attn_fwd_kernel, _FWD_TUNED, SMALL_FWD, FWD_BLOCKS, T, B * H,
-        q, k, v, o, lse, *_strides(q, k, v, o),
+    args = (
+        q, k, v, o, lse, q.stride(), k.stride(), v.stride(), o.stride(),
         H, T, sm_scale * LOG2E, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p),
-        **_meta(q, causal, dropout_p),
     )
+    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
+    if _autotuned(q):
+        _attn_fwd_tuned[grid](*args, **_flags(q, causal, dropout_p))
+    else:
+        _attn_fwd_kernel[grid](*args, **_flags(q, causal, dropout_p), **SMALL_FWD)
     return o, lse, seed
 
 
@@ -431,26 +440,21 @@ def attention_bwd(do, q, k, v, o, lse, causal=True, dropout_p=0.0, seed=None):
     B, H, T, D = q.shape
     do = do.to(q.dtype)
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](o, do, delta, *_strides(o, do), H, T, HEAD_DIM=D, BLOCK_M=64)
+    grid = (triton.cdiv(T, 64), B * H)
+    _attn_bwd_delta_kernel[grid](o, do, delta, o.stride(), do.stride(), H, T, HEAD_DIM=D, BLOCK_M=64)
     dq, dk, dv = (_empty_bhtd(B, H, T, D, q) for _ in range(3))
     sm_scale = 1.0 / math.sqrt(D)
-    for dkdv in (True, False):
-        _launch(
-            _attn_bwd_kernel, _BWD_TUNED, SMALL_BWD, BWD_BLOCKS, T, B * H,
-            q, k, v, do, dq, dk, dv, lse, delta, *_strides(q, k, v, do, dq),
-            H, T, sm_scale * LOG2E, sm_scale, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p),
-            **_meta(q, causal, dropout_p), DKDV=dkdv,
-        )
+    args = (
+        q, k, v, do, dq, dk, dv, lse, delta, q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(),
+        H, T, sm_scale * LOG2E, sm_scale, seed or 0, dropout_p, 1.0 / (1.0 - dropout_p),
+    )
+    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_BIG"]), B * H)  # noqa: E731
+    for dkdv in (True, False):  # dK and dV, then dQ
+        if _autotuned(q):
+            _attn_bwd_tuned[grid](*args, **_flags(q, causal, dropout_p), DKDV=dkdv)
+        else:
+            _attn_bwd_kernel[grid](*args, **_flags(q, causal, dropout_p), DKDV=dkdv, **SMALL_BWD)
     return dq, dk, dv
-
-
-def _dropout_mask(seed, B, H, T, dropout_p, device):
-    """Test-only: the (B, H, T, T) bool mask of kept positions the kernels draw for `seed`."""
-    mask = torch.empty((B, H, T, T), dtype=torch.int8, device=device)
-    BLOCK = 64
-    grid = (triton.cdiv(T, BLOCK), triton.cdiv(T, BLOCK), B * H)
-    _dropout_mask_kernel[grid](mask, T, seed, dropout_p, BLOCK=BLOCK)
-    return mask.bool()
 
 
 # ----------------------------------------------------------------------------- autograd

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import kernels
+from attention_mask import dropout_mask
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
 from gpt import GPT, GPTConfig
 from kernels import flash_attention as fa
@@ -129,15 +130,15 @@ def test_dropout_mask_statistics(p):
     """Kept fraction 1 - p within 5 standard deviations, heads drawing different masks, a new
     seed a new mask."""
     B, H, T = 2, 2, 100
-    mask = fa._dropout_mask(1234, B, H, T, p, DEVICE)  # (B, H, T, T) bool
+    mask = dropout_mask(1234, B, H, T, p, DEVICE)  # (B, H, T, T) bool
     n = mask.numel()
     kept = mask.float().mean().item()
     assert abs(kept - (1 - p)) <= 5 * (p * (1 - p) / n) ** 0.5, f"kept {kept:.4f}, expected {1 - p}"
     flat = mask.view(B * H, T * T)
     for i in range(1, B * H):
         assert not torch.equal(flat[0], flat[i]), f"head {i} drew head 0's mask"
-    assert not torch.equal(mask, fa._dropout_mask(1235, B, H, T, p, DEVICE))
-    assert torch.equal(mask, fa._dropout_mask(1234, B, H, T, p, DEVICE))
+    assert not torch.equal(mask, dropout_mask(1235, B, H, T, p, DEVICE))
+    assert torch.equal(mask, dropout_mask(1234, B, H, T, p, DEVICE))
 
 
 def test_dropout_same_seed_same_output():
@@ -157,7 +158,7 @@ def test_dropout_same_seed_same_output():
 def test_dropout_matches_reference_with_kernel_mask(T, D, dtype):
     """Output and dq, dk, dv equal the reference's computed with the mask the kernel drew."""
     p, seed, (B, H) = 0.2, 4321, (2, 2)
-    mask = fa._dropout_mask(seed, B, H, T, p, DEVICE)
+    mask = dropout_mask(seed, B, H, T, p, DEVICE)
     check_parity(
         lambda *a: fa.FlashAttention.apply(*a, True, p, seed), *qkv(B, H, T, D, dtype),
         dropout_p=p, dropout_mask=mask,
