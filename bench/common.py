@@ -8,6 +8,7 @@ that produced it.
 import gc
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -57,11 +58,15 @@ def _check_finite(obj, where="result"):
 
 
 def write_json(obj, path):
-    """Write obj as JSON; a NaN or infinity anywhere is an error naming the field."""
+    """Write obj as JSON; a NaN or infinity anywhere is an error naming the field. The file is
+    written under a temporary name and renamed, so a reader (or a run cut short) never sees half
+    of it."""
     _check_finite(obj)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
     return path
 
 
