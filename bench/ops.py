@@ -6,6 +6,9 @@ Providers:
     torch          eager PyTorch: what the torch backend of gpt/ runs (the references of
                    kernels.reference; F.scaled_dot_product_attention for attention)
     torch_compile  torch.compile of the same function, compiled afresh for each case
+    matmul         linear_gelu only: cuBLAS's x @ W.T alone, the floor its fused epilogue must near
+
+On a GPU each case also records the peak memory one call allocates beyond its inputs.
 
 What is counted (s = bytes per element of the activations; N rows = B*T tokens):
     memory-bound ops, in GB/s against the measured device-to-device copy (bytes read + written):
@@ -47,6 +50,11 @@ class Op:
     kernel_fn: object
     fwd_work: object  # (shape, s) -> bytes or FLOPs of the forward
     bwd_work: object  # (shape, s) -> bytes or FLOPs of the backward
+    baselines: dict = dataclasses.field(default_factory=dict)  # extra provider name -> fn
+
+
+def providers(op):
+    return PROVIDERS + tuple(op.baselines)
 
 
 def _randn(shape, device, dtype, grad=True, scale=1.0):
@@ -86,12 +94,16 @@ def _sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def _matmul_alone(x, w, b):
+    return x @ w.t()  # no bias, no GELU: cuBLAS's matmul by itself
+
+
 OPS = {
     op.name: op
     for op in [
         Op(
             "layer_norm", "GB/s", "fwd 2*N*C*s; bwd 3*N*C*s",
-            {"gpt2": dict(N=8192, C=768), "N8k-C1600": dict(N=8192, C=1600),
+            {"gpt2": dict(N=8192, C=768), "N16k-C768": dict(N=16384, C=768), "N8k-C1600": dict(N=8192, C=1600),
              "N32k-C768": dict(N=32768, C=768), "N32k-C1600": dict(N=32768, C=1600)},
             dict(N=33, C=24), _ln_inputs,
             lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
@@ -104,6 +116,7 @@ OPS = {
              "xl": dict(N=8192, K=1600, M=6400), "N32k-gpt2": dict(N=32768, K=768, M=3072)},
             dict(N=33, K=16, M=64), _lg_inputs, reference.linear_gelu, kernels.linear_gelu,
             lambda z, s: 2 * z["N"] * z["K"] * z["M"], lambda z, s: 4 * z["N"] * z["K"] * z["M"],
+            baselines={"matmul": _matmul_alone},
         ),
         Op(
             "cross_entropy", "GB/s", "fwd N*V*s; bwd 2*N*V*s",
@@ -124,7 +137,8 @@ OPS = {
         ),
         Op(
             "attention", "TFLOP/s", "fwd 2*B*H*T^2*D (causal half of 4*B*H*T^2*D); bwd 2.5x fwd",
-            {"gpt2": dict(B=8, H=12, T=1024, D=64), "T2k-H16": dict(B=4, H=16, T=2048, D=64),
+            {"gpt2": dict(B=8, H=12, T=1024, D=64), "B16-H12": dict(B=16, H=12, T=1024, D=64),
+             "T2k-H16": dict(B=4, H=16, T=2048, D=64),
              "T4k-H25": dict(B=2, H=25, T=4096, D=64), "D128": dict(B=8, H=12, T=1024, D=128)},
             dict(B=1, H=2, T=33, D=16), _attn_inputs, _sdpa,
             lambda q, k, v: kernels.attention(q, k, v, causal=True),
@@ -152,12 +166,21 @@ class Case:
         return f"{self.op}-{self.size}-{self.mode}-{self.provider}"
 
 
-def gpu_cases():
-    return [Case(o.name, size, mode, prov) for o in OPS.values() for size in o.sizes for mode in MODES for prov in PROVIDERS]
+def gpu_cases(sizes=None, modes=MODES):
+    """Every op, size label (all, or those in `sizes`), mode and provider."""
+    return [
+        Case(o.name, size, mode, prov)
+        for o in OPS.values() for size in o.sizes if sizes is None or size in sizes
+        for mode in modes for prov in providers(o)
+    ]
 
 
-def smoke_cases():
-    return [Case(o.name, "smoke", mode, prov) for o in OPS.values() for mode in MODES for prov in PROVIDERS]
+def smoke_cases(modes=MODES):
+    return [Case(o.name, "smoke", mode, prov) for o in OPS.values() for mode in modes for prov in providers(o)]
+
+
+def size_labels():
+    return sorted({size for o in OPS.values() for size in o.sizes})
 
 
 # ----------------------------------------------------------------------------- the roofline
@@ -189,6 +212,21 @@ def measure_roofline(device, dtype, copy_bytes=None, matmul_n=None):
 # ----------------------------------------------------------------------------- one case
 
 
+def peak_memory_mib(run, grads, device):
+    """MiB that one call of run() allocates at its peak beyond what was allocated before it (the
+    inputs, and in bwd mode the saved forward, are not counted). None on a CPU."""
+    if device.type != "cuda":
+        return None
+    for t in grads:
+        t.grad = None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
 def prepare(case, device, dtype, compile_backend="inductor", seed=0):
     """(run, grads): run() does the case's work once; grads are the tensors whose .grad the
     timer clears before each call (so backward never measures gradient accumulation)."""
@@ -197,7 +235,7 @@ def prepare(case, device, dtype, compile_backend="inductor", seed=0):
     torch.manual_seed(seed)
     args = op.inputs(shape, device, dtype)
     grads = [a for a in args if a.requires_grad]
-    fn = {"kernels": op.kernel_fn, "torch": op.torch_fn}.get(case.provider)
+    fn = {"kernels": op.kernel_fn, "torch": op.torch_fn, **op.baselines}.get(case.provider)
     if case.provider == "torch_compile":
         common.reset_compiler()
         fn = torch.compile(op.torch_fn, backend=compile_backend, dynamic=False)
@@ -231,11 +269,12 @@ def measure(case, roofline, device, dtype, compile_backend="inductor", **timer):
         "provider": case.provider, "dtype": str(dtype).removeprefix("torch."),
         "unit": op.unit, "formula": op.formula, "work": amount,
         "status": "ok", "reason": None, "ms": None, "rate": None, "roofline": ceiling,
-        "percent_of_roofline": None,
+        "percent_of_roofline": None, "peak_memory_mib": None,
     }
     try:
         run, grads, _ = prepare(case, device, dtype, compile_backend)
         ms = common.time_ms(run, device, grad_to_none=grads, **timer)
+        rec["peak_memory_mib"] = peak_memory_mib(run, grads, device)
     except Exception as exc:  # noqa: BLE001 - recorded, the other cases go on
         if case.provider != "torch_compile" and not common.is_oom(exc):
             raise

@@ -6,23 +6,25 @@ The figures in each case's extra_info come from triton.testing.do_bench (CUDA ev
 L2 flushed between calls): ms, the rate by the op's formula (GB/s or TFLOP/s), and that rate as a
 percentage of the roofline measured at the start of the run. pytest-benchmark's own columns time
 the same call from the host with a synchronize, so they include launch overhead. A JSON summary
-of every case goes to bench/results/ (or --bench-out).
+of every case goes to bench/results/ (or --bench-out), rewritten after each case.
 
     pytest bench/ -k "layer_norm and gpt2"        # a subset
+    pytest bench/ --sizes gpt2 --modes fwd+bwd    # GPT-2 124M's sizes, forward + backward only
     pytest bench/ --benchmark-group-by=group      # providers side by side per op, size and mode
+    pytest bench/ --bench-smoke                   # every case at a tiny size, also on a CPU
 """
 
 import pytest
-import torch
 
 from bench import common, ops
 
 
-@pytest.mark.parametrize("case", ops.gpu_cases(), ids=lambda c: c.id)
-def test_kernel(benchmark, case, device, roofline, kernel_records):
+def test_kernel(benchmark, case, device, dtype, roofline, save_record, smoke):
     benchmark.group = f"{case.op} {case.size} {case.mode}"
-    rec, prepared = ops.measure(case, roofline, device, torch.bfloat16)
-    kernel_records.append(rec)
+    timer = {"warmup": 1, "reps": 1} if smoke and device.type == "cpu" else {}
+    compile_backend = "aot_eager" if device.type == "cpu" else "inductor"  # inductor's C++ build is slow on a CPU
+    rec, prepared = ops.measure(case, roofline, device, dtype, compile_backend, **timer)
+    save_record(rec)
     benchmark.extra_info.update(rec)
     if prepared is None:
         pytest.skip(f"{case.id}: {rec['reason']}")
@@ -32,9 +34,10 @@ def test_kernel(benchmark, case, device, roofline, kernel_records):
         for t in grads:
             t.grad = None
         run()
-        torch.cuda.synchronize()
+        common.sync(device)
 
-    benchmark.pedantic(call, rounds=20, warmup_rounds=3, iterations=1)
+    rounds = 2 if smoke else 20
+    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1 if smoke else 3, iterations=1)
     assert rec["ms"] > 0 and rec["rate"] > 0
     run = grads = prepared = None
     common.free_memory(device)

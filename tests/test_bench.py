@@ -224,7 +224,10 @@ def test_kernel_work_formulas_by_hand():
     full_square = 4 * 2 * 3 * 8 * 8 * 4
     assert ops.work(ops.OPS["attention"], attn, "fwd", s) == full_square / 2  # causal: half
     assert ops.work(ops.OPS["attention"], attn, "bwd", s) == 2.5 * full_square / 2
-    assert len(ops.gpu_cases()) == sum(len(o.sizes) for o in ops.OPS.values()) * 9
+    assert len(ops.gpu_cases()) == sum(len(o.sizes) * 3 * len(ops.providers(o)) for o in ops.OPS.values())
+    assert ops.providers(ops.OPS["linear_gelu"]) == ("kernels", "torch", "torch_compile", "matmul")
+    picked = ops.gpu_cases(sizes=["gpt2"], modes=["fwd+bwd"])
+    assert {(c.op, c.size, c.mode) for c in picked} == {(o, "gpt2", "fwd+bwd") for o in ops.OPS}
     assert all("gpt2" in o.sizes for o in ops.OPS.values())
 
 
@@ -241,7 +244,7 @@ def test_kernel_smoke_covers_every_op_mode_and_provider(kernel_smoke):
     roof = result["roofline"]
     assert roof["copy_gbps"] > 0 and roof["matmul_tflops"] > 0
     seen = {(c["op"], c["mode"], c["provider"]) for c in result["cases"]}
-    assert seen == {(o, m, p) for o in ops.OPS for m in ops.MODES for p in ops.PROVIDERS}
+    assert seen == {(o.name, m, p) for o in ops.OPS.values() for m in ops.MODES for p in ops.providers(o)}
     for c in result["cases"]:
         assert c["status"] in ("ok", "skipped"), c
         if c["status"] == "skipped":
@@ -251,6 +254,7 @@ def test_kernel_smoke_covers_every_op_mode_and_provider(kernel_smoke):
         assert c["rate"] == pytest.approx(c["work"] / (c["ms"] * 1e-3) / scale)
         ceiling = roof["copy_gbps"] if c["unit"] == "GB/s" else roof["matmul_tflops"]
         assert c["percent_of_roofline"] == pytest.approx(100 * c["rate"] / ceiling)
+        assert c["peak_memory_mib"] is None  # measured on a GPU only
     # the kernels and eager torch always run
     assert all(c["status"] == "ok" for c in result["cases"] if c["provider"] != "torch_compile")
 
