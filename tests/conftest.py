@@ -55,6 +55,18 @@ def assert_parity(out, out_ref, out_pt, name="output", atol=None):
     assert err <= 2 * base + atol, f"{name}: max error {err:.3e} > 2 * {base:.3e} + {atol:.3e}"
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects: `pytest -m gpu` must see the markers added here
+def pytest_collection_modifyitems(config, items):
+    """The GPU tests are those marked `gpu` and every bfloat16 case (bf16 is checked only where a
+    GPU is); `pytest -m gpu tests` selects them all. Without a GPU the marked ones are skipped."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and any(v is torch.bfloat16 for v in callspec.params.values()):
+            item.add_marker(pytest.mark.gpu)
+        if not HAS_GPU and item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """Path of the offline data; skipped when absent on a user's machine, an error in CI."""

@@ -61,7 +61,7 @@ def test_non_causal():
     check_parity(lambda *a: kernels.attention(*a, causal=False), *qkv(2, 3, 100, 32, torch.float32), causal=False)
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="bf16 at GPT-2 sizes needs a GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("B, T", [(16, 1024), (4, 4096)])
 def test_parity_bf16_gpt2_sizes(B, T, monkeypatch):
     """bf16, H=12, D=64, with the autotuned Hopper configs (B=4 at T=4096: the reference's T x T

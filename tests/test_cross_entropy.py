@@ -209,7 +209,7 @@ def test_bad_inputs_raise_value_errors(monkeypatch):
 # ----------------------------------------------------------------------------- GPU sizes
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+@pytest.mark.gpu
 def test_gpt2_size_linear_cross_entropy_bf16():
     """B*T = 8192, V = 50304, C = 768 in bf16: several chunks of 2048 rows."""
     x = torch.randn(8192, 768, device=DEVICE).to(torch.bfloat16)
@@ -227,7 +227,7 @@ def _peak_extra(fn, *args):
     return torch.cuda.max_memory_allocated() - before
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+@pytest.mark.gpu
 def test_peak_memory_under_a_quarter_of_unfused():
     x = torch.randn(8192, 768, device=DEVICE).to(torch.bfloat16).requires_grad_()
     w = (torch.randn(50304, 768, device=DEVICE) * 0.02).to(torch.bfloat16).requires_grad_()
@@ -238,7 +238,7 @@ def test_peak_memory_under_a_quarter_of_unfused():
     assert fused < unfused / 4, f"fused {fused / 2**20:.0f} MiB vs unfused {unfused / 2**20:.0f} MiB"
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+@pytest.mark.gpu
 def test_int64_offsets_past_2_to_the_31():
     """rows * V > 2^31 logits: only the last rows are kept, so with 32-bit offsets their loss
     and gradient would be read from and written to the wrong place."""

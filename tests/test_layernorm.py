@@ -125,7 +125,7 @@ def test_bad_inputs_raise_value_errors(monkeypatch):
         kernels.layer_norm(x.cpu(), w.cpu(), b.cpu())
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="GPT-2 sizes need a GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpt2_size(dtype):
     """(B*T, C) = (16384, 768), as in GPT-2 124M's ln_1 / ln_2 / ln_f, and with fp32 weights."""

@@ -190,13 +190,13 @@ def test_autotune_switch_and_hopper_configs_fit():
 # ----------------------------------------------------------------------------- GPU only
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_gpt2_mlp_size_bf16():
     """GPT-2 124M's c_fc at B*T = 16384: (16384, 768) @ (3072, 768).T in bf16, forward and backward."""
     check(*make(16384, 768, 3072, torch.bfloat16))
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_fp32_follows_torch_tf32_setting():
     """With TF32 allowed, fp32 runs on TF32 tensor cores and stays within torch's own TF32 error."""
     x, w, b, dy = make(1000, 768, 1024, torch.float32)
