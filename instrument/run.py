@@ -7,6 +7,7 @@ the benchmarks' JSON, the profiles' summaries).
 """
 
 import datetime
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -34,7 +35,9 @@ def package_version(package):
 
 
 def git_commit():
-    """(commit, dirty) of the checkout the code runs from; (None, None) outside a git checkout."""
+    """(commit, dirty) of the checkout the code runs from. Outside a git checkout (a copy of the
+    tree on another machine) the commit that TRITONGPT_GIT_COMMIT names ("SHA", or "SHA-dirty"
+    for a tree with changes), else (None, None)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
@@ -45,7 +48,10 @@ def git_commit():
         ).stdout
         return commit, bool(status.strip())
     except (OSError, subprocess.CalledProcessError):
-        return None, None
+        named = os.environ.get("TRITONGPT_GIT_COMMIT")
+        if not named:
+            return None, None
+        return named.removesuffix("-dirty"), named.endswith("-dirty")
 
 
 def utc_stamp():
