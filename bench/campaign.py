@@ -210,7 +210,8 @@ def phase_kernels(c, deadline):
 
 def phase_step(path):
     def build(c, deadline):
-        return {"argv": task(c, "step", "--dir", str(c.dir), "--path", path, "--batches", STEP_BATCHES[c.smoke],
+        batches = c.args.step_batches or STEP_BATCHES[c.smoke]
+        return {"argv": task(c, "step", "--dir", str(c.dir), "--path", path, "--batches", batches,
                              "--deadline", f"{deadline - GRACE_S[c.smoke]:.0f}")}
     return build
 
@@ -330,6 +331,8 @@ def parse_args(argv):
     p.add_argument("--box", action="append", default=[], metavar="PHASE=SECONDS", help="another time box for a phase")
     p.add_argument("--only", default=None, help="comma-separated phases to run; the others are recorded as skipped")
     p.add_argument("--data", default=None, help="the tokenized corpus for the convergence runs (default carry/linux_docs_gpt2)")
+    p.add_argument("--step-batches", default=None,
+                   help="the training step's candidate micro-batches, rising (default 16,32,64; 1,2 with --smoke)")
     p.add_argument("--profile-path", default=None, help="the path to profile (default: the fastest of part 1)")
     p.add_argument("--profile-batch", type=int, default=None, help="its micro-batch (default: its best of part 1)")
     p.add_argument("--prepare-carry", action="store_true", help="tokenize linux_docs.txt into carry/ and note the commit")
@@ -353,6 +356,13 @@ def parse_args(argv):
         if name not in names:
             p.error(f"--box {item!r}: part {args.part} has the phases {', '.join(names)}")
     args.box = boxes
+    if args.step_batches is not None:
+        try:
+            batches = [int(x) for x in args.step_batches.split(",")]
+        except ValueError:
+            batches = []
+        if not batches or min(batches) < 1 or batches != sorted(set(batches)):
+            p.error(f"--step-batches {args.step_batches!r}: give rising positive integers, e.g. 16,32,64")
     if args.only:
         args.only = [x.strip() for x in args.only.split(",") if x.strip()]
         unknown = [x for x in args.only if x not in names]

@@ -190,11 +190,24 @@ def test_run_boxed_kills_a_child_that_ignores_sigint(tmp_path):
     (["--part", "2", "--out", "x", "--box", "profile=soon"], "give PHASE=SECONDS"),
     (["--part", "2", "--out", "x", "--only", "kernels"], "part 2 has no phase kernels"),
     (["--out", "x"], "give --part 1 or 2"),
+    (["--part", "1", "--out", "x", "--step-batches", "32,16"], "give rising positive integers"),
 ])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         campaign.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_env_reads_nvidia_smi(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 580.159.04, 81559 MiB, 1980 MHz, 2619 MHz, 700.00 W, P0, 31'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    gpu = campaign_tasks.nvidia_smi()["gpus"][0]
+    assert gpu["name"] == "NVIDIA H100 80GB HBM3" and gpu["driver_version"] == "580.159.04"
+    assert gpu["memory.total"] == "81559 MiB" and gpu["temperature.gpu"] == "31"
+    assert campaign_files.device_slug(gpu["name"]) == "h100-80gb-hbm3"
+    assert campaign_files.device_slug("CPU (x86_64)") == "cpu"
 
 
 # ----------------------------------------------------------------------------- the verdicts, by hand
