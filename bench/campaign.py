@@ -131,13 +131,18 @@ def run_boxed(argv, log, box, grace, env, cwd=ROOT):
     with open(log, "a") as f:
         f.write(f"$ {' '.join(argv)}\n")
         f.flush()
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+        # a process group of its own, in this session: whoever ends this session's processes ends it too
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env, preexec_fn=os.setpgrp)
         try:
             rc = proc.wait(timeout=max(box - grace, 1))
         except subprocess.TimeoutExpired:
             _stop(proc, grace)
             f.write(f"\n[campaign] stopped: the phase outlived its box of {box:.0f} s\n")
             return "stopped", proc.returncode
+        except BaseException:  # the campaign itself is interrupted: its phase goes with it
+            _stop(proc, grace)
+            f.write("\n[campaign] stopped: the campaign was interrupted\n")
+            raise
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # what the phase left running (its group only) ends with it
     except ProcessLookupError:
@@ -159,24 +164,31 @@ def run_phase(c, name, box, build):
     else:
         t0 = time.time()
         try:
-            job = build(c, deadline=t0 + box)
-        except Exception as e:  # noqa: BLE001 - a phase that cannot even be set up must not end the campaign
-            job = {"skip": f"set-up failed: {type(e).__name__}: {e}"}
-        if "skip" in job:
-            rec.update(status="skipped", note=job["skip"])
-        else:
-            rec["command"] = " ".join(job["argv"])
-            log = c.dir / rec["log"]
-            rec["status"], rec["rc"] = run_boxed(job["argv"], log, box, GRACE_S[c.smoke], dict(c.env, **job.get("env", {})))
-            if job.get("after"):
-                job["after"](rec)
-            why = {"stopped": f"stopped: outlived its box of {box:.0f} s; what it wrote before stands",
-                   "failed": f"failed (exit {rec['rc']}): {campaign_files.last_line(log)}"}.get(rec["status"])
-            rec["note"] = "; ".join(x for x in (job.get("note"), why) if x) or None
-        rec["seconds"] = round(time.time() - t0, 1)
+            _run_job(c, rec, box, build, deadline=t0 + box)
+        finally:
+            rec["seconds"] = round(time.time() - t0, 1)
     print(f"[part {c.part}] {name}: {rec['status']} in {rec['seconds']:.1f} s (box {rec['box_s']:.0f} s)"
           + (f": {rec['note']}" if rec["note"] else ""), flush=True)
     c.write_manifest()
+
+
+def _run_job(c, rec, box, build, deadline):
+    try:
+        job = build(c, deadline=deadline)
+    except Exception as e:  # noqa: BLE001 - a phase that cannot even be set up must not end the campaign
+        job = {"skip": f"set-up failed: {type(e).__name__}: {e}"}
+    if "skip" in job:
+        rec.update(status="skipped", note=job["skip"])
+        return
+    rec["command"] = " ".join(job["argv"])
+    log = c.dir / rec["log"]
+    rec.update(status="stopped", note="stopped: the campaign was interrupted")  # until the phase returns
+    rec["status"], rec["rc"] = run_boxed(job["argv"], log, box, GRACE_S[c.smoke], dict(c.env, **job.get("env", {})))
+    if job.get("after"):
+        job["after"](rec)
+    why = {"stopped": f"stopped: outlived its box of {box:.0f} s; what it wrote before stands",
+           "failed": f"failed (exit {rec['rc']}): {campaign_files.last_line(log)}"}.get(rec["status"])
+    rec["note"] = "; ".join(x for x in (job.get("note"), why) if x) or None
 
 
 # ----------------------------------------------------------------------------- the phases
@@ -287,14 +299,23 @@ PARTS = {
 }
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_part(args):
+    signal.signal(signal.SIGTERM, _terminated)  # a SIGTERM still stops the phase and writes the summary
     c = Campaign(args)
     print(f"[part {c.part}] {'smoke ' if c.smoke else ''}campaign into {c.dir}, budget {args.budget:.0f} s", flush=True)
+    interrupted = False
     try:
         for name, box_gpu, box_smoke, build in PARTS[c.part]:
             box = box_smoke if c.smoke else box_gpu
             if box:
                 run_phase(c, name, box, build)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"[part {c.part}] interrupted: the phase running was stopped, the phases after it do not run", flush=True)
     finally:
         c.manifest["ended_utc"] = utc_now()
         c.manifest["seconds"] = round(time.time() - c.start, 1)
@@ -305,7 +326,7 @@ def run_part(args):
     print(text)
     failed = [p["name"] for p in c.manifest["phases"] if p["status"] in ("failed", "stopped")]
     print(f"[part {c.part}] done in {time.time() - c.start:.0f} s" + (f"; not ok: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return 130 if interrupted else 1 if failed else 0
 
 
 def _scratch_root():

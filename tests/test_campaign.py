@@ -174,6 +174,29 @@ def test_a_phase_that_outlives_its_box_is_stopped_and_the_rest_runs(tmp_path, sh
     assert "No environment file" in text
 
 
+def test_a_terminated_campaign_stops_its_phase_and_still_writes_the_summary(tmp_path, shared_data):
+    """As when the call that runs it reaches its limit: SIGTERM to the campaign."""
+    out = tmp_path / "c"
+    env = dict(os.environ, TRITONGPT_DATA=str(shared_data),
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.campaign", "--part", "1", "--smoke", "--out", str(out),
+                             "--only", "kernels"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    log = out / "logs" / "part1-kernels.log"
+    for _ in range(300):  # until the kernel phase is under way
+        if log.is_file() and "kernels" in log.read_text():
+            break
+        time.sleep(0.1)
+    time.sleep(1)
+    proc.terminate()
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stdout
+    phases = {p["name"]: p for p in _json(out / "manifest-part1.json")["phases"]}
+    assert phases["kernels"]["status"] == "stopped" and "interrupted" in phases["kernels"]["note"]
+    assert "step-torch" not in phases  # the phases after it do not run
+    assert "| part 1 | kernels | stopped |" in (out / "SUMMARY.md").read_text()
+    assert "the campaign was interrupted" in log.read_text()
+
+
 def test_run_boxed_kills_a_child_that_ignores_sigint(tmp_path):
     code = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     t0 = time.time()
