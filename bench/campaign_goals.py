@@ -50,16 +50,20 @@ def _junit(path):
 
 
 class Rows:
-    """The goal table: each row a goal, its target, the measured figure, the verdict, the file."""
+    """The goal table: each row a goal, its target, the measured figure, the verdict, the file.
+    A smoke run's figures are never judged, not even on a GPU: they are not at the goals' sizes."""
 
-    def __init__(self):
+    def __init__(self, smoke=False):
         self.rows = []
+        self.smoke = smoke
 
     def add(self, goal, target, value, ok, gpu, source, why=None):
         """value: the measured figure as text (None: not measured, `why` says why); ok: the
         comparison's outcome; gpu: whether the figure is a GPU figure."""
         if value is None:
             verdict = f"not measured: {why}" if why else "not measured"
+        elif self.smoke:
+            verdict = "not measured (smoke figure, not at the goal's size)"
         elif not gpu:
             verdict = "not measured (CPU figure, not a GPU figure)"
         else:
@@ -256,7 +260,7 @@ def summarize(folder, names=None):
                 f"{_fmt(roof.get('matmul_tflops'), ',.1f')} TFLOP/s."]
 
     out += ["", "## Goals", ""]
-    rows = Rows()
+    rows = Rows(smoke=any(m.get("smoke") for m in manifests))
     step_goals(rows, step, src("step.json"))
     kernel_goals(rows, kern, src("kernels.json"))
     converge_goal(rows, conv, src("converge.json"))
