@@ -262,9 +262,10 @@ def phase_converge(backend):
         if not (data / "meta.json").is_file():
             return {"skip": f"no tokenized corpus at {data}: run `python -m bench.campaign --prepare-carry` and carry "
                             "`carry` with the call"}
-        env_json = read_json(c.dir / f"env-part{c.part}.json") or {}
+        env_json = read_json(c.dir / f"env-part{c.part}.json")
+        on_gpu = env_json["device"] == "cuda" if env_json else not c.smoke  # no env file: as the mode says
         run_as, note = backend, None
-        if backend == "triton" and env_json.get("device") != "cuda":
+        if backend == "triton" and not on_gpu:
             run_as = "torch"  # the trainer runs the triton backend on a GPU only
             note = "no GPU: the triton run used the torch backend (the trainer runs triton on a GPU only)"
             campaign_files.write_json({"triton": note}, c.dir / "converge-substitutions.json")
