@@ -1,12 +1,13 @@
 """The ops of the hot path, autograd-aware, each checked against `kernels.reference`.
 
     kernels.layer_norm(x, weight, bias, eps=1e-5)               # bias may be None
+    kernels.add_layer_norm(x, y, weight, bias, eps=1e-5)        # (s = x + y, layer_norm(s)), one pass
     kernels.linear_gelu(x, weight, bias)                         # gelu_tanh(x @ weight.T + bias)
     kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows
     kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)
     kernels.attention(q, k, v, causal=True, dropout_p=0.0)       # (B, H, T, D), any strides
 
-One module per op family: normalization.py (layer_norm), fused_mlp.py (linear_gelu), losses.py
+One module per op family: normalization.py (layer_norm, add_layer_norm), fused_mlp.py (linear_gelu), losses.py
 (cross_entropy), lm_head.py (linear_cross_entropy), flash_attention.py (attention); common.py
 holds what they share, reference.py the pure-PyTorch definitions they are checked against.
 """
@@ -25,6 +26,6 @@ from kernels.flash_attention import attention  # noqa: E402
 from kernels.fused_mlp import linear_gelu  # noqa: E402
 from kernels.lm_head import linear_cross_entropy  # noqa: E402
 from kernels.losses import cross_entropy  # noqa: E402
-from kernels.normalization import layer_norm  # noqa: E402
+from kernels.normalization import add_layer_norm, layer_norm  # noqa: E402
 
-__all__ = ["layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention", "reference"]
+__all__ = ["layer_norm", "add_layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention", "reference"]

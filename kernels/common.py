@@ -1,10 +1,17 @@
-"""What the kernel files share: the interpreter and autotune switches, input checks, autocast."""
+"""What the kernel files share: the interpreter and autotune switches, input checks, autocast,
+the device guard every launch runs under, and the namespace of the ops registered with
+torch.library."""
 
+import contextlib
 import os
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Every op is registered as tritongpt::<name> (torch.ops.tritongpt.<name>): torch.compile sees
+# each one as a single node of its graph, with a fake (shape-only) implementation for tracing.
+NAMESPACE = "tritongpt"
 
 
 def interpreted():
@@ -71,13 +78,31 @@ def autocast_inputs(*tensors):
     Triton ops are not seen by autocast, so a public op whose torch counterpart autocast would
     cast (F.linear, SDPA) casts its inputs itself: fp32 master weights, bf16 compute. The casts
     are part of the autograd graph, so gradients come back in each input's own dtype."""
-    first = tensors[0]
-    if not isinstance(first, torch.Tensor) or first.device.type not in ("cpu", "cuda"):
+    dtype = autocast_dtype(tensors[0])
+    if dtype is None:
         return tensors
-    if not torch.is_autocast_enabled(first.device.type):
-        return tensors
-    dtype = torch.get_autocast_dtype(first.device.type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in tensors)
+
+
+def autocast_dtype(t):
+    """torch.autocast's dtype when autocast is on for t's device, else None (the dtype an op
+    whose output feeds a matmul writes that output in, so no cast pass follows it)."""
+    if not isinstance(t, torch.Tensor) or t.device.type not in ("cpu", "cuda"):
+        return None
+    if not torch.is_autocast_enabled(t.device.type):
+        return None
+    return torch.get_autocast_dtype(t.device.type)
+
+
+# ----------------------------------------------------------------------------- launches
+
+
+def device_guard(t):
+    """The context every launch runs in: t's CUDA device made current, so that a kernel runs
+    where its tensors are (cuda:1 included) whatever the current device is; nothing on a CPU."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 def num_sms(device):

@@ -1,16 +1,29 @@
-"""LayerNorm over the last dim: y = (x - mean) * rstd * weight + bias, forward and backward.
+"""LayerNorm over the last dim, and the residual add fused in front of it, forward and backward.
+
+    y = layer_norm(x, weight, bias)               # (x - mean) * rstd * weight + bias
+    s, y = add_layer_norm(x, r, weight, bias)     # s = x + r (the new residual stream), y = LN(s)
 
 x (..., N) is viewed as M rows of N. Mean and rstd are computed and saved in fp32 (8 bytes a
-row); the backward recomputes xhat = (x - mean) * rstd from x rather than saving it.
+row); the backward recomputes xhat = (x - mean) * rstd from x (from s) rather than saving it.
 
-Bytes that must move (s_x: x's element size; s_w: the weight's; G: backward programs):
-    forward   2 * M * N * s_x            read x, write y
-              + 8 * M + 2 * N * s_w      mean and rstd out; weight and bias in
-    backward  3 * M * N * s_x            read x and dy, write dx
-              + 8 * M + N * s_w          mean, rstd and weight in
-              + 2 * (2 * G * N * 4)      dweight / dbias partials: written, then summed
-At GPT-2's (M, N) = (16384, 768) in bf16 that is about 5 * M * N * 2 = 126 MB for fwd+bwd; the
-partials (G = 2 * SMs = 264 on an H200) add about 3 MB.
+add_layer_norm is the block's "x = x + branch; h = ln(x)" in one pass: x and r are read once, s
+and y written once, s in the dtype x + r has (the residual stream keeps its own, fp32 under
+autocast) and y in autocast's dtype when autocast is on (it feeds a matmul, which would cast it:
+the cast pass is saved). Its backward folds the residual gradient in: d(x) = d(r) = ds + the
+LayerNorm backward of dy, written once (twice when x and r differ in dtype, once in each, so no
+cast pass follows either).
+
+Bytes that must move (s_x: x's element size, s_r, s_s, s_y likewise; s_w: the weight's; G:
+backward programs):
+    layer_norm      forward   M*N*(s_x + s_y) + 8*M + 2*N*s_w
+                    backward  M*N*(s_x + s_y + s_x) + 8*M + N*s_w + 2*(2*G*N*4)
+    add_layer_norm  forward   M*N*(s_x + s_r + s_s + s_y) + 8*M + 2*N*s_w
+                    backward  M*N*(s_s + s_y + s_s + s_x [+ s_r when its dtype differs])
+                              + 8*M + N*s_w + 2*(2*G*N*4)
+At GPT-2's (M, N) = (16384, 768) in bf16 layer_norm moves about 5 * M * N * 2 = 126 MB for fwd +
+bwd; add_layer_norm under bf16 autocast (x, s fp32; r, y bf16) 12 + 16 = 28 bytes an element,
+352 MB, against about 60 for the add, the LayerNorm, the casts and the gradient sum unfused.
+The partials (G = 2 * SMs = 264 on an H200) add about 3 MB.
 
 Design, for a bandwidth-bound op:
 - forward: a program normalizes BLOCK_M rows at once (a (BLOCK_M, BLOCK_N) tile, BLOCK_N the
@@ -19,13 +32,17 @@ Design, for a bandwidth-bound op:
   row blocks with a stride of G; each keeps its dweight / dbias sums in fp32 registers and
   writes one row of a (G, N) fp32 partial buffer, which torch then sums over G. No locks or
   atomics, and the partials stay small because G does not grow with M.
+- both are registered with torch.library (tritongpt::layer_norm, tritongpt::add_layer_norm and
+  their _backward ops), so torch.compile keeps each as one node and fuses what is around it.
 """
+
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_device, check_float, check_tensors, num_sms
+from kernels.common import NAMESPACE, autocast_dtype, check_device, check_float, check_tensors, device_guard, num_sms
 
 MAX_WIDTH = 65536  # one row must fit in one program's tile
 
@@ -36,15 +53,19 @@ MAX_WIDTH = 65536  # one row must fit in one program's tile
 @triton.jit
 def _layer_norm_fwd_kernel(
     x_ptr,  # (M, N) input, row stride stride_x, unit column stride
-    y_ptr,  # (M, N) output, contiguous
+    r_ptr,  # (M, N) residual branch added to x, row stride stride_r (ADD only)
+    s_ptr,  # (M, N) out: s = x + r, contiguous (ADD only)
+    y_ptr,  # (M, N) out: the LayerNorm of s (of x without ADD), contiguous
     w_ptr,  # (N,) weight
     b_ptr,  # (N,) bias; unused when HAS_BIAS is False
     mean_ptr,  # (M,) fp32, out
     rstd_ptr,  # (M,) fp32, out
     stride_x,
+    stride_r,
     M,
     N,
     eps,
+    ADD: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -56,7 +77,13 @@ def _layer_norm_fwd_kernel(
     col_ok = cols < N
     mask = row_ok[:, None] & col_ok[None, :]  # (BLOCK_M, BLOCK_N)
 
-    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    if ADD:
+        r = tl.load(r_ptr + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
+        # rounded to s's dtype before it is normalized, as torch's x + r then LayerNorm would be
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + rows[:, None] * N + cols[None, :], x, mask=mask)
+    x = x.to(tl.float32)
     mean = tl.sum(x, axis=1) / N  # (BLOCK_M,)
     xc = tl.where(mask, x - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)  # (BLOCK_M,)
@@ -72,9 +99,11 @@ def _layer_norm_fwd_kernel(
 
 @triton.jit
 def _layer_norm_bwd_kernel(
-    x_ptr,  # (M, N) the forward's input, row stride stride_x
+    x_ptr,  # (M, N) what the forward normalized (s with a residual add), row stride stride_x
     dy_ptr,  # (M, N) gradient of y, row stride stride_dy
-    dx_ptr,  # (M, N) gradient of x, contiguous, out
+    ds_ptr,  # (M, N) gradient of s, row stride stride_ds, added to dx (HAS_DS only)
+    dx_ptr,  # (M, N) out: gradient of x (and of r when one dtype), contiguous
+    dr_ptr,  # (M, N) out: the same gradient in r's dtype, contiguous (STORE_DR only)
     w_ptr,  # (N,) weight
     mean_ptr,  # (M,) fp32
     rstd_ptr,  # (M,) fp32
@@ -82,8 +111,11 @@ def _layer_norm_bwd_kernel(
     db_part_ptr,  # (G, N) fp32: this program's sum of dy over its rows, out (if HAS_BIAS)
     stride_x,
     stride_dy,
+    stride_ds,
     M,
     N,
+    HAS_DS: tl.constexpr,
+    STORE_DR: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -111,7 +143,11 @@ def _layer_norm_bwd_kernel(
         c1 = tl.sum(xhat * wdy, axis=1) / N  # (BLOCK_M,)
         c2 = tl.sum(wdy, axis=1) / N
         dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        if HAS_DS:  # the residual's own gradient: s = x + r passes ds to both
+            dx += tl.load(ds_ptr + rows[:, None] * stride_ds + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if STORE_DR:
+            tl.store(dr_ptr + rows[:, None] * N + cols[None, :], dx.to(dr_ptr.dtype.element_ty), mask=mask)
 
         dw_acc += tl.sum(dy * xhat, axis=0)
         if HAS_BIAS:
@@ -123,6 +159,25 @@ def _layer_norm_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------- host launchers
+
+
+def _check(op, x, weight, bias, residual=None):
+    """A ValueError naming what the kernels cannot take. Needs only shapes, dtypes and devices,
+    so the fake implementations run it too (torch.compile reports bad inputs while tracing)."""
+    tensors = dict(x=x, y=residual, weight=weight, bias=bias)
+    check_tensors(op, **tensors)
+    check_device(op, **tensors)
+    check_float(op, **tensors)
+    N = x.shape[-1] if x.dim() else 0
+    if x.dim() == 0 or N == 0:
+        raise ValueError(f"{op}: x must have a non-empty last dim to normalize over, got shape {tuple(x.shape)}")
+    if N > MAX_WIDTH:
+        raise ValueError(f"{op}: widths up to {MAX_WIDTH} are supported, got {N}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"{op}: y must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)} (no broadcasting)")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (N,):
+            raise ValueError(f"{op}: {name} must have shape ({N},) to match x's last dim, got {tuple(t.shape)}")
 
 
 def _rows(t, N):
@@ -141,22 +196,18 @@ def _tile(N, max_tile):
     return BLOCK_M, BLOCK_N, num_warps
 
 
-def layer_norm_fwd(x, weight, bias, eps):
-    """x (..., N), weight (N,), bias (N,) or None -> y (like x), mean (M,) fp32, rstd (M,) fp32."""
-    check_tensors("layer_norm", x=x, weight=weight, bias=bias)
-    check_device("layer_norm", x=x, weight=weight, bias=bias)
-    check_float("layer_norm", x=x, weight=weight, bias=bias)
-    N = x.shape[-1] if x.dim() else 0
-    if x.dim() == 0 or N == 0:
-        raise ValueError(f"layer_norm: x must have a non-empty last dim to normalize over, got shape {tuple(x.shape)}")
-    if N > MAX_WIDTH:
-        raise ValueError(f"layer_norm: widths up to {MAX_WIDTH} are supported, got {N}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and tuple(t.shape) != (N,):
-            raise ValueError(f"layer_norm: {name} must have shape ({N},) to match x's last dim, got {tuple(t.shape)}")
+def layer_norm_fwd(x, weight, bias, eps, residual=None, out_dtype=None):
+    """x (..., N) [+ residual (..., N)], weight (N,), bias (N,) or None -> s (x + residual, in
+    their promoted dtype; None without a residual), y (in out_dtype, default s's / x's dtype),
+    mean (M,) fp32, rstd (M,) fp32; s and y contiguous of x's shape."""
+    _check("add_layer_norm" if residual is not None else "layer_norm", x, weight, bias, residual)
+    N = x.shape[-1]
     x2 = _rows(x, N)
+    r2 = _rows(residual, N) if residual is not None else x2
     M = x2.shape[0]
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    s_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
+    s = torch.empty((M, N), dtype=s_dtype, device=x.device) if residual is not None else None
+    y = torch.empty((M, N), dtype=out_dtype or s_dtype, device=x.device)
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M > 0:
@@ -164,52 +215,160 @@ def layer_norm_fwd(x, weight, bias, eps):
         w = weight.contiguous()
         b = bias.contiguous() if bias is not None else w
         grid = (triton.cdiv(M, BLOCK_M),)
-        _layer_norm_fwd_kernel[grid](
-            x2, y, w, b, mean, rstd, x2.stride(0), M, N, eps,
-            HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
-        )
-    return y.view(x.shape), x2, mean, rstd
+        with device_guard(x):
+            _layer_norm_fwd_kernel[grid](
+                x2, r2, s if s is not None else y, y, w, b, mean, rstd, x2.stride(0), r2.stride(0), M, N, eps,
+                ADD=residual is not None, HAS_BIAS=bias is not None,
+                BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
+            )
+    return (s.view(x.shape) if s is not None else None), y.view(x.shape), mean, rstd
 
 
-def layer_norm_bwd(dy, x2, weight, bias, mean, rstd):
-    """dy (..., N), the forward's x2 (M, N), mean and rstd -> dx (M, N) in x's dtype, dweight in
-    weight's dtype, dbias in bias's dtype (None when bias is None)."""
-    M, N = x2.shape
-    dy2 = _rows(dy, N)
-    dx = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
+def layer_norm_bwd(dy, x, weight, bias, mean, rstd, ds=None, dx_dtype=None, dr_dtype=None):
+    """dy (..., N) and the forward's x (s with a residual add), mean and rstd [and ds, the
+    gradient of s, added to dx] -> dx (x's shape, in dx_dtype, default x's), dr (the same in
+    dr_dtype, or None when dr_dtype is None), dweight in weight's dtype, dbias in bias's (None
+    when bias is None)."""
+    N = x.shape[-1]
+    x2, dy2 = _rows(x, N), _rows(dy, N)
+    ds2 = _rows(ds, N) if ds is not None else dy2
+    M = x2.shape[0]
+    dx = torch.empty((M, N), dtype=dx_dtype or x.dtype, device=x.device)
+    dr = torch.empty((M, N), dtype=dr_dtype, device=x.device) if dr_dtype is not None else None
     BLOCK_M, BLOCK_N, num_warps = _tile(N, max_tile=8192)
-    G = max(1, min(triton.cdiv(M, BLOCK_M), 2 * num_sms(x2.device)))
+    G = max(1, min(triton.cdiv(M, BLOCK_M), 2 * num_sms(x.device)))
     # every program writes its whole row of partials, so no zero-fill (M == 0: no program runs)
     alloc = torch.empty if M > 0 else torch.zeros
-    dw_part = alloc((G, N), dtype=torch.float32, device=x2.device)
-    db_part = alloc((G, N), dtype=torch.float32, device=x2.device) if bias is not None else dw_part
+    dw_part = alloc((G, N), dtype=torch.float32, device=x.device)
+    db_part = alloc((G, N), dtype=torch.float32, device=x.device) if bias is not None else dw_part
     if M > 0:
-        _layer_norm_bwd_kernel[(G,)](
-            x2, dy2, dx, weight.contiguous(), mean, rstd, dw_part, db_part,
-            x2.stride(0), dy2.stride(0), M, N,
-            HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
-        )
+        with device_guard(x):
+            _layer_norm_bwd_kernel[(G,)](
+                x2, dy2, ds2, dx, dr if dr is not None else dx, weight.contiguous(), mean, rstd, dw_part, db_part,
+                x2.stride(0), dy2.stride(0), ds2.stride(0), M, N,
+                HAS_DS=ds is not None, STORE_DR=dr is not None, HAS_BIAS=bias is not None,
+                BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
+            )
     dweight = dw_part.sum(0).to(weight.dtype)
     dbias = db_part.sum(0).to(bias.dtype) if bias is not None else None
-    return dx, dweight, dbias
+    return dx.view(x.shape), (dr.view(x.shape) if dr is not None else None), dweight, dbias
 
 
-# ----------------------------------------------------------------------------- autograd
+# ----------------------------------------------------------------------------- torch.library ops
+# Fake implementations give the real outputs' shapes, strides (all contiguous) and dtypes. An
+# absent optional output (dbias without a bias, dr in x's dtype) is an empty (0,) tensor: an op
+# returns a fixed list of tensors.
+
+Tensor = torch.Tensor
 
 
-class LayerNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        y, x2, mean, rstd = layer_norm_fwd(x, weight, bias, eps)
-        ctx.save_for_backward(x2, weight, bias, mean, rstd)
-        ctx.x_shape = x.shape
-        return y
+def _empty(like, shape, dtype=None):
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2, weight, bias, mean, rstd = ctx.saved_tensors
-        dx, dweight, dbias = layer_norm_bwd(dy, x2, weight, bias, mean, rstd)
-        return dx.view(ctx.x_shape), dweight, dbias, None
+
+def _nothing(like):
+    """The stand-in for an absent output."""
+    return torch.empty(0, dtype=torch.float32, device=like.device)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::layer_norm", mutates_args=())
+def _layer_norm_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    _, y, mean, rstd = layer_norm_fwd(x, weight, bias, eps)
+    return y, mean, rstd
+
+
+@_layer_norm_op.register_fake
+def _(x, weight, bias, eps):
+    _check("layer_norm", x, weight, bias)
+    M = x.numel() // x.shape[-1]
+    return _empty(x, x.shape), _empty(x, (M,), torch.float32), _empty(x, (M,), torch.float32)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::layer_norm_backward", mutates_args=())
+def _layer_norm_backward_op(
+    dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], mean: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    dx, _, dweight, dbias = layer_norm_bwd(dy, x, weight, bias, mean, rstd)
+    return dx, dweight, dbias if bias is not None else _nothing(x)
+
+
+@_layer_norm_backward_op.register_fake
+def _(dy, x, weight, bias, mean, rstd):
+    return _empty(x, x.shape), _empty(weight, weight.shape), (_empty(bias, bias.shape) if bias is not None else _nothing(x))
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and rstd
+
+
+def _layer_norm_backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        return None, None, None, None
+    dx, dweight, dbias = torch.ops.tritongpt.layer_norm_backward(dy, x, weight, bias, mean, rstd)
+    return dx, dweight, (dbias if bias is not None else None), None
+
+
+_layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::add_layer_norm", mutates_args=())
+def _add_layer_norm_op(
+    x: Tensor, y: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, out_dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return layer_norm_fwd(x, weight, bias, eps, residual=y, out_dtype=out_dtype)
+
+
+@_add_layer_norm_op.register_fake
+def _(x, y, weight, bias, eps, out_dtype):
+    _check("add_layer_norm", x, weight, bias, y)
+    M = x.numel() // x.shape[-1]
+    s_dtype = torch.promote_types(x.dtype, y.dtype)
+    return (_empty(x, x.shape, s_dtype), _empty(x, x.shape, out_dtype),
+            _empty(x, (M,), torch.float32), _empty(x, (M,), torch.float32))
+
+
+@torch.library.custom_op(f"{NAMESPACE}::add_layer_norm_backward", mutates_args=())
+def _add_layer_norm_backward_op(
+    dout: Tensor, ds: Optional[Tensor], s: Tensor, weight: Tensor, bias: Optional[Tensor], mean: Tensor,
+    rstd: Tensor, x_dtype: torch.dtype, y_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dr_dtype = y_dtype if y_dtype != x_dtype else None
+    dx, dr, dweight, dbias = layer_norm_bwd(dout, s, weight, bias, mean, rstd, ds, x_dtype, dr_dtype)
+    return dx, (dr if dr is not None else _nothing(s)), dweight, (dbias if dbias is not None else _nothing(s))
+
+
+@_add_layer_norm_backward_op.register_fake
+def _(dout, ds, s, weight, bias, mean, rstd, x_dtype, y_dtype):
+    dr = _empty(s, s.shape, y_dtype) if y_dtype != x_dtype else _nothing(s)
+    return _empty(s, s.shape, x_dtype), dr, _empty(weight, weight.shape), (_empty(bias, bias.shape) if bias is not None else _nothing(s))
+
+
+def _add_layer_norm_setup(ctx, inputs, output):
+    x, y, weight, bias, _, _ = inputs
+    s, _, mean, rstd = output
+    ctx.save_for_backward(s, weight, bias, mean, rstd)
+    ctx.dtypes = (x.dtype, y.dtype)
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # an unused s (after the last block) gets no zero gradient
+
+
+def _add_layer_norm_backward(ctx, ds, dout, _dmean, _drstd):
+    s, weight, bias, mean, rstd = ctx.saved_tensors
+    x_dtype, y_dtype = ctx.dtypes
+    if dout is None:  # only s was used: the add's gradient alone
+        return (None if ds is None else ds.to(x_dtype)), (None if ds is None else ds.to(y_dtype)), None, None, None, None
+    dx, dy, dweight, dbias = torch.ops.tritongpt.add_layer_norm_backward(
+        dout, ds, s, weight, bias, mean, rstd, x_dtype, y_dtype
+    )
+    return dx, (dy if y_dtype != x_dtype else dx), dweight, (dbias if bias is not None else None), None, None
+
+
+_add_layer_norm_op.register_autograd(_add_layer_norm_backward, setup_context=_add_layer_norm_setup)
 
 
 # ----------------------------------------------------------------------------- public
@@ -218,4 +377,14 @@ class LayerNormFunction(torch.autograd.Function):
 def layer_norm(x, weight, bias=None, eps=1e-5):
     """LayerNorm over x's last dim; weight and bias (N,), bias may be None. Any float dtypes,
     mixed too (bf16 x with fp32 weight, as under autocast): computed in fp32, y in x's dtype."""
-    return LayerNormFunction.apply(x, weight, bias, eps)
+    return torch.ops.tritongpt.layer_norm(x, weight, bias, eps)[0]
+
+
+def add_layer_norm(x, y, weight, bias=None, eps=1e-5):
+    """(s, layer_norm(s)) with s = x + y, in one pass: the residual add and the LayerNorm that
+    follows it. x and y of one shape (..., N), any float dtypes; s in their promoted dtype (x + y's),
+    the normalized output in autocast's dtype when autocast is on (else s's)."""
+    check_tensors("add_layer_norm", x=x, y=y)
+    out_dtype = autocast_dtype(x) or torch.promote_types(x.dtype, y.dtype)
+    s, out, _, _ = torch.ops.tritongpt.add_layer_norm(x, y, weight, bias, eps, out_dtype)
+    return s, out

@@ -23,6 +23,13 @@ def layer_norm(x, weight, bias=None, eps=1e-5, upcast=False):
     return y.to(x.dtype) if upcast else y
 
 
+def add_layer_norm(x, y, weight, bias=None, eps=1e-5, upcast=False):
+    """(s, layer_norm(s)) with s = x + y: a residual add and the LayerNorm that follows it.
+    s is x + y as torch computes it (in the promoted dtype); the LayerNorm as layer_norm above."""
+    s = x + y
+    return s, layer_norm(s, weight, bias, eps, upcast=upcast)
+
+
 def gelu_tanh(x):
     """GPT-2's GELU: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
     return F.gelu(x, approximate="tanh")

@@ -131,3 +131,91 @@ def test_gpt2_size(dtype):
     """(B*T, C) = (16384, 768), as in GPT-2 124M's ln_1 / ln_2 / ln_f, and with fp32 weights."""
     check_layer_norm(*_inputs((16, 1024, 768), dtype))
     check_layer_norm(*_inputs((16384, 768), dtype, wdtype=torch.float32))
+
+
+# ----------------------------------------------------------------------------- add_layer_norm
+
+
+def _run_add(fn, x, y, weight, bias, ds, dout):
+    """s, out and the gradients of <s, ds> + <out, dout> wrt x, y, weight, bias (None for an
+    absent bias, or when ds / dout is None: that output unused)."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, y, weight, bias)]
+    s, out = fn(*leaves)
+    used = [(t, g) for t, g in ((s, ds), (out, dout)) if g is not None]
+    torch.autograd.backward([t for t, _ in used], [g.to(t.dtype) for t, g in used])
+    return [s, out] + [t.grad if t is not None else None for t in leaves]
+
+
+def check_add_layer_norm(x, y, weight, bias, out_dtype=None, use_s=True, use_out=True):
+    """assert_parity on s, out, dx, dy, dweight, dbias against reference.add_layer_norm in fp32
+    and in the inputs' precision; out_dtype: the normalized output's dtype the op should give
+    (autocast's), the reference's cast to it."""
+    s_dtype = torch.promote_types(x.dtype, y.dtype)
+    out_dtype = out_dtype or s_dtype
+    ds = torch.randn(x.shape, device=x.device).to(s_dtype) if use_s else None
+    dout = torch.randn(x.shape, device=x.device).to(out_dtype) if use_out else None
+
+    def ref(upcast):
+        def fn(*a):
+            s, out = reference.add_layer_norm(*a, upcast=upcast)
+            return s, out.to(out_dtype)
+        return _run_add(fn, x, y, weight, bias, ds, dout)
+
+    got = _run_add(kernels.add_layer_norm, x, y, weight, bias, ds, dout)
+    ref_, pt = ref(True), ref(False)
+    assert got[0].dtype == s_dtype and got[1].dtype == out_dtype
+    assert torch.equal(got[0], x + y), "s must be x + y exactly, as torch adds"
+    for name, o, r, p in zip(("s", "out", "dx", "dy", "dweight", "dbias"), got, ref_, pt):
+        if r is None:
+            assert o is None, f"{name}: expected no gradient"
+            continue
+        assert o.dtype == r.dtype, f"{name}: dtype {o.dtype} != {r.dtype}"
+        assert_parity(o, r, p, name)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 127), (3, 768), (127, 1000), (2, 5, 48)])
+def test_add_parity(shape, dtype, bias):
+    x, w, b = _inputs(shape, dtype, bias)
+    check_add_layer_norm(x, torch.randn_like(x), w, b)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32])
+def test_add_under_autocast_keeps_the_stream_and_writes_the_autocast_dtype(dtype):
+    """The model's case: an fp32 residual stream x, a low-precision branch y, fp32 weights, under
+    autocast: s fp32, the normalized output in the autocast dtype; dx fp32, dy in y's dtype."""
+    x, w, b = _inputs((2, 7, 96), torch.float32)
+    y = torch.randn(x.shape, device=DEVICE).to(dtype)
+    with torch.autocast(DEVICE, dtype=dtype):
+        check_add_layer_norm(x, y, w, b, out_dtype=dtype)
+    check_add_layer_norm(x, y, w, b)  # no autocast: the output in s's dtype, fp32
+
+
+@pytest.mark.parametrize("use_s, use_out", [(False, True), (True, False)])
+def test_add_with_one_output_unused(use_s, use_out):
+    """After the last block only the normalized output is used; the gradient is then the
+    LayerNorm's alone (and the add's alone when only s is)."""
+    x, w, b = _inputs((37, 100), torch.float32)
+    check_add_layer_norm(x, torch.randn_like(x), w, b, use_s=use_s, use_out=use_out)
+
+
+def test_add_bad_inputs_raise_value_errors():
+    x, w, b = _inputs((3, 16), torch.float32)
+    with pytest.raises(ValueError, match=r"y must have x's shape \(3, 16\)"):
+        kernels.add_layer_norm(x, x[:1], w, b)
+    with pytest.raises(ValueError, match=r"weight must have shape \(16,\)"):
+        kernels.add_layer_norm(x, x, w[:8], b)
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        kernels.add_layer_norm(x, x.to(torch.int32), w, b)
+    with pytest.raises(ValueError, match="y must be a torch.Tensor"):
+        kernels.add_layer_norm(x, 1.0, w, b)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="GPT-2 sizes need a GPU")
+def test_add_gpt2_size_bf16_autocast():
+    """(16384, 768): an fp32 stream plus a bf16 branch under bf16 autocast, as in GPT-2 124M."""
+    x, w, b = _inputs((16, 1024, 768), torch.float32)
+    y = torch.randn(x.shape, device=DEVICE).to(torch.bfloat16)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        check_add_layer_norm(x, y, w, b, out_dtype=torch.bfloat16)
