@@ -27,11 +27,16 @@ set by torch.set_float32_matmul_precision("high")), and full fp32 ("ieee") other
 always under the CPU interpreter, so the kernel agrees with F.linear under either setting.
 """
 
+import math
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
-from kernels.common import AUTOTUNE, autocast_inputs, check_device, check_one_dtype, check_tensors, interpreted
+from kernels.common import (
+    AUTOTUNE, NAMESPACE, autocast_inputs, check_device, check_one_dtype, check_tensors, device_guard, interpreted,
+)
 
 # ----------------------------------------------------------------------------- tile configs
 
@@ -236,64 +241,98 @@ def linear_gelu_fwd(x, weight, bias=None, save_h=False):
     h = torch.empty_like(y) if save_h else None
     if M > 0 and N > 0:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-        _linear_gelu_fwd_kernel[grid](
-            x2, weight, bias if bias is not None else y, y, h if save_h else y,
-            M, N, K,
-            x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
-            HAS_BIAS=bias is not None, STORE_H=save_h, INPUT_PRECISION=_input_precision(x.dtype),
-        )  # fmt: skip
+        with device_guard(x):
+            _linear_gelu_fwd_kernel[grid](
+                x2, weight, bias if bias is not None else y, y, h if save_h else y,
+                M, N, K,
+                x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+                HAS_BIAS=bias is not None, STORE_H=save_h, INPUT_PRECISION=_input_precision(x.dtype),
+            )  # fmt: skip
     return y.view(*x.shape[:-1], N), h
 
 
-def linear_gelu_bwd(dy, x, weight, h, has_bias=True, need_dx=True, need_dw=True):
-    """Gradients of y = gelu_tanh(x @ weight.T + b) from dy (..., N), given the forward's h (M, N).
-
-    Returns dx (..., K), dweight (N, K), dbias (N,) in the inputs' dtype; each None when not needed."""
-    N, K = weight.shape
-    x2 = x.reshape(-1, K)
-    M = x2.shape[0]
-    if dy.shape != (*x.shape[:-1], N) or h.shape != (M, N):
-        raise ValueError(
-            f"linear_gelu_bwd: expected dy {(*x.shape[:-1], N)} and h {(M, N)}, got {tuple(dy.shape)}, {tuple(h.shape)}"
-        )
+def linear_gelu_bwd(dy, h, has_bias=True):
+    """The elementwise half of the backward: dy (..., N) and the forward's h (M, N) -> dh =
+    dy * gelu'(h) (M, N) in h's dtype and dbias (N,) (None without a bias). The matmuls that
+    turn dh into dx and dW are the autograd formula's (below)."""
+    M, N = h.shape
+    if dy.numel() != M * N or dy.shape[-1] != N:
+        raise ValueError(f"linear_gelu_bwd: expected dy (..., {N}) with {M} rows to match h {(M, N)}, got {tuple(dy.shape)}")
     dy2 = dy.reshape(M, N).to(h.dtype).contiguous()
-    dh = torch.empty_like(h)
+    dh = torch.empty((M, N), device=h.device, dtype=h.dtype)
     blocks_m = triton.cdiv(M, BWD_BLOCK_M)
     db_part = torch.empty((blocks_m, N), device=h.device, dtype=torch.float32) if has_bias else dh
     if M > 0 and N > 0:
         grid = (blocks_m, triton.cdiv(N, BWD_BLOCK_N))
-        _linear_gelu_bwd_kernel[grid](
-            dy2, h.contiguous(), dh, db_part, M, N,
-            HAS_BIAS=has_bias, BLOCK_M=BWD_BLOCK_M, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_WARPS,
-        )  # fmt: skip
-    dx = (dh @ weight).view(x.shape) if need_dx else None  # (M, N) @ (N, K)
-    dw = dh.t() @ x2 if need_dw else None  # (N, M) @ (M, K)
+        with device_guard(h):
+            _linear_gelu_bwd_kernel[grid](
+                dy2, h.contiguous(), dh, db_part, M, N,
+                HAS_BIAS=has_bias, BLOCK_M=BWD_BLOCK_M, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_WARPS,
+            )  # fmt: skip
     db = None
     if has_bias:
         db = db_part.sum(0).to(h.dtype) if M > 0 else torch.zeros(N, device=h.device, dtype=h.dtype)
-    return dx, dw, db
+    return dh, db
 
 
-# ----------------------------------------------------------------------------- autograd
+# ----------------------------------------------------------------------------- torch.library ops
+# tritongpt::linear_gelu returns (y, h), h an empty (0,) tensor when it is not saved;
+# tritongpt::linear_gelu_backward is the elementwise pass, (dh, db), db empty without a bias.
+# The two gradient matmuls stay plain torch ops in the autograd formula, so torch.compile sees
+# (and schedules) them like any other matmul.
+
+Tensor = torch.Tensor
 
 
-class LinearGELU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        save_h = any(ctx.needs_input_grad)
-        y, h = linear_gelu_fwd(x, weight, bias, save_h=save_h)
-        if save_h:
-            ctx.save_for_backward(x, weight, h)
-            ctx.has_bias = bias is not None
-        return y
+@torch.library.custom_op(f"{NAMESPACE}::linear_gelu", mutates_args=())
+def _linear_gelu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], save_h: bool) -> tuple[Tensor, Tensor]:
+    y, h = linear_gelu_fwd(x, weight, bias, save_h=save_h)
+    return y, (h if save_h else torch.empty(0, dtype=x.dtype, device=x.device))
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # the Triton pass has no graph: no double backward
-    def backward(ctx, dy):
-        x, weight, h = ctx.saved_tensors
-        need_dx, need_dw, need_db = ctx.needs_input_grad
-        dx, dw, db = linear_gelu_bwd(dy, x, weight, h, ctx.has_bias and need_db, need_dx, need_dw)
-        return dx, dw, db
+
+@_linear_gelu_op.register_fake
+def _(x, weight, bias, save_h):
+    _check(x, weight, bias)
+    N = weight.shape[0]
+    M = math.prod(x.shape[:-1])
+    y = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
+    return y, torch.empty((M, N) if save_h else (0,), dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::linear_gelu_backward", mutates_args=())
+def _linear_gelu_backward_op(dy: Tensor, h: Tensor, has_bias: bool) -> tuple[Tensor, Tensor]:
+    dh, db = linear_gelu_bwd(dy, h, has_bias)
+    return dh, (db if has_bias else torch.empty(0, dtype=h.dtype, device=h.device))
+
+
+@_linear_gelu_backward_op.register_fake
+def _(dy, h, has_bias):
+    return torch.empty_like(h, memory_format=torch.contiguous_format), h.new_empty((h.shape[1],) if has_bias else (0,))
+
+
+def _linear_gelu_setup(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    _, h = output
+    ctx.save_for_backward(x, weight, h)
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(h)
+    ctx.set_materialize_grads(False)  # no zero-filled (M, N) gradient for h
+
+
+def _linear_gelu_backward(ctx, dy, _dh):
+    """dh = dy * gelu'(h) and db in one Triton pass; dx = dh @ W and dW = dh^T x on cuBLAS.
+    (Once differentiable: the Triton pass has no graph, so no double backward.)"""
+    x, weight, h = ctx.saved_tensors
+    need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+    if dy is None:
+        return None, None, None, None
+    dh, db = torch.ops.tritongpt.linear_gelu_backward(dy, h, ctx.has_bias and need_db)
+    dx = (dh @ weight).view(x.shape) if need_dx else None  # (M, N) @ (N, K)
+    dw = dh.t() @ x.reshape(-1, x.shape[-1]) if need_dw else None  # (N, M) @ (M, K)
+    return dx, dw, (db if ctx.has_bias and need_db else None), None
+
+
+_linear_gelu_op.register_autograd(_linear_gelu_backward, setup_context=_linear_gelu_setup)
 
 
 # ----------------------------------------------------------------------------- public function
@@ -305,4 +344,7 @@ def linear_gelu(x, weight, bias=None):
     Under torch.autocast the inputs are cast to the autocast dtype, as F.linear would be; the
     gradients come back in each input's own dtype (the casts are part of the autograd graph)."""
     x, weight, bias = autocast_inputs(x, weight, bias)
-    return LinearGELU.apply(x, weight, bias)
+    check_tensors("linear_gelu", x=x, weight=weight, bias=bias)
+    # h is saved (and written) only when a backward will need it
+    save_h = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return torch.ops.tritongpt.linear_gelu(x, weight, bias, save_h)[0]

@@ -27,13 +27,13 @@ and rewritten by the kernel, read by two matmuls: 5 * M * V * s with the gradien
 
 import torch
 
-from kernels.common import autocast_inputs, check_device, check_one_dtype, check_tensors
+from kernels.common import NAMESPACE, autocast_inputs, check_device, check_one_dtype, check_tensors, device_guard
 from kernels.losses import check_targets, cross_entropy_rows
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of logits
 
 
-# ----------------------------------------------------------------------------- host launcher
+# ----------------------------------------------------------------------------- host launchers
 
 
 def chunk_rows(M, V, itemsize):
@@ -42,9 +42,8 @@ def chunk_rows(M, V, itemsize):
     return max(1, min(M, 1 << (fit.bit_length() - 1)))
 
 
-def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
-    """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (M, C) or None, dW (V, C)
-    or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk."""
+def _check(x, weight, targets):
+    """A ValueError naming what the op cannot take (shapes, dtypes, devices: the fake runs it too)."""
     check_tensors("linear_cross_entropy", x=x, weight=weight, targets=targets)
     check_device("linear_cross_entropy", x=x, weight=weight, targets=targets)
     check_one_dtype("linear_cross_entropy", x=x, weight=weight)
@@ -53,8 +52,14 @@ def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
             f"linear_cross_entropy: expected x (..., C) and weight (V, C) as in nn.Linear, "
             f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
         )
+    return check_targets("linear_cross_entropy", targets, x.shape[:-1], "x's leading shape")
+
+
+def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
+    """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (x's shape) or None, dW
+    (V, C) or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk."""
+    t = _check(x, weight, targets)
     V, C = weight.shape
-    t = check_targets("linear_cross_entropy", targets, x.shape[:-1], "x's leading shape")
     x2 = x.reshape(-1, C).contiguous()
     w = weight.contiguous()
     M = x2.shape[0]
@@ -67,35 +72,64 @@ def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
     dw = torch.zeros_like(w) if grad_w else None
     R = chunk_rows(M, V, x.element_size())
     buf = torch.empty((R, V), dtype=x.dtype, device=x.device)  # the one logits chunk
-    for start in range(0, M, R):
-        end = min(start + R, M)
-        x_c, logits = x2[start:end], buf[: end - start]  # (r, C), (r, V)
-        torch.mm(x_c, w.t(), out=logits)
-        cross_entropy_rows(logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], scale, write_grad)
-        if grad_x:
-            torch.mm(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
-        if grad_w:
-            dw.addmm_(logits.t(), x_c)  # (V, r) @ (r, C)
-    return loss_rows.sum() / kept, dx, dw
+    with device_guard(x):
+        for start in range(0, M, R):
+            end = min(start + R, M)
+            x_c, logits = x2[start:end], buf[: end - start]  # (r, C), (r, V)
+            torch.mm(x_c, w.t(), out=logits)
+            cross_entropy_rows(logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], scale, write_grad)
+            if grad_x:
+                torch.mm(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
+            if grad_w:
+                dw.addmm_(logits.t(), x_c)  # (V, r) @ (r, C)
+    return loss_rows.sum() / kept, (dx.view(x.shape) if grad_x else None), dw
 
 
-# ----------------------------------------------------------------------------- autograd
+# ----------------------------------------------------------------------------- torch.library op
+# tritongpt::linear_cross_entropy returns (loss, dx, dW), each gradient an empty (0,) tensor
+# when not asked for. Its backward is only a scaling by grad_output: plain torch in the autograd
+# formula, which torch.compile fuses with the casts around it.
+
+Tensor = torch.Tensor
 
 
-class LinearCrossEntropyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, targets, ignore_index, grad_x, grad_w):
-        loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w)
-        ctx.save_for_backward(dx, dw)
-        ctx.x_shape = x.shape
-        return loss
+@torch.library.custom_op(f"{NAMESPACE}::linear_cross_entropy", mutates_args=())
+def _linear_cross_entropy_op(
+    x: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, grad_x: bool, grad_w: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w)
+    nothing = torch.empty(0, dtype=x.dtype, device=x.device)
+    return loss, (dx if grad_x else nothing), (dw if grad_w else nothing)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        dx, dw = ctx.saved_tensors
-        dx = (dx * grad_out).view(ctx.x_shape) if dx is not None else None
-        dw = dw * grad_out if dw is not None else None
-        return dx, dw, None, None, None, None
+
+@_linear_cross_entropy_op.register_fake
+def _(x, weight, targets, ignore_index, grad_x, grad_w):
+    _check(x, weight, targets)
+    return (
+        x.new_empty((), dtype=torch.float32),
+        torch.empty(x.shape if grad_x else (0,), dtype=x.dtype, device=x.device),
+        torch.empty(weight.shape if grad_w else (0,), dtype=x.dtype, device=x.device),
+    )
+
+
+def _linear_cross_entropy_setup(ctx, inputs, output):
+    _, _, _, _, grad_x, grad_w = inputs
+    _, dx, dw = output
+    ctx.save_for_backward(dx, dw)
+    ctx.grads = (grad_x, grad_w)
+    ctx.mark_non_differentiable(dx, dw)
+    ctx.set_materialize_grads(False)
+
+
+def _linear_cross_entropy_backward(ctx, grad_out, _ddx, _ddw):
+    dx, dw = ctx.saved_tensors
+    grad_x, grad_w = ctx.grads
+    if grad_out is None:
+        return None, None, None, None, None, None
+    return (dx * grad_out if grad_x else None), (dw * grad_out if grad_w else None), None, None, None, None
+
+
+_linear_cross_entropy_op.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup)
 
 
 # ----------------------------------------------------------------------------- public
@@ -107,7 +141,9 @@ def linear_cross_entropy(x, weight, targets, ignore_index=-1):
     Under torch.autocast x and weight are cast to the autocast dtype, as F.linear's would be, and
     their gradients come back in their own dtypes through the casts."""
     x, weight = autocast_inputs(x, weight)
+    check_tensors("linear_cross_entropy", x=x, weight=weight, targets=targets)
     want = torch.is_grad_enabled()
-    return LinearCrossEntropyFunction.apply(
-        x, weight, targets, ignore_index, want and x.requires_grad, want and weight.requires_grad
+    loss, _, _ = torch.ops.tritongpt.linear_cross_entropy(
+        x, weight, targets, int(ignore_index), want and x.requires_grad, want and weight.requires_grad
     )
+    return loss

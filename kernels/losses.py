@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_device, check_float, check_tensors
+from kernels.common import NAMESPACE, check_device, check_float, check_tensors, device_guard
 
 MAX_BLOCK_V = 4096  # columns of a row handled per loop step
 INDEX_DTYPES = (torch.int64, torch.int32)
@@ -134,56 +134,96 @@ def cross_entropy_rows(logits2, t, ignore_index, loss_rows, lse, scale, write_gr
     )
 
 
-def cross_entropy_fwd(logits, targets, ignore_index):
-    """logits (..., V), targets (...) -> loss (fp32 scalar), and (logits2, t, lse, kept) for the backward."""
+def _check(logits, targets):
+    """A ValueError naming what the kernels cannot take (shapes, dtypes, devices only: the fake
+    implementation runs it too) -> the flat targets (M,)."""
     check_tensors("cross_entropy", logits=logits, targets=targets)
     check_device("cross_entropy", logits=logits, targets=targets)
     check_float("cross_entropy", logits=logits)
     if logits.dim() < 1 or logits.shape[-1] == 0:
         raise ValueError(f"cross_entropy: logits must be (..., V) with V >= 1, got shape {tuple(logits.shape)}")
-    V = logits.shape[-1]
-    t = check_targets("cross_entropy", targets, logits.shape[:-1], "logits' leading shape")
-    logits2 = logits.reshape(-1, V)
-    if logits2.stride(-1) != 1:
-        logits2 = logits2.contiguous()
+    return check_targets("cross_entropy", targets, logits.shape[:-1], "logits' leading shape")
+
+
+def _rows(logits):
+    """logits (..., V) as (M, V) with unit column stride (a copy only when it has to be)."""
+    logits2 = logits.reshape(-1, logits.shape[-1])
+    return logits2 if logits2.stride(-1) == 1 else logits2.contiguous()
+
+
+def cross_entropy_fwd(logits, targets, ignore_index):
+    """logits (..., V), targets (...) -> loss (fp32 scalar), lse (M,) fp32 for the backward."""
+    t = _check(logits, targets)
+    logits2 = _rows(logits)
     M = logits2.shape[0]
     loss_rows = torch.empty(M, dtype=torch.float32, device=logits.device)
     lse = torch.empty(M, dtype=torch.float32, device=logits.device)
-    cross_entropy_rows(logits2, t, ignore_index, loss_rows, lse, lse, write_grad=False)
+    with device_guard(logits):
+        cross_entropy_rows(logits2, t, ignore_index, loss_rows, lse, lse, write_grad=False)
     kept = (t != ignore_index).sum().clamp(min=1).float()  # on the device: no sync
-    return loss_rows.sum() / kept, (logits2, t, lse, kept)
+    return loss_rows.sum() / kept, lse
 
 
-def cross_entropy_bwd(grad_out, logits2, t, lse, kept, ignore_index):
-    """-> dlogits (M, V) in the logits' dtype."""
+def cross_entropy_bwd(grad_out, logits, targets, lse, ignore_index):
+    """-> dlogits in the logits' dtype, contiguous of their shape."""
+    logits2, t = _rows(logits), targets.reshape(-1).contiguous()
     M, V = logits2.shape
     dlogits = torch.empty((M, V), dtype=logits2.dtype, device=logits2.device)
+    kept = (t != ignore_index).sum().clamp(min=1).float()
     scale = (grad_out.float() / kept).reshape(1)
     if M > 0:
         BLOCK_V, num_warps = _block_v(V)
-        _cross_entropy_bwd_kernel[(M,)](
-            logits2, dlogits, t, lse, scale, logits2.stride(0), V, ignore_index,
-            BLOCK_V=BLOCK_V, num_warps=num_warps,
-        )
-    return dlogits
+        with device_guard(logits):
+            _cross_entropy_bwd_kernel[(M,)](
+                logits2, dlogits, t, lse, scale, logits2.stride(0), V, ignore_index,
+                BLOCK_V=BLOCK_V, num_warps=num_warps,
+            )
+    return dlogits.view(logits.shape)
 
 
-# ----------------------------------------------------------------------------- autograd
+# ----------------------------------------------------------------------------- torch.library ops
+
+Tensor = torch.Tensor
 
 
-class CrossEntropyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, targets, ignore_index):
-        loss, (logits2, t, lse, kept) = cross_entropy_fwd(logits, targets, ignore_index)
-        ctx.save_for_backward(logits2, t, lse, kept)
-        ctx.ignore_index, ctx.logits_shape = ignore_index, logits.shape
-        return loss
+@torch.library.custom_op(f"{NAMESPACE}::cross_entropy", mutates_args=())
+def _cross_entropy_op(logits: Tensor, targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    return cross_entropy_fwd(logits, targets, ignore_index)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        logits2, t, lse, kept = ctx.saved_tensors
-        dlogits = cross_entropy_bwd(grad_out, logits2, t, lse, kept, ctx.ignore_index)
-        return dlogits.view(ctx.logits_shape), None, None
+
+@_cross_entropy_op.register_fake
+def _(logits, targets, ignore_index):
+    t = _check(logits, targets)
+    return logits.new_empty((), dtype=torch.float32), logits.new_empty(t.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::cross_entropy_backward", mutates_args=())
+def _cross_entropy_backward_op(grad_out: Tensor, logits: Tensor, targets: Tensor, lse: Tensor, ignore_index: int) -> Tensor:
+    return cross_entropy_bwd(grad_out, logits, targets, lse, ignore_index)
+
+
+@_cross_entropy_backward_op.register_fake
+def _(grad_out, logits, targets, lse, ignore_index):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _cross_entropy_setup(ctx, inputs, output):
+    logits, targets, ignore_index = inputs
+    _, lse = output
+    ctx.save_for_backward(logits, targets, lse)
+    ctx.ignore_index = ignore_index
+    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)
+
+
+def _cross_entropy_backward(ctx, grad_out, _dlse):
+    logits, targets, lse = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None
+    return torch.ops.tritongpt.cross_entropy_backward(grad_out, logits, targets, lse, ctx.ignore_index), None, None
+
+
+_cross_entropy_op.register_autograd(_cross_entropy_backward, setup_context=_cross_entropy_setup)
 
 
 # ----------------------------------------------------------------------------- public
@@ -192,4 +232,5 @@ class CrossEntropyFunction(torch.autograd.Function):
 def cross_entropy(logits, targets, ignore_index=-1):
     """Mean cross-entropy of logits (..., V) against targets (...) over the rows whose target is
     not ignore_index (0, with zero gradients, when all are). The loss is fp32."""
-    return CrossEntropyFunction.apply(logits, targets, ignore_index)
+    check_tensors("cross_entropy", logits=logits, targets=targets)
+    return torch.ops.tritongpt.cross_entropy(logits, targets, int(ignore_index))[0]
