@@ -6,10 +6,13 @@
     kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows
     kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)
     kernels.attention(q, k, v, causal=True, dropout_p=0.0)       # (B, H, T, D), any strides
+    kernels.attention_qkv(qkv, causal=True, dropout_p=0.0)      # (B, T, 3, H, D) -> (B, T, H, D)
 
-One module per op family: normalization.py (layer_norm, add_layer_norm), fused_mlp.py (linear_gelu), losses.py
-(cross_entropy), lm_head.py (linear_cross_entropy), flash_attention.py (attention); common.py
-holds what they share, reference.py the pure-PyTorch definitions they are checked against.
+One module per op family: normalization.py (layer_norm, add_layer_norm), fused_mlp.py
+(linear_gelu), losses.py (cross_entropy), lm_head.py (linear_cross_entropy), flash_attention.py
+(attention, attention_qkv; its jit code in flash_attention_kernels.py); common.py holds what they
+share, reference.py the pure-PyTorch definitions they are checked against. Every op is registered with torch.library as
+tritongpt::<name> (and tritongpt::<name>_backward), so torch.compile sees each as one node.
 """
 
 import os
@@ -22,10 +25,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import reference  # noqa: E402
-from kernels.flash_attention import attention  # noqa: E402
+from kernels.flash_attention import attention, attention_qkv  # noqa: E402
 from kernels.fused_mlp import linear_gelu  # noqa: E402
 from kernels.lm_head import linear_cross_entropy  # noqa: E402
 from kernels.losses import cross_entropy  # noqa: E402
 from kernels.normalization import add_layer_norm, layer_norm  # noqa: E402
 
-__all__ = ["layer_norm", "add_layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention", "reference"]
+__all__ = [
+    "layer_norm", "add_layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention",
+    "attention_qkv", "reference",
+]

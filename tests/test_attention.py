@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernels
-from attention_mask import dropout_mask
+from attention_mask import dropout_mask, seed_tensor
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
 from gpt import GPT, GPTConfig
 from kernels import flash_attention as fa
@@ -98,14 +98,34 @@ def test_c_attn_view_equals_contiguous():
         assert torch.equal(a, b), f"{name} differs between strided and contiguous inputs"
 
 
-def test_torch_compile_runs_it_as_in_eager():
-    """Under torch.compile the op is a graph break, not traced into: same output and gradients."""
+def test_attention_qkv_equals_attention_of_the_views():
+    """attention_qkv of c_attn's (B, T, 3, H, D) output equals attention of its q, k, v views,
+    exactly: output (as (B, T, H, D), contiguous) and the one gradient of the projection."""
+    B, T, H, D = 2, 37, 3, 32
+    x = torch.randn(B, T, 3, H, D, device=DEVICE)
+    do = torch.randn(B, T, H, D, device=DEVICE)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = kernels.attention_qkv(a)
+    assert y.shape == (B, T, H, D) and y.is_contiguous()
+    y.backward(do)
+    q, k, v = b.permute(2, 0, 3, 1, 4)
+    y_views = kernels.attention(q, k, v)
+    y_views.backward(do.transpose(1, 2))
+    assert torch.equal(y, y_views.transpose(1, 2))
+    assert torch.equal(a.grad, b.grad)
+    assert a.grad.is_contiguous()
+
+
+def test_torch_compile_sees_one_node_per_op():
+    """Under torch.compile each op is one node of the graph, not traced into and no graph break
+    (fullgraph), with dropout drawn inside the graph: same output and gradients as eager."""
     q, k, v, do = qkv(2, 2, 40, 32, torch.float32)
     fn = lambda *a: kernels.attention(*a, dropout_p=0.1) * 2  # noqa: E731
+    assert torch._dynamo.explain(fn)(q, k, v).graph_break_count == 0
     torch.manual_seed(3)
     eager = fwd_bwd(fn, q, k, v, do)
     torch.manual_seed(3)
-    compiled = fwd_bwd(torch.compile(fn), q, k, v, do)
+    compiled = fwd_bwd(torch.compile(fn, backend="aot_eager", fullgraph=True), q, k, v, do)
     for name, a, b in zip(("o", "dq", "dk", "dv"), eager, compiled):
         assert torch.equal(a, b), name
 
@@ -160,9 +180,32 @@ def test_dropout_matches_reference_with_kernel_mask(T, D, dtype):
     p, seed, (B, H) = 0.2, 4321, (2, 2)
     mask = dropout_mask(seed, B, H, T, p, DEVICE)
     check_parity(
-        lambda *a: fa.FlashAttention.apply(*a, True, p, seed), *qkv(B, H, T, D, dtype),
+        lambda *a: torch.ops.tritongpt.attention(*a, True, p, seed_tensor(seed, DEVICE))[0], *qkv(B, H, T, D, dtype),
         dropout_p=p, dropout_mask=mask,
     )
+
+
+def test_dropout_seed_tensor_fixes_the_mask():
+    """The seed is a device tensor the kernels read: the same seed tensor gives the same mask
+    (and output) twice, another seed another mask; attention_qkv draws from it as attention does,
+    and its gradient is the reference's with that mask."""
+    B, H, T, D, p = 2, 2, 33, 32, 0.25
+    seed = seed_tensor(99, DEVICE)
+    assert torch.equal(dropout_mask(seed, B, H, T, p, DEVICE), dropout_mask(seed, B, H, T, p, DEVICE))
+    assert not torch.equal(dropout_mask(seed, B, H, T, p, DEVICE), dropout_mask(seed + 1, B, H, T, p, DEVICE))
+    x = torch.randn(B, T, 3, H, D, device=DEVICE)
+    do = torch.randn(B, T, H, D, device=DEVICE)
+    run = lambda s: torch.ops.tritongpt.attention_qkv(x, True, p, s)[0]  # noqa: E731
+    assert torch.equal(run(seed), run(seed)) and not torch.equal(run(seed), run(seed + 1))
+    mask = dropout_mask(seed, B, H, T, p, DEVICE)
+    xs = x.clone().requires_grad_()
+    y = torch.ops.tritongpt.attention_qkv(xs, True, p, seed)[0]
+    y.backward(do)
+    got = [y.transpose(1, 2)] + list(xs.grad.permute(2, 0, 3, 1, 4))
+    views = [t.contiguous() for t in x.permute(2, 0, 3, 1, 4)]
+    ref = fwd_bwd(lambda *a: reference.attention(*a, upcast=True, dropout_p=p, dropout_mask=mask), *views, do.transpose(1, 2))
+    for name, g, r in zip(("o", "dq", "dk", "dv"), got, ref):
+        assert_parity(g, r, r, name)
 
 
 def test_model_applies_attention_dropout_in_training_only():
