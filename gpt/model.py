@@ -21,16 +21,21 @@ from gpt.hf import load_hf_gpt2, save_hf_gpt2
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1). ln(x) normalizes
+    x; ln(x, y) is the residual add in front of it too, returning (x + y, its LayerNorm): on the
+    triton backend one fused op, which reads the stream once and writes both once."""
 
     def __init__(self, ndim, bias, backend):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
         self._op = OPS[backend]["layer_norm"]
+        self._add_op = OPS[backend]["add_layer_norm"]
 
-    def forward(self, x):
-        return self._op(x, self.weight, self.bias, 1e-5)
+    def forward(self, x, y=None):
+        if y is None:
+            return self._op(x, self.weight, self.bias, 1e-5)
+        return self._add_op(x, y, self.weight, self.bias, 1e-5)
 
 
 class CausalSelfAttention(nn.Module):
@@ -46,15 +51,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None):
         B, T, C = x.shape
-        # (B, T, 3, nh, hs) -> three (B, nh, T, hs) views of c_attn's output, no copy
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs), a view
         if cache is None:
-            y = self._attention(q, k, v, self.dropout if self.training else 0.0)
+            y = self._attention(qkv, self.dropout if self.training else 0.0)  # (B, T, nh, hs)
         else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
             k, v = cache.append(k, v)  # (B, nh, T_cached + T, hs)
             # a prompt attends causally; one new token sees every cached position
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1).transpose(1, 2)
+        y = y.reshape(B, T, C)  # (B, T, C); a view where y is (B, T, nh, hs) contiguous
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -71,6 +76,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)), with every LayerNorm that follows a residual
+    add taking that add in: the block gets the stream x and h = ln_1(x) (made by whoever made x),
+    and returns the stream after the attention's add and the MLP's output, which the LayerNorm
+    after it (the next block's ln_1, or ln_f) adds in."""
+
     def __init__(self, config):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, config.bias, config.backend)
@@ -78,10 +88,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias, config.backend)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+    def forward(self, x, h, cache=None):
+        x, h = self.ln_2(x, self.attn(h, cache))  # x + attn(ln_1(x)), and ln_2 of it
+        return x, self.mlp(h)
 
 
 class KVCache:
@@ -163,9 +172,13 @@ class GPT(nn.Module):
             )
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, None if caches is None else caches[i])
-        return self.transformer.ln_f(x)
+        blocks = self.transformer.h
+        h = blocks[0].ln_1(x)
+        for i, block in enumerate(blocks):
+            x, m = block(x, h, None if caches is None else caches[i])
+            after = blocks[i + 1].ln_1 if i + 1 < len(blocks) else self.transformer.ln_f
+            x, h = after(x, m)  # the MLP's residual add and the LayerNorm after it
+        return h
 
     def forward(self, idx, targets=None):
         """idx (B, T) token ids. Returns logits (B, T, V), or with targets (B, T) the mean
