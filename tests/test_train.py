@@ -311,6 +311,8 @@ BAD = [
     (dict(bias="maybe"), "'bias' must be true or false"),
     (dict(n_embd=30, n_head=4), "'n_embd' (30) must be divisible by n_head (4)"),
     (dict(dtype="float8"), "'dtype' must be one of"),
+    (dict(compile="maybe"), "'compile' must be auto, true or false"),
+    (dict(compile_mode="fastest"), "'compile_mode' must be one of default, reduce-overhead"),
     (dict(init_from="gpt5"), "'init_from' must be scratch, resume"),
     (dict(init_from="resume"), "holds no checkpoint"),
     (dict(device="cuda"), "no CUDA device") if not torch.cuda.is_available() else (dict(dtype="float99"), "'dtype'"),
@@ -412,3 +414,23 @@ def test_help_lists_every_key(capsys):
     out = capsys.readouterr().out
     assert out.startswith("python -m train [CONFIG]")
     assert "--n_layer=12  (int)" in out and "--init_from='scratch'  (str)" in out and "--keep_last=2" in out
+
+
+def test_compile_is_on_where_a_gpu_is(tmp_path):
+    """compile: auto resolves to on with a GPU, off on a CPU; true / false as --key=value in any
+    spelling of a bool, or as a bool in a config file; the mode is one of torch.compile's."""
+    from train.system import resolve_system
+
+    cfg = load_config(["--device=cpu"])
+    assert cfg.compile == "auto" and cfg.compile_mode == "default"
+    resolve_system(cfg)
+    assert cfg.compile == "false"
+    if torch.cuda.is_available():
+        cfg = load_config([])
+        resolve_system(cfg)
+        assert cfg.compile == "true"
+    assert load_config(["--compile=Yes"]).compile == "true" and load_config(["--compile=0"]).compile == "false"
+    path = tmp_path / "mine.py"
+    path.write_text("compile = True\ncompile_mode = 'reduce-overhead'\n")
+    cfg = load_config([str(path)])
+    assert cfg.compile == "true" and cfg.compile_mode == "reduce-overhead"

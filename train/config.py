@@ -65,7 +65,8 @@ class TrainConfig:
     # system
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bfloat16 on a GPU that has it, else float16; float32 on a CPU) | float32 | bfloat16 | float16
-    compile: bool = False  # torch.compile the model
+    compile: str = "auto"  # torch.compile the model: auto (on where a GPU is) | true | false
+    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     cpu_threads: int = 0  # torch's threads when training on a CPU; 0 keeps torch's default
     seed: int = 1337
     max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
@@ -75,6 +76,8 @@ class TrainConfig:
 
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_AUTO_BOOLS = ("compile",)  # str keys of auto | true | false, which also take a bool (compile = True)
 
 
 def _type_of(cls, name):
@@ -96,6 +99,8 @@ def check_value(cls, key, value, where=""):
     want = _type_of(cls, key)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if key in _AUTO_BOOLS and isinstance(value, bool):
+        return "true" if value else "false"
     if type(value) is not want:
         raise ConfigError(f"config key '{key}'{where} must be {want.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -107,6 +112,11 @@ def parse_value(cls, key, text):
     if key not in {f.name for f in fields(cls)}:
         raise _unknown(cls, key, where)
     want = _type_of(cls, key)
+    if key in _AUTO_BOOLS:
+        spelled = {"auto": "auto", "true": "true", "1": "true", "yes": "true", "false": "false", "0": "false", "no": "false"}
+        if text.lower() not in spelled:
+            raise ConfigError(f"config key '{key}' must be auto, true or false, got {text!r}")
+        return spelled[text.lower()]
     if want is bool:
         lowered = text.lower()
         if lowered in ("true", "1", "yes"):
@@ -214,6 +224,8 @@ def validate(cfg, world_size=1):
     choices = {
         "backend": ("auto", "torch", "triton"),
         "dtype": ("auto", "float32", "bfloat16", "float16"),
+        "compile": ("auto", "true", "false"),
+        "compile_mode": COMPILE_MODES,
     }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:

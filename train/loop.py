@@ -165,13 +165,14 @@ class Trainer:
         self.batches.check_vocab(model.config.vocab_size)
         model.to(self.device)
         self.raw_model = model
-        if cfg.nvtx and cfg.compile:
+        compiled = cfg.compile == "true"  # resolved from auto by resolve_system
+        if cfg.nvtx and compiled:
             self.log("nvtx: per-module ranges are left out under compile (their hooks would break the graph)")
         elif cfg.nvtx:
             nvtx.annotate_model(model)
-        if cfg.compile:
-            self.log("compiling the model (takes a minute)")
-            model = torch.compile(model)
+        if compiled:
+            self.log(f"compiling the model, mode {cfg.compile_mode} (takes a minute)")
+            model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
         self.eval_model = model
         if self.ddp:
             model = DDP(model, device_ids=[self.local_rank] if self.device_type == "cuda" else None)

@@ -1,4 +1,4 @@
-"""The machine side of a run: `auto` device, dtype and backend resolved for this machine, this
+"""The machine side of a run: `auto` device, dtype, backend and compile resolved for this machine, this
 process pointed at its device (and joined to torchrun's process group), and the autocast context
 of the chosen dtype. Shared by the trainer and the sampler."""
 
@@ -14,8 +14,8 @@ PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_system(cfg):
-    """device, dtype and backend with `auto` replaced by what fits the machine; impossible choices
-    are a ConfigError."""
+    """device, dtype, backend and compile with `auto` replaced by what fits the machine; impossible
+    choices are a ConfigError."""
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     on_gpu = cfg.device.startswith("cuda")
@@ -29,6 +29,8 @@ def resolve_system(cfg):
         raise ConfigError("config key 'dtype' is bfloat16 but this GPU has no bfloat16; use float16")
     if cfg.backend == "auto":
         cfg.backend = "triton" if on_gpu else "torch"
+    if getattr(cfg, "compile", None) == "auto":  # the trainer's key (the sampler has none)
+        cfg.compile = "true" if on_gpu else "false"  # on a CPU, compiling costs more than it saves
     if cfg.backend == "triton" and not on_gpu:
         raise ConfigError("config key 'backend' is triton, which needs a GPU (on a CPU use backend=torch)")
 
