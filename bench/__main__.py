@@ -60,6 +60,7 @@ def parse_args(argv):
         steps=args.steps,
         dtype=dtype,
         compile_backend=compile_backend,
+        compile_mode=args.compile_mode,
         paths=tuple(x.strip() for x in args.paths.split(",") if x.strip()),
         seed=args.seed,
         device=device,

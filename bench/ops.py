@@ -13,6 +13,8 @@ On a GPU each case also records the peak memory one call allocates beyond its in
 What is counted (s = bytes per element of the activations; N rows = B*T tokens):
     memory-bound ops, in GB/s against the measured device-to-device copy (bytes read + written):
         layer_norm (N, C):      fwd 2*N*C*s (read x, write y); bwd 3*N*C*s (read x, dy; write dx)
+        add_layer_norm (N, C):  fwd 4*N*C*s (read x, y; write s, out); bwd 4*N*C*s (read s, ds,
+                                dout; write one gradient, that of x and of y)
         cross_entropy (N, V):   fwd N*V*s (read logits); bwd 2*N*V*s (read logits, write dlogits)
     matmul-shaped ops, in TFLOP/s against the measured bf16 matmul rate:
         linear_gelu (N, K)->M:  fwd 2*N*K*M; bwd 4*N*K*M (dx and dW)
@@ -66,6 +68,12 @@ def _ln_inputs(sz, device, dtype):
     return (_randn((N, C), device, dtype), _randn((C,), device, dtype), _randn((C,), device, dtype))
 
 
+def _add_ln_inputs(sz, device, dtype):
+    N, C = sz["N"], sz["C"]
+    return (_randn((N, C), device, dtype), _randn((N, C), device, dtype), _randn((C,), device, dtype),
+            _randn((C,), device, dtype))
+
+
 def _lg_inputs(sz, device, dtype):
     N, K, M = sz["N"], sz["K"], sz["M"]
     return (_randn((N, K), device, dtype), _randn((M, K), device, dtype, scale=K**-0.5), _randn((M,), device, dtype))
@@ -109,6 +117,14 @@ OPS = {
             lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
             lambda x, w, b: kernels.layer_norm(x, w, b, 1e-5),
             lambda z, s: 2 * z["N"] * z["C"] * s, lambda z, s: 3 * z["N"] * z["C"] * s,
+        ),
+        Op(
+            "add_layer_norm", "GB/s", "fwd 4*N*C*s; bwd 4*N*C*s",
+            {"gpt2": dict(N=8192, C=768), "N16k-C768": dict(N=16384, C=768), "N32k-C1600": dict(N=32768, C=1600)},
+            dict(N=33, C=24), _add_ln_inputs,
+            lambda x, y, w, b: reference.add_layer_norm(x, y, w, b, 1e-5),
+            lambda x, y, w, b: kernels.add_layer_norm(x, y, w, b, 1e-5),
+            lambda z, s: 4 * z["N"] * z["C"] * s, lambda z, s: 4 * z["N"] * z["C"] * s,
         ),
         Op(
             "linear_gelu", "TFLOP/s", "fwd 2*N*K*M; bwd 4*N*K*M",
@@ -240,19 +256,24 @@ def prepare(case, device, dtype, compile_backend="inductor", seed=0):
         common.reset_compiler()
         fn = torch.compile(op.torch_fn, backend=compile_backend, dynamic=False)
 
+    def outputs():
+        """The op's outputs as a tuple (add_layer_norm has two, both with a gradient)."""
+        out = fn(*args)
+        return out if isinstance(out, tuple) else (out,)
+
     if case.mode == "fwd":
         def run():
             return fn(*args)
     elif case.mode == "bwd":
-        out = fn(*args)
-        grad_out = torch.randn_like(out) if out.dim() else None
+        outs = outputs()
+        grad_outs = [torch.randn_like(o) if o.dim() else None for o in outs]
 
         def run():
-            out.backward(grad_out, retain_graph=True)
+            torch.autograd.backward(outs, grad_outs, retain_graph=True)
     else:
         def run():
-            out = fn(*args)
-            out.backward(torch.ones_like(out) if out.dim() else None)
+            outs = outputs()
+            torch.autograd.backward(outs, [torch.ones_like(o) if o.dim() else None for o in outs])
     return run, grads, shape
 
 

@@ -17,7 +17,7 @@ import time
 import torch
 
 from bench import common
-from bench.config import BASELINE, DTYPES, OPTIM, PATHS, model_config
+from bench.config import BASELINE, DTYPES, HEADLINE, OPTIM, PATHS, model_config
 from gpt import GPT
 from gpt import flops as gflops
 from instrument import nvtx
@@ -36,8 +36,14 @@ def build(config, backend, compiled, settings, device):
     torch.manual_seed(settings.seed)
     model = GPT(dataclasses.replace(config, backend=backend)).to(device)
     optimizer = model.configure_optimizers(device_type=device.type, **OPTIM)
-    forward = torch.compile(model, backend=settings.compile_backend) if compiled else model
+    forward = torch.compile(model, **compile_options(settings)) if compiled else model
     return model, forward, optimizer
+
+
+def compile_options(settings):
+    """torch.compile's keyword arguments for the settings: the mode goes to inductor only."""
+    mode = settings.compile_mode if settings.compile_mode != "default" else None
+    return dict(backend=settings.compile_backend, **({"mode": mode} if mode else {}))
 
 
 def make_batches(config, batch, seq_len, device, seed, n=2):
@@ -164,7 +170,8 @@ def empty_path(name):
         "tflops": None,
         "mfu": None,
         "peak_memory_gib": None,
-        "speedup_vs_torch_compile": None,
+        "speedup_vs_torch_compile": None,  # tokens/sec over torch+compile's
+        "memory_vs_torch_compile": None,  # peak memory over torch+compile's, at the same batch
         "graph_breaks": None,
         "graph_break_reasons": {},
         "final_loss": None,
@@ -244,6 +251,10 @@ def explain_nulls(res, device):
             why["peak_memory_gib"] = "n/a on a CPU (torch.cuda.max_memory_allocated needs a GPU)"
     if res["speedup_vs_torch_compile"] is None:
         why["speedup_vs_torch_compile"] = "no measured torch+compile path, or this path has no figure"
+    if res["memory_vs_torch_compile"] is None:
+        why["memory_vs_torch_compile"] = (
+            "no peak memory on this device, no measured torch+compile path, or not the same batch"
+        )
     if res["graph_breaks"] is None:
         why["graph_breaks"] = "not compiled" if not res["compiled"] else "no compile happened"
     if res["batch"] is None:
@@ -264,6 +275,10 @@ def run(settings):
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    if settings.compile_mode != "default" and settings.compile_backend != "inductor":
+        raise ValueError(f"--compile-mode {settings.compile_mode} needs --compile-backend inductor")
     config = model_config(settings)
     if settings.seq_len is not None and settings.seq_len < 1:
         raise ValueError(f"--seq-len must be >= 1, got {settings.seq_len}")
@@ -281,6 +296,8 @@ def run(settings):
     for r in results:
         if base is not None and r["status"] == "ok":
             r["speedup_vs_torch_compile"] = r["tokens_per_sec"] / base["tokens_per_sec"]  # batches may differ
+            if r["peak_memory_gib"] and base["peak_memory_gib"] and r["batch"] == base["batch"]:
+                r["memory_vs_torch_compile"] = r["peak_memory_gib"] / base["peak_memory_gib"]
         explain_nulls(r, device)
 
     name = device_name(device)
@@ -307,9 +324,21 @@ def run(settings):
     }
 
 
+def headline(result):
+    """One line: the headline path against the baseline, tokens/sec and peak memory."""
+    r = next((r for r in result["paths"] if r["path"] == HEADLINE), None)
+    if r is None or r["speedup_vs_torch_compile"] is None:
+        return f"{HEADLINE} vs {BASELINE}: no figure (both paths must run)"
+    memory = r["memory_vs_torch_compile"]
+    memory = f", {memory:.2f}x its peak memory" if memory is not None else ""
+    return f"{HEADLINE}: {r['speedup_vs_torch_compile']:.2f}x the tokens/sec of {BASELINE}{memory}"
+
+
 def table(result):
-    """The report as an aligned text table (printed last by python -m bench)."""
+    """The report as an aligned text table (printed last by python -m bench), the headline path
+    (triton+compile) first, and a line that compares it with the baseline."""
     cols = ["path", "status", "batch", "ms/step", "tok/s", "TFLOP/s", "MFU", "mem GiB", f"vs {BASELINE}"]
+    paths = sorted(result["paths"], key=lambda r: r["path"] != HEADLINE)  # stable: the rest in run order
 
     def f(x, spec):
         return "-" if x is None else format(x, spec)
@@ -321,7 +350,7 @@ def table(result):
             "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%", f(r["peak_memory_gib"], ".2f"),
             "-" if r["speedup_vs_torch_compile"] is None else f"{r['speedup_vs_torch_compile']:.2f}x",
         ]
-        for r in result["paths"]
+        for r in paths
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     lines = ["  ".join(str(x).rjust(w) for x, w in zip(row, widths)) for row in [cols, *rows]]
@@ -332,7 +361,8 @@ def table(result):
         f"n_embd={cfg['n_embd']} vocab={cfg['vocab_size']} T={s['seq_len']} dtype={s['dtype']} "
         f"on {result['device_name']} (torch {result['torch']}, triton {result['triton']})"
     )
-    notes = [f"{r['path']}: {r['reason']}" for r in result["paths"] if r["reason"]]
+    notes = [headline(result)]
+    notes += [f"{r['path']}: {r['reason']}" for r in result["paths"] if r["reason"]]
     notes += [
         f"{r['path']}: {r['graph_breaks']} graph break(s)" for r in result["paths"] if r["graph_breaks"]
     ]

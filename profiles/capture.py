@@ -44,13 +44,14 @@ def parse_args(argv, prog, description, add_options=None):
         if getattr(args, name) < low:
             p.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
     device, dtype, compile_backend = resolve_defaults(args)
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for, but no CUDA device is available")
     path = args.backend + ("+compile" if args.compile else "")
     settings = Settings(
         model="smoke" if args.smoke else args.model, overrides=overrides, seq_len=args.seq_len,
         batch=args.batch, warmup=args.warmup, steps=args.steps, dtype=dtype,
-        compile_backend=compile_backend, paths=(path,), seed=args.seed, device=device, smoke=args.smoke,
+        compile_backend=compile_backend, compile_mode=args.compile_mode, paths=(path,), seed=args.seed, device=device,
+        smoke=args.smoke,
     )
     try:
         config = model_config(settings)

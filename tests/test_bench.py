@@ -50,7 +50,9 @@ def test_smoke_writes_a_complete_result(smoke):
             if v is None and k != "reason":
                 assert r["nulls"].get(k), (r["path"], k)
     ok = {r["path"]: r for r in result["paths"] if r["status"] == "ok"}
-    assert {"torch", "torch+compile", "triton"} <= set(ok)
+    assert set(ok) == set(config.PATHS), {r["path"]: r["reason"] for r in result["paths"]}
+    for name in ("torch+compile", "triton+compile"):  # one graph each: the Triton ops are custom ops
+        assert ok[name]["graph_breaks"] == 0, ok[name]["graph_break_reasons"]
 
 
 def test_smoke_figures_follow_the_formula(smoke):
@@ -79,6 +81,7 @@ def test_paths_start_from_the_same_weights(smoke):
     loss = {r["path"]: r["final_loss"] for r in result["paths"] if r["status"] == "ok"}
     assert loss["torch"] == pytest.approx(loss["torch+compile"], abs=1e-4)
     assert loss["torch"] == pytest.approx(loss["triton"], abs=1e-3)
+    assert loss["triton"] == pytest.approx(loss["triton+compile"], abs=1e-4)
 
 
 def test_table_is_printed_last(smoke, capsys):
@@ -87,6 +90,32 @@ def test_table_is_printed_last(smoke, capsys):
     assert "ms/step" in text and "MFU" in text and "not GPU figures" in text
     for name in config.PATHS:
         assert name in text
+    rows = [line.split()[0] for line in text.splitlines()[2:2 + len(config.PATHS)]]
+    assert rows[0] == config.HEADLINE == "triton+compile" and sorted(rows) == sorted(config.PATHS)
+    assert "triton+compile: " in text and "x the tokens/sec of torch+compile" in text
+
+
+def test_gpt2_preset_is_the_trained_model():
+    """The bench's presets are the models train/configs/ trains (read from those files)."""
+    from train.config import load_config
+
+    for name in config.PRESETS:
+        trained = load_config([name])
+        bench = config.model_config(config.Settings(model=name))
+        for key in ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout"):
+            assert getattr(bench, key) == getattr(trained, key), (name, key)
+        assert bench.vocab_size == 50304
+    assert config.model_config(config.Settings(model="gpt2")).bias is False
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    """--compile-mode is passed to torch.compile with inductor, and refused with another backend."""
+    settings, _ = bench_main.parse_args(["--compile-mode", "reduce-overhead"])
+    assert settings.compile_mode == "reduce-overhead" and settings.compile_backend in ("inductor", "aot_eager")
+    settings.compile_backend = "inductor"
+    assert step.compile_options(settings) == dict(backend="inductor", mode="reduce-overhead")
+    settings.compile_mode = "default"
+    assert step.compile_options(settings) == dict(backend="inductor")
 
 
 def test_mfu_on_a_named_device(tmp_path, monkeypatch):
@@ -196,6 +225,7 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
         (["--seq-len", "4096"], "longer than block_size"),
         (["--paths", "torch,jax"], "unknown path 'jax'"),
         (["--n_head=3"], "must be divisible by n_head"),
+        (["--compile-mode", "reduce-overhead"], "--compile-mode reduce-overhead needs --compile-backend inductor"),
     ],
 )
 def test_bad_settings_exit_2(argv, message, capsys, tmp_path):
