@@ -75,9 +75,11 @@ def autocast_inputs(*tensors):
     """The tensors cast to torch.autocast's dtype when autocast is on for the first one's device,
     else as they are (None and non-tensors pass through, for the checks to report).
 
-    Triton ops are not seen by autocast, so a public op whose torch counterpart autocast would
-    cast (F.linear, SDPA) casts its inputs itself: fp32 master weights, bf16 compute. The casts
-    are part of the autograd graph, so gradients come back in each input's own dtype."""
+    Autocast does not cast the inputs of our torch.library ops, so a public op whose torch
+    counterpart autocast would cast (F.linear, SDPA) casts its inputs itself, here, before the op
+    is called: fp32 master weights, bf16 compute. The casts are part of the autograd graph (and
+    of a compiled graph, where they fuse with their neighbours), so gradients come back in each
+    input's own dtype."""
     dtype = autocast_dtype(tensors[0])
     if dtype is None:
         return tensors

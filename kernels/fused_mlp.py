@@ -21,6 +21,10 @@ FLOPs: forward 2*M*N*K, backward 4*M*N*K (dx and dW), with M = prod(x.shape[:-1]
 epilogue and the elementwise pass are O(M*N). Bytes that must move at least: forward
 (M*K + N*K + M*N [+ M*N for h]) * elt; backward elementwise 3*M*N*elt.
 
+Registered with torch.library as tritongpt::linear_gelu (the forward) and
+tritongpt::linear_gelu_backward (the elementwise pass); the two matmuls of the backward are plain
+torch in the autograd formula, so torch.compile schedules them like any other.
+
 Precision: products accumulate in fp32 for every input dtype. fp32 inputs on a GPU use TF32
 tensor cores exactly when PyTorch's own matmuls would (torch.backends.cuda.matmul.allow_tf32,
 set by torch.set_float32_matmul_precision("high")), and full fp32 ("ieee") otherwise and

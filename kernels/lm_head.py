@@ -8,7 +8,9 @@ only one (R, V) logits buffer exists. Per chunk, when a gradient is wanted (the 
     grad_x_c = dlogits @ W;  grad_W += dlogits.T @ x_c
 so the gradients are done when the forward returns (the logits chunk is gone by the backward,
 and recomputing it would cost a third more matmul FLOPs); the backward only scales grad_x and
-grad_W by grad_output, on the device.
+grad_W by grad_output, on the device. Registered with torch.library as
+tritongpt::linear_cross_entropy (loss, grad_x, grad_W); the scaling is plain torch in its
+autograd formula.
 
 grad_W is accumulated in the input dtype with addmm_: cuBLAS sums each chunk's product in fp32
 and rounds once per chunk, so the error is a few roundings (the chunk count) instead of one,

@@ -13,6 +13,7 @@ cross_entropy(logits (M, V), targets (M,)): mean over the rows whose target != i
         forward  M * V * s + 16 * M          logits in; targets in, loss and lse out
         backward 2 * M * V * s + 12 * M      logits in, dlogits out; targets and lse in
     i.e. about 3 * M * V * s for forward + backward.
+Registered with torch.library as tritongpt::cross_entropy and tritongpt::cross_entropy_backward.
 """
 
 import torch
