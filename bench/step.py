@@ -277,6 +277,8 @@ def run(settings):
         raise ValueError("--device cuda asked for, but no CUDA device is available")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # CUDA events and the timed stream on the device measured
     if settings.compile_mode != "default" and settings.compile_backend != "inductor":
         raise ValueError(f"--compile-mode {settings.compile_mode} needs --compile-backend inductor")
     config = model_config(settings)
