@@ -215,7 +215,9 @@ def _interpreter_fp32(*ts):
 
 
 @torch.library.custom_op(f"{NAMESPACE}::attention", mutates_args=())
-def _attention_op(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def _attention_op(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor]
+) -> tuple[Tensor, Tensor]:
     o, lse = attention_fwd(*_interpreter_fp32(q, k, v), causal, dropout_p, seed)
     if o.dtype != q.dtype:
         o = _empty_bhtd(*q.shape, q).copy_(o)
@@ -291,7 +293,9 @@ def _attention_qkv_backward_op(
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)  # c_attn's output gradient
     do, qkv32, o = _interpreter_fp32(do, qkv, o)
     dqkv32 = dqkv if qkv32 is qkv else torch.empty(qkv.shape, dtype=torch.float32, device=qkv.device)
-    attention_bwd(do.transpose(1, 2), *_split(qkv32), o.transpose(1, 2), lse, causal, dropout_p, seed, grads=_split(dqkv32))
+    attention_bwd(
+        do.transpose(1, 2), *_split(qkv32), o.transpose(1, 2), lse, causal, dropout_p, seed, grads=_split(dqkv32)
+    )
     if dqkv32 is not dqkv:
         dqkv.copy_(dqkv32)
     return dqkv

@@ -294,7 +294,8 @@ def _layer_norm_backward_op(
 
 @_layer_norm_backward_op.register_fake
 def _(dy, x, weight, bias, mean, rstd):
-    return _empty(x, x.shape), _empty(weight, weight.shape), (_empty(bias, bias.shape) if bias is not None else _nothing(x))
+    dbias = _empty(bias, bias.shape) if bias is not None else _nothing(x)
+    return _empty(x, x.shape), _empty(weight, weight.shape), dbias
 
 
 def _layer_norm_setup(ctx, inputs, output):
@@ -345,7 +346,8 @@ def _add_layer_norm_backward_op(
 @_add_layer_norm_backward_op.register_fake
 def _(dout, ds, s, weight, bias, mean, rstd, x_dtype, y_dtype):
     dr = _empty(s, s.shape, y_dtype) if y_dtype != x_dtype else _nothing(s)
-    return _empty(s, s.shape, x_dtype), dr, _empty(weight, weight.shape), (_empty(bias, bias.shape) if bias is not None else _nothing(s))
+    dbias = _empty(bias, bias.shape) if bias is not None else _nothing(s)
+    return _empty(s, s.shape, x_dtype), dr, _empty(weight, weight.shape), dbias
 
 
 def _add_layer_norm_setup(ctx, inputs, output):
