@@ -54,10 +54,6 @@ def test_every_phase_runs_and_is_recorded(smoke):
         for p in m["phases"]:
             assert (out / p["log"]).is_file(), p
             assert p["seconds"] <= p["box_s"] + 2, p
-            if p["name"] == "step-triton-compile" and p["status"] == "failed":
-                # the Triton interpreter cannot run under torch.compile: the note says why
-                assert "no batch ran" in p["note"], p
-                continue
             assert p["status"] == "ok", (p, (out / p["log"]).read_text()[-3000:])
     assert seconds < 240, f"the smoke campaign took {seconds:.0f} s"
 
@@ -82,7 +78,7 @@ def test_part1_files(smoke):
     assert step["kind"] == "train_step" and step["gpu_figures"] == (_json(out / "env-part1.json")["device"] == "cuda")
     paths = {p["path"]: p for p in step["paths"]}
     assert list(paths) == ["torch", "torch+compile", "triton", "triton+compile"]
-    for name in ("torch", "torch+compile", "triton"):
+    for name in ("torch", "torch+compile", "triton", "triton+compile"):
         p = paths[name]
         assert p["status"] == "ok" and p["tries"] and p["batch"] in (1, 2), p
         assert p["tokens_per_sec"] == max(t["tokens_per_sec"] for t in p["tries"] if t["status"] == "ok")
