@@ -3,9 +3,11 @@ checkpoints, non-finite losses, bad configs and data, and a short Shakespeare ru
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +182,48 @@ def test_torchrun_restart_resumes_and_matches(straight, small_ds, tmp_path):
     assert "dying before step 15" in r.stdout
     assert "ckpt_00000010.pt (step 10) after a restart" in r.stdout
     assert_same_weights(weights(f"{straight}/ckpt_00000020.pt"), weights(f"{out}/ckpt_00000020.pt"))
+
+
+RESTART_TRIALS = 10  # a restart that failed one time in three would pass all ten with probability 1.7%
+
+
+@pytest.fixture(scope="module")
+def straight_two(small_ds, tmp_path_factory):
+    """20 steps on 2 processes that never stopped."""
+    out = str(tmp_path_factory.mktemp("straight_two"))
+    r = torchrun(tiny(small_ds, out), nproc=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("trial", range(RESTART_TRIALS))
+def test_torchrun_restart_two_processes(trial, straight_two, small_ds, tmp_path):
+    """One of 2 processes killed with SIGKILL before a random step; torchrun restarts both, which
+    join again (under keys of the new attempt: those the first attempt left in torchrun's store
+    must not be read) and resume, ending bit for bit where the run that never stopped ended."""
+    rng = random.Random(trial)
+    step, rank = rng.randint(1, 19), rng.randint(0, 1)
+    out = str(tmp_path)
+    r = torchrun([f"{step}:{rank}", *tiny(small_ds, out)], nproc=2, extra=["--max-restarts=1"], script=CRASHING_TRAIN)
+    assert r.returncode == 0, f"killed rank {rank} before step {step}\n" + r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"dying before step {step} in rank {rank}" in r.stdout
+    if step >= 10:
+        assert "ckpt_00000010.pt (step 10) after a restart" in r.stdout
+    a, b = losses(straight_two), losses(out)
+    assert sorted(b) == list(range(1, 21)) and a == b
+    assert_same_weights(weights(f"{straight_two}/ckpt_00000020.pt"), weights(f"{out}/ckpt_00000020.pt"))
+
+
+def test_torchrun_restart_that_cannot_rejoin_fails_in_bounded_time(small_ds, tmp_path):
+    """After the restart one process never joins: the other gives up after join_timeout with one line
+    naming it, and torchrun ends with an error instead of hanging."""
+    start = time.monotonic()
+    r = torchrun(["12:1:stuck", *tiny(small_ds, str(tmp_path), join_timeout=3)], nproc=2,
+                 extra=["--max-restarts=1"], script=CRASHING_TRAIN)
+    assert r.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "rank 1 hangs at start-up" in r.stdout
+    assert "error: process 0 of 2, restart attempt 1: rank(s) 1 did not join within join_timeout=3 s" in r.stderr
 
 
 # ----------------------------------------------------------------------------- processes

@@ -6,11 +6,13 @@ import prep
 from train import checkpoint
 from train.config import ConfigError, TrainConfig, usage
 from train.loop import TrainingStopped
+from train.system import JoinError
 
 
 def run_cli(fn, argv, doc, cls=TrainConfig):
     """Run fn(argv): --help prints `doc` and every key of `cls`; a bad config, dataset or checkpoint
-    is one line on stderr and exit status 2; a run that stopped itself, exit status 1."""
+    is one line on stderr and exit status 2; a run that stopped itself or could not join
+    its peers, exit status 1."""
     if "-h" in argv or "--help" in argv:
         print(doc.strip() + "\n\nKeys and defaults:\n" + usage(cls))
         return
@@ -19,7 +21,7 @@ def run_cli(fn, argv, doc, cls=TrainConfig):
     except (ConfigError, prep.DatasetError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except TrainingStopped as e:
+    except (TrainingStopped, JoinError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -69,6 +69,7 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     cpu_threads: int = 0  # torch's threads when training on a CPU; 0 keeps torch's default
     seed: int = 1337
+    join_timeout: float = 300.0  # seconds a process waits for the others to join the process group
     max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
 
     def to_dict(self):
@@ -207,6 +208,8 @@ def validate(cfg, world_size=1):
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "cpu_threads"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must not be negative, got {getattr(cfg, key)}")
+    if not cfg.join_timeout > 0:
+        raise ConfigError(f"config key 'join_timeout' must be positive (seconds), got {cfg.join_timeout}")
     for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
         if not getattr(cfg, key) >= 0:
             raise ConfigError(f"config key '{key}' must not be negative, got {getattr(cfg, key)}")

@@ -1,8 +1,21 @@
 """The machine side of a run: `auto` device, dtype, backend and compile resolved for this machine, this
 process pointed at its device (and joined to torchrun's process group), and the autocast context
-of the chosen dtype. Shared by the trainer and the sampler."""
+of the chosen dtype. Shared by the trainer and the sampler.
+
+Joining the process group. torchrun's agent keeps one key-value store (a TCPStore) for its whole
+life and by default lends it to the workers (TORCHELASTIC_USE_AGENT_STORE=True), but the keys that
+init_process_group("env://") writes there do not carry the restart attempt (torch 2.11 and 2.13
+assume a new store per attempt). A restarted worker group then finds the previous attempt's keys
+still there, among them each rank's gloo address, and a process may read a dead peer's old address
+before the peer has written its new one: "Connection refused" in connectFullMesh, or a wait that
+lasts until the 10-minute timeout. So the processes meet under a prefix of their own attempt
+(TORCHELASTIC_RESTART_COUNT), as torch itself once did, and each first says it is there: one that
+waits longer than join_timeout for the others stops with one line that names the missing ranks,
+instead of hanging.
+"""
 
 import contextlib
+import os
 from datetime import timedelta
 
 import torch
@@ -10,6 +23,7 @@ import torch.distributed as dist
 
 from train.config import ConfigError
 
+PG_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this fails
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,6 +49,10 @@ def resolve_system(cfg):
         raise ConfigError("config key 'backend' is triton, which needs a GPU (on a CPU use backend=torch)")
 
 
+class JoinError(RuntimeError):
+    """This process could not join the others of its run (under torchrun: of its restart attempt)."""
+
+
 def setup_device(cfg, local_rank, ddp):
     """Point this process at its device (cuda:LOCAL_RANK under DDP), set torch's CPU threads or
     TF32 matmuls, and join the process group under DDP. Returns the device type, cuda or cpu."""
@@ -48,8 +66,44 @@ def setup_device(cfg, local_rank, ddp):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if ddp:
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timedelta(minutes=10))
+        join_process_group("nccl" if device_type == "cuda" else "gloo", cfg.join_timeout)
     return device_type
+
+
+def join_process_group(backend, join_timeout):
+    """Join the default process group from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT), in keys of this restart attempt only; JoinError when the other processes are not
+    all there within join_timeout seconds or cannot be connected to."""
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    where = f"process {rank} of {world_size}" + (f", restart attempt {attempt}" if attempt else "")
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 hosts the store
+    timeout = timedelta(seconds=join_timeout)
+    try:
+        server = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                               is_master=rank == 0 and not agent_store, timeout=timeout, wait_for_workers=False)
+    except (RuntimeError, ValueError) as e:  # DistStoreError, DistNetworkError are RuntimeErrors
+        raise JoinError(f"{where}: cannot reach the store at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+                        f"({_first_line(e)})") from None
+    store = dist.PrefixStore(f"tritongpt/attempt_{attempt}/", server)
+    store.set(f"here/{rank}", "1")
+    keys = [f"here/{r}" for r in range(world_size)]
+    try:
+        store.wait(keys, timeout)
+    except RuntimeError:
+        missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        raise JoinError(
+            f"{where}: rank(s) {', '.join(map(str, missing))} did not join within join_timeout={join_timeout:g} s; "
+            "they died or hang at start-up (see their log), or belong to another attempt"
+        ) from None
+    try:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=PG_TIMEOUT)
+    except RuntimeError as e:
+        raise JoinError(f"{where}: could not connect to the other processes ({_first_line(e)})") from None
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def autocast(device, dtype):
