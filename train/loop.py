@@ -57,6 +57,7 @@ class Trainer:
         self.cfg = cfg
         self._setup_processes()
         self._setup_data()
+        self.last_good = None  # the newest checkpoint written from a finite state (or resumed from)
         state = self._find_start()
         self._check_same_start(state)
         self._setup_model(state)
@@ -119,6 +120,7 @@ class Trainer:
             if state is None:
                 raise ConfigError(f"config key 'init_from' is resume but out_dir {cfg.out_dir!r} holds no checkpoint")
             self.log(f"resuming from {path} (step {state['step']})" + (" after a restart" if restarted else ""))
+            self.last_good = path
             return state
         if existing and not cfg.eval_only:
             raise ConfigError(
@@ -295,29 +297,38 @@ class Trainer:
         return total
 
     def save_checkpoint(self, step, val_loss, is_best):
+        """Rank 0 writes the checkpoint; a failure to write it stops every process with one line."""
+        cfg = self.cfg
         rngs = [checkpoint.rng_state(self.device)]
         if self.ddp:
             rngs = [None] * self.world_size
             dist.all_gather_object(rngs, checkpoint.rng_state(self.device))
-        if not self.master:
-            return
-        cfg = self.cfg
-        state = {
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": step,
-            "config": cfg.to_dict(),
-            "model_args": {k: v for k, v in self.raw_model.config.to_dict().items() if k not in ("backend", "dropout")},
-            "val_loss": val_loss,
-            "best_val_loss": self.best_val_loss,
-            "skipped_steps": int(self.bad_total),
-            "data": {"seed": cfg.seed, "step": step, "dataset": dataset_dir(cfg)},
-            "rng": rngs,
-            "world_size": self.world_size,
-        }
-        path = checkpoint.save(state, cfg.out_dir, cfg.keep_last, is_best)
-        print(f"saved {path}" + (" (best so far)" if is_best else ""), flush=True)
+        error = [None]
+        if self.master:
+            state = {
+                "model": self.raw_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": step,
+                "config": cfg.to_dict(),
+                "model_args": {k: v for k, v in self.raw_model.config.to_dict().items() if k not in ("backend", "dropout")},
+                "val_loss": val_loss,
+                "best_val_loss": self.best_val_loss,
+                "skipped_steps": int(self.bad_total),
+                "data": {"seed": cfg.seed, "step": step, "dataset": dataset_dir(cfg)},
+                "rng": rngs,
+                "world_size": self.world_size,
+            }
+            try:
+                path = checkpoint.save(state, cfg.out_dir, cfg.keep_last, is_best)
+                print(f"saved {path}" + (" (best so far)" if is_best else ""), flush=True)
+            except checkpoint.CheckpointError as e:
+                error = [str(e)]
+        if self.ddp:  # every process learns of a failure and stops with rank 0
+            dist.broadcast_object_list(error, src=0)
+        if error[0]:
+            raise checkpoint.CheckpointError(f"{error[0]}; the last good checkpoint is {self.last_good or 'none written yet'}")
+        self.last_good = checkpoint.path_for(cfg.out_dir, step)
 
     # ------------------------------------------------------------------------- the loop
 

@@ -1,0 +1,83 @@
+"""The trainer under faults: damaged checkpoints and a disk that refuses a checkpoint."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+import train.__main__ as train_command
+from test_train import assert_same_weights, one_thread, shakespeare, small_ds, straight, tiny, weights  # noqa: F401
+from train import checkpoint
+from train.cli import run_cli
+from train.config import load_config
+from train.loop import train
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+
+
+def _flip_bytes_inside(path, tensor):
+    """Change two bytes of `tensor`'s data where it lies in the checkpoint file `path`."""
+    data = bytearray(open(path, "rb").read())
+    raw = tensor.contiguous().numpy().tobytes()
+    at = data.find(raw[:64])
+    assert at > 0 and len(raw) > 200
+    for i in (at + 100, at + 101):
+        data[i] ^= 0x55
+    open(path, "wb").write(bytes(data))
+
+
+def test_flipped_bytes_in_a_tensor_are_found_and_skipped(straight, small_ds, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(straight, out)
+    latest = f"{out}/ckpt_00000020.pt"
+    _flip_bytes_inside(latest, weights(latest)["transformer.h.0.mlp.c_fc.weight"])
+    with pytest.raises(checkpoint.CheckpointError, match="damaged"):
+        checkpoint.read(latest)
+    train(load_config(tiny(small_ds, out, init_from="resume")))
+    printed = capsys.readouterr().out
+    assert "ckpt_00000020.pt is damaged" in printed and "ckpt_00000010.pt (step 10)" in printed
+    assert_same_weights(weights(f"{straight}/ckpt_00000020.pt"), weights(latest))
+
+
+def test_best_survives_damage_to_the_latest(tmp_path):
+    """With keep_last=1 the newest checkpoint is also the best: best.pt is a file of its own."""
+    out = str(tmp_path)
+    for step in (1, 2):
+        state = dict(model={"w": torch.randn(64)}, optimizer={}, step=step, config={}, model_args={})
+        checkpoint.save(state, out, keep_last=1, is_best=True)
+    latest = f"{out}/ckpt_00000002.pt"
+    with open(latest, "r+b") as f:
+        f.truncate(os.path.getsize(latest) // 2)
+    state, path = checkpoint.load_latest(out, log=lambda m: None)
+    assert state["step"] == 2 and path.endswith("best.pt")
+
+
+# ----------------------------------------------------------------------------- a disk that refuses
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_full_disk_at_a_checkpoint_is_one_line(small_ds, tmp_path, capsys):
+    """The checkpoint of step 20 goes to a full disk: one line naming the last good checkpoint,
+    a non-zero exit, no temporary file left, the earlier checkpoint intact."""
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink("/dev/full", out / "ckpt_00000020.pt.tmp")  # writing there fails with ENOSPC
+    with pytest.raises(SystemExit) as e:
+        run_cli(train_command.main, tiny(small_ds, str(out)), train_command.__doc__)
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: could not write {out}/ckpt_00000020.pt (No space left on device")
+    assert f"the last good checkpoint is {out}/ckpt_00000010.pt" in err
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+    assert checkpoint.read(f"{out}/ckpt_00000010.pt")["step"] == 10
+
+
+def test_save_into_a_file_that_is_no_folder(tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    state = dict(model={"w": torch.zeros(2)}, optimizer={}, step=1, config={}, model_args={})
+    with pytest.raises(checkpoint.CheckpointError, match=r"could not write .*ckpt_00000001\.pt \(File exists"):
+        checkpoint.save(state, str(blocker), keep_last=1, is_best=True)
