@@ -1,4 +1,5 @@
-"""The trainer under faults: damaged checkpoints and a disk that refuses a checkpoint."""
+"""The trainer under faults: non-finite losses and evaluations, damaged checkpoints and a disk that
+refuses a checkpoint."""
 
 import os
 import shutil
@@ -7,11 +8,84 @@ import pytest
 import torch
 
 import train.__main__ as train_command
+from gpt import GPT
 from test_train import assert_same_weights, one_thread, shakespeare, small_ds, straight, tiny, weights  # noqa: F401
 from train import checkpoint
 from train.cli import run_cli
 from train.config import load_config
-from train.loop import train
+from train.health import BadSteps
+from train.loop import Trainer, TrainingStopped, train
+
+
+@pytest.fixture
+def nan_at(monkeypatch):
+    """Steps whose training loss (nan_at.train) or evaluation (nan_at.eval: the one before that
+    step's update) is made NaN right after the forward, as in a diverging run: add steps before
+    training."""
+
+    class Steps:
+        train, eval = set(), set()
+
+    current, done = [], [0]  # the step being trained, the steps done
+    real_step, real_forward = Trainer.train_step, GPT.forward
+
+    def train_step(self, step):
+        current.append(step)
+        try:
+            return real_step(self, step)
+        finally:
+            current.pop()
+            done[0] = step + 1
+
+    def forward(self, idx, targets=None):
+        out = real_forward(self, idx, targets)
+        if targets is not None and (current[-1] in Steps.train if current else done[0] in Steps.eval):
+            out = out * float("nan")
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(GPT, "forward", forward)
+    return Steps
+
+
+# ----------------------------------------------------------------------------- non-finite states
+
+
+def test_non_finite_state_is_never_saved_nor_named_good(small_ds, tmp_path, nan_at, capsys):
+    """Two NaN steps (under max_bad_steps) and a NaN evaluation at step 8: no checkpoint at 8; when
+    the run then stops, it names the checkpoint of step 4."""
+    nan_at.train.update({6, 7, 9, 10, 11})
+    nan_at.eval.add(8)
+    out = str(tmp_path)
+    with pytest.raises(TrainingStopped) as e:
+        train(load_config(tiny(small_ds, out, max_iters=16, eval_interval=4, max_bad_steps=3, keep_last=5)))
+    assert f"the last good checkpoint is {out}/ckpt_00000004.pt" in str(e.value)
+    assert "step 8: no checkpoint, the losses or weights are not finite" in capsys.readouterr().out
+    assert [os.path.basename(p) for p in checkpoint.checkpoints(out)] == ["ckpt_00000004.pt"]
+    assert checkpoint.read(f"{out}/best.pt")["step"] == 4
+
+
+def test_bad_steps_stop_within_the_limit_between_log_lines(small_ds, tmp_path, nan_at):
+    """With log and eval lines 100 steps apart, NaN losses from step 5 on stop the run after
+    max_bad_steps of them (at most one step later on a GPU, which reads its counter a step late)."""
+    nan_at.train.update(range(5, 40))
+    out = str(tmp_path)
+    with pytest.raises(TrainingStopped, match=r"stopping at step (\d+): (\d+) non-finite losses in a row") as e:
+        train(load_config(tiny(small_ds, out, max_iters=40, log_interval=100, eval_interval=100, max_bad_steps=3)))
+    stopped_at = int(str(e.value).split()[3].rstrip(":"))
+    assert stopped_at <= 5 + 3 + (1 if torch.cuda.is_available() else 0), str(e.value)
+    assert "the last good checkpoint is none written yet" in str(e.value)
+
+
+def test_bad_step_counter_read_one_step_late():
+    """The GPU's way (here on the CPU): each call reads the count of the step before the last."""
+    bad = BadSteps("cpu", late=True)
+    seen = []
+    for flag in (1, 1, 0, 1, 1, 1, 0):
+        bad.count(torch.tensor(flag))
+        seen.append(bad.latest())
+    assert seen == [0, 1, 2, 0, 1, 2, 3]
+    assert bad.now() == 0 and int(bad.total) == 5
 
 
 # ----------------------------------------------------------------------------- damaged checkpoints

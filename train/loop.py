@@ -27,6 +27,7 @@ from instrument.run import run_info
 from train import checkpoint
 from train.config import ConfigError, validate
 from train.data import EVAL, Batches, dataset_dir
+from train.health import BadSteps
 from train.metrics import Metrics
 from train.system import autocast, resolve_system, setup_device
 
@@ -196,9 +197,7 @@ class Trainer:
 
     def _restore_progress(self, state):
         cfg = self.cfg
-        self.bad_total = torch.zeros((), dtype=torch.long, device=self.device)  # skipped updates
-        self.bad_run = torch.zeros_like(self.bad_total)  # in a row, now
-        self.bad_max = torch.zeros_like(self.bad_total)  # in a row, the most since the last check
+        self.bad = BadSteps(self.device, 0 if state is None else state.get("skipped_steps", 0))
         self.resumed = state is not None
         if state is None:
             self.start_step, self.best_val_loss = 0, float("inf")
@@ -209,7 +208,6 @@ class Trainer:
             return
         self.start_step = state["step"]
         self.best_val_loss = state.get("best_val_loss", float("inf"))
-        self.bad_total += state.get("skipped_steps", 0)
         data = state.get("data", {})
         if data.get("seed", cfg.seed) != cfg.seed:
             self.log(f"note: data seed changes from {data['seed']} to {cfg.seed}: the batches differ from the first run's")
@@ -260,9 +258,7 @@ class Trainer:
                 self.optimizer.step()
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-        self.bad_total += bad
-        self.bad_run = (self.bad_run + bad) * bad
-        self.bad_max = torch.maximum(self.bad_max, self.bad_run)
+        self.bad.count(bad)
         return loss_sum / self.micro_steps, norm, lr
 
     @torch.no_grad()
@@ -283,18 +279,18 @@ class Trainer:
         self.eval_model.train()
         return out
 
-    def check_bad_steps(self, step):
-        """Count the skipped updates; too many in a row stop the run. Reads the device."""
-        total, most = int(self.bad_total), int(self.bad_max)
-        self.bad_max.zero_()
-        if most >= self.cfg.max_bad_steps:
-            ckpts = checkpoint.checkpoints(self.cfg.out_dir)
-            last = ckpts[0] if ckpts else "none written yet"
+    def stop_if_bad(self, step, in_a_row):
+        """Too many bad steps in a row (identical in every process) stop the run."""
+        if in_a_row >= self.cfg.max_bad_steps:
             raise TrainingStopped(
-                f"stopping at step {step}: {most} non-finite losses in a row (max_bad_steps={self.cfg.max_bad_steps}); "
-                f"the last good checkpoint is {last}"
+                f"stopping at step {step}: {in_a_row} non-finite losses in a row "
+                f"(max_bad_steps={self.cfg.max_bad_steps}); the last good checkpoint is {self.last_good or 'none written yet'}"
             )
-        return total
+
+    def finite_state(self, losses):
+        """Whether the losses and every weight are finite: only such a state is saved."""
+        weights = torch.stack([torch.isfinite(p).all() for p in self.raw_model.parameters()]).all()
+        return math.isfinite(losses["train"]) and math.isfinite(losses["val"]) and bool(weights)
 
     def save_checkpoint(self, step, val_loss, is_best):
         """Rank 0 writes the checkpoint; a failure to write it stops every process with one line."""
@@ -314,7 +310,7 @@ class Trainer:
                 "model_args": {k: v for k, v in self.raw_model.config.to_dict().items() if k not in ("backend", "dropout")},
                 "val_loss": val_loss,
                 "best_val_loss": self.best_val_loss,
-                "skipped_steps": int(self.bad_total),
+                "skipped_steps": int(self.bad.total),
                 "data": {"seed": cfg.seed, "step": step, "dataset": dataset_dir(cfg)},
                 "rng": rngs,
                 "world_size": self.world_size,
@@ -343,23 +339,27 @@ class Trainer:
                 self.metrics.log_eval(step, losses)
                 if cfg.eval_only:
                     break
-                self.check_bad_steps(step)
-                improved = losses["val"] < self.best_val_loss
-                self.best_val_loss = min(self.best_val_loss, losses["val"])
-                if step > 0 and (improved or cfg.always_save_checkpoint):
-                    self.save_checkpoint(step, losses["val"], improved)
+                self.stop_if_bad(step, self.bad.now())
+                if self.finite_state(losses):
+                    improved = losses["val"] < self.best_val_loss
+                    self.best_val_loss = min(self.best_val_loss, losses["val"])
+                    if step > 0 and (improved or cfg.always_save_checkpoint):
+                        self.save_checkpoint(step, losses["val"], improved)
+                elif step > 0:
+                    self.log(f"step {step}: no checkpoint, the losses or weights are not finite; "
+                             f"the last good checkpoint is {self.last_good or 'none written yet'}")
                 self.metrics.start(step)  # evaluation time is not training time
             if step >= cfg.max_iters:
                 break
             loss, norm, lr = self.train_step(step)
             step += 1
+            self.stop_if_bad(step, self.bad.latest())  # no wait for the device (see train.health)
             if step % cfg.log_interval == 0 or step == cfg.max_iters:
                 if self.ddp:
                     dist.all_reduce(loss)
                     loss = loss / self.world_size
-                loss, norm = torch.stack([loss, norm.float()]).tolist()  # the one wait for the device
-                skipped = self.check_bad_steps(step)
-                self.metrics.log_step(step, loss, lr, norm, skipped)
+                loss, norm, skipped = torch.stack([loss, norm.float(), self.bad.total.float()]).tolist()  # the one wait
+                self.metrics.log_step(step, loss, lr, norm, int(skipped))
         return self.best_val_loss
 
 
