@@ -1,6 +1,7 @@
-"""The trainer under faults: non-finite losses and evaluations, damaged checkpoints and a disk that
-refuses a checkpoint."""
+"""The trainer under faults: non-finite losses and evaluations, damaged checkpoints, a disk that
+refuses a checkpoint, and the lines a long evaluation leaves in a log."""
 
+import json
 import os
 import shutil
 
@@ -155,3 +156,17 @@ def test_save_into_a_file_that_is_no_folder(tmp_path):
     state = dict(model={"w": torch.zeros(2)}, optimizer={}, step=1, config={}, model_args={})
     with pytest.raises(checkpoint.CheckpointError, match=r"could not write .*ckpt_00000001\.pt \(File exists"):
         checkpoint.save(state, str(blocker), keep_last=1, is_best=True)
+
+
+# ----------------------------------------------------------------------------- evaluations in a log
+
+
+def test_evaluation_says_when_it_starts_and_how_long_it_took(small_ds, tmp_path, capsys):
+    out = str(tmp_path)
+    train(load_config(tiny(small_ds, out, max_iters=2, eval_interval=2)))
+    lines = capsys.readouterr().out.splitlines()
+    for step in (0, 2):
+        start = lines.index(f"step {step}: evaluating (2 batches of each split)")
+        assert lines[start + 1].startswith(f"step {step}: train loss ") and "(evaluation took " in lines[start + 1]
+    evals = [json.loads(line) for line in open(f"{out}/metrics.jsonl") if '"eval"' in line]
+    assert [r["step"] for r in evals] == [0, 2] and all(r["seconds"] >= 0 for r in evals)

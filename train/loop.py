@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -335,8 +336,10 @@ class Trainer:
         while True:
             at_eval = step % cfg.eval_interval == 0 or step == cfg.max_iters or cfg.eval_only
             if at_eval and not (self.resumed and step == self.start_step and not cfg.eval_only):
+                self.log(f"step {step}: evaluating ({cfg.eval_iters} batches of each split)")
+                start = time.perf_counter()
                 losses = self.evaluate()
-                self.metrics.log_eval(step, losses)
+                self.metrics.log_eval(step, losses, time.perf_counter() - start)
                 if cfg.eval_only:
                     break
                 self.stop_if_bad(step, self.bad.now())

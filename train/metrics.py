@@ -5,7 +5,8 @@ wandb when asked for.
 
 ms and tok/s are averages over the interval; MFU uses gpt.flops and the device's bf16 peak
 (n/a where the device is not in the table); mem is the peak CUDA memory allocated, or the
-process's peak resident memory on a CPU.
+process's peak resident memory on a CPU. An evaluation prints a line when it starts and one with
+its losses and how long it took, so that a log shows what a long first evaluation is doing.
 """
 
 import json
@@ -26,6 +27,10 @@ def _duration(seconds):
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _seconds(seconds):
+    return f"{seconds:.1f} s" if seconds < 60 else _duration(seconds)
 
 
 def peak_memory_gib(device):
@@ -106,10 +111,12 @@ class Metrics:
             parts.append(f"skipped {skipped}")
         print(" | ".join(parts), flush=True)
 
-    def log_eval(self, step, losses):
-        self.write(dict(step=step, event="eval", train_loss=losses["train"], val_loss=losses["val"], time=time.time()))
+    def log_eval(self, step, losses, seconds):
+        self.write(dict(step=step, event="eval", train_loss=losses["train"], val_loss=losses["val"], seconds=seconds,
+                        time=time.time()))
         if self.enabled:
-            print(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+            print(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                  f"(evaluation took {_seconds(seconds)})", flush=True)
 
     def close(self):
         if self.file is not None:
