@@ -24,13 +24,20 @@ WEB_CORPORA = {
 }
 SHUFFLE_BUFFER = 10_000  # documents held at once while the web stream is shuffled
 
-# A piece of text may end only before an ASCII whitespace byte that follows a printable ASCII
-# character ("word| next", "word|\nNext", "word|\r\n"). GPT-2's pre-tokenizer never joins a
+# A piece of text may end only before an ASCII whitespace byte that follows a character that is not
+# whitespace ("word| next", "слово|\n", "。|\n", "word|\r\n"). GPT-2's pre-tokenizer never joins a
 # non-space character to the whitespace after it (its pre-tokens are letters, digits or punctuation
 # with at most one space in front, or runs of whitespace), and how it splits a run of whitespace
 # depends only on what follows the run. So encoding the pieces one by one gives exactly the ids of
-# the whole text; and a cut at an ASCII byte never splits a UTF-8 character.
-SAFE_CUT = re.compile(rb"(?<=[\x21-\x7e])\s")
+# the whole text; and a cut at an ASCII byte never splits a UTF-8 character. The character before
+# the cut is printable ASCII or the last byte (0x80-0xbf) of a longer one, but not one of the
+# Unicode whitespace characters longer than a byte (U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028,
+# U+2029, U+202F, U+205F, U+3000), which would split a run of whitespace.
+SAFE_CUT = re.compile(
+    rb"(?<=[\x21-\x7e\x80-\xbf])"
+    rb"(?<!\xc2\x85)(?<!\xc2\xa0)(?<!\xe1\x9a\x80)(?<!\xe2\x80[\x80-\x8a\xa8\xa9\xaf])(?<!\xe2\x81\x9f)(?<!\xe3\x80\x80)"
+    rb"\s"
+)
 
 
 # ----------------------------------------------------------------------------- local files
@@ -72,9 +79,19 @@ def first_cut(path, pos):
                 return None
 
 
+def char_boundary(path, pos):
+    """The first byte at or after `pos` that starts a UTF-8 character (or the file's end)."""
+    with open(path, "rb") as f:
+        f.seek(pos)
+        head = f.read(4)
+    return pos + next((i for i, b in enumerate(head) if not 0x80 <= b <= 0xBF), len(head))
+
+
 def split_files(files, val_fraction):
     """Cut the files, taken in order as one stream, into ranges [(path, begin, end, split)]: the
-    first (1 - val_fraction) of the bytes, up to the next safe cut, is "train", the rest "val"."""
+    first (1 - val_fraction) of the bytes, up to the next safe cut, is "train", the rest "val".
+    Where the rest of the file has no safe cut (text without whitespace), the next character
+    boundary does: the two splits are encoded apart anyway."""
     target = int(sum(size for _, size in files) * (1 - val_fraction))
     ranges, offset = [], 0
     for path, size in files:
@@ -84,8 +101,8 @@ def split_files(files, val_fraction):
             ranges.append((path, 0, size, "val"))
         else:
             cut = first_cut(path, target - offset)
-            if cut is None:  # no cut in the rest of this file: the split falls at its end
-                cut = size
+            if cut is None:
+                cut = char_boundary(path, target - offset)
             ranges += [(path, 0, cut, "train"), (path, cut, size, "val")]
         offset += size
     return [r for r in ranges if r[2] > r[1]]

@@ -46,7 +46,8 @@ def ids_of(ds):
 def test_safe_cuts_give_the_ids_of_the_whole_text(gpt2):
     # Awkward text: runs of spaces, tabs and newlines, contractions, digits, punctuation, non-ASCII.
     rng = random.Random(0)
-    atoms = ["a", "Zb", "'s", "'ll", "7", "42", ".", "!?", " ", "  ", "\n", "\n\n", "\t", " \n", "\r\n", "\x0c", "é", "日本", "\u00a0", "-"]
+    atoms = ["a", "Zb", "'s", "'ll", "7", "42", ".", "!?", " ", "  ", "\n", "\n\n", "\t", " \n", "\r\n", "\x0c", "é", "日本",
+             "\u00a0", "-", "。", "Слово", "’", "\u3000", "\u2028", "\u0085", "\u2003", "١٢", "🙂"]
     text = "".join(rng.choice(atoms) for _ in range(20_000))
     data = text.encode()
     cuts = [m.start() for m in sources.SAFE_CUT.finditer(data)]
@@ -68,6 +69,34 @@ def test_read_pieces_covers_the_file_in_bounded_pieces(tmp_path):
     assert len(pieces) > 50 and max(n for _, n in pieces) < 2000
     cut = sources.first_cut(str(path), size // 2)
     assert cut >= size // 2 and path.read_bytes()[cut : cut + 1].isspace()
+
+
+def _scripts():
+    """Texts with no ASCII whitespace after an ASCII character: Chinese with 。 line ends, Russian,
+    and Chinese with no whitespace at all."""
+    rng = random.Random(1)
+    han = "天地玄黄宇宙洪荒日月盈昃辰宿列张寒来暑往秋收冬藏闰余成岁律吕调阳云腾致雨露结为霜"
+    chinese = "".join("".join(rng.choice(han) for _ in range(rng.randint(5, 12))) + rng.choice("，。") +
+                      ("\n" if rng.random() < 0.3 else "") for _ in range(3000))
+    words = ["мир", "слово", "Москва", "книга", "читать", "весна", "ещё", "дом", "—"]
+    russian = "".join(rng.choice(words) + rng.choice([" ", " ", " — ", "\n"]) for _ in range(6000))
+    solid = "".join(rng.choice(han) for _ in range(20000))
+    return {"chinese": chinese, "russian": russian, "no whitespace": solid}
+
+
+@pytest.mark.parametrize("script", ["chinese", "russian", "no whitespace"])
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_any_utf8_text_prepares(script, tokenizer, gpt2, tmp_path, monkeypatch):
+    """Every split gets its share, and each split's ids are those of its text encoded whole."""
+    monkeypatch.setattr(pipeline, "PIECE_BYTES", 8_000)
+    text = _scripts()[script]
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    ds = prep.load(prep.prepare("text", out_dir=tmp_path, input=str(tmp_path / "t.txt"), out_name="t",
+                                tokenizer=tokenizer, block_size=8, num_proc=2, quiet=True))
+    train, val = ds.decode(ds.train), ds.decode(ds.val)
+    assert train + val == text and 0.08 < len(val.encode()) / len(text.encode()) < 0.12
+    if tokenizer == "gpt2":
+        assert ds.train.tolist() == gpt2.encode_ordinary(train) and ds.val.tolist() == gpt2.encode_ordinary(val)
 
 
 # ----------------------------------------------------------------------------- round trips
