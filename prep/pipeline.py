@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -258,6 +259,16 @@ def _init_worker(tok, dtype):
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _worker = (tok, dtype)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent):
+    """A worker ends when the process that started it is gone (killed with -9, say), instead of
+    waiting for work forever: its parent changes then (under forkserver, the server leaves with
+    the process that started it, and the worker's parent changes all the same)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _encode_in_worker(segments):

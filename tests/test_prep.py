@@ -1,11 +1,14 @@
 """prep: text -> train.bin / val.bin / meta.json, and back again through prep.load."""
 
+import glob
 import io
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -261,6 +264,60 @@ def test_cli_bad_input_exit_codes(tmp_path):
     assert_one_line_error(r, "unrecognized arguments: --bogus")
     assert r.returncode == 2
     assert not (tmp_path / "data").exists()
+
+
+def _proc_state(pid):
+    """The state letter of a process in /proc (Z: a zombie, dead), or None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _children(parent):
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            found.append(int(stat.split("/")[2]))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_prep_leaves_no_worker_behind(shared_data, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):  # 84 MB of text, so that the workers are still busy when prep dies
+        os.symlink(shared_data / "linux_docs.txt", corpus / f"{i}.txt")
+    proc = subprocess.Popen([sys.executable, "-m", "prep", "text", "--input", str(corpus / "*.txt"), "--name", "x",
+                             "--tokenizer", "gpt2", "--num_proc", "2", "--out_dir", str(tmp_path / "data"), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            workers = _children(proc.pid)
+        assert len(workers) >= 2, "prep started no tokenizer processes"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in workers if _proc_state(p) not in (None, "Z")]
+        assert not alive, f"tokenizer processes {alive} outlived prep"
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_cli_reports_ctrl_c_and_system_errors_in_one_line(monkeypatch, capsys, tmp_path):
