@@ -1,12 +1,13 @@
-"""Where the text comes from: local files read piece by piece, tiny Shakespeare, web corpora."""
+"""Where the text comes from: local files read piece by piece, tiny Shakespeare (downloaded, or the
+copy that ships with the package), web corpora."""
 
 import glob
+import gzip
 import hashlib
 import http.client
 import os
 import re
-import sys
-import sysconfig
+import shlex
 import urllib.error
 import urllib.request
 
@@ -15,7 +16,8 @@ from prep.errors import DatasetError
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DOWNLOAD_TIMEOUT = 10  # seconds; offline machines fail at once or after this
-FALLBACK_BYTES = 4_000_000  # how much of the Python standard library's source the fallback takes
+# The same text, gzipped, inside the package (it is in the public domain): used when the download fails.
+SHIPPED_SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora", "tinyshakespeare.txt.gz")
 
 # The web corpora on the Hugging Face hub: (repository, configuration).
 WEB_CORPORA = {
@@ -171,57 +173,40 @@ def _download(url, path):
     return None
 
 
-def python_stdlib_text(path):
-    """Write the .py sources of the Python standard library (sorted, tests left out, at most
-    FALLBACK_BYTES) into one UTF-8 file at path; return a description of it."""
-    root = sysconfig.get_paths()["stdlib"]
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-    sources = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if d not in skip)
-        sources += [os.path.join(folder, n) for n in sorted(names) if n.endswith(".py")]
+def _unpack_shipped(path, reason, out_dir):
+    """Write the copy of tiny Shakespeare that ships with this package to path."""
+    try:
+        with gzip.open(SHIPPED_SHAKESPEARE, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        data, problem = None, e.strerror or str(e) or type(e).__name__
+    if data is not None and hashlib.sha256(data).hexdigest() != SHAKESPEARE_SHA256:
+        data, problem = None, "its contents are not tiny Shakespeare's"
+    if data is None:
+        raise DatasetError(
+            f"could not download tiny Shakespeare ({reason}), and the copy that ships with the package "
+            f"({SHIPPED_SHAKESPEARE}) is unusable ({problem}); reinstall tritongpt, or prepare a local copy: "
+            "python -m prep shakespeare_char" + ("" if os.path.normpath(out_dir) == "data" else f" --out_dir {shlex.quote(str(out_dir))}")
+            + " --input PATH"
+        )
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    n_files = n_bytes = 0
-    with open(path + ".tmp", "wb") as out:
-        for source in sources:
-            with open(source, "rb") as f:
-                data = f.read()
-            if n_bytes + len(data) > FALLBACK_BYTES:
-                break
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            out.write(data)
-            n_files, n_bytes = n_files + 1, n_bytes + len(data)
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
     os.replace(path + ".tmp", path)
-    if n_bytes == 0:
-        return None
-    version = ".".join(map(str, sys.version_info[:2]))
-    return f"the Python {version} standard library's source ({n_files} files, {n_bytes / 1e6:.1f} MB)"
 
 
 def shakespeare(out_dir, say):
     """(path, source) of tiny Shakespeare: cached under out_dir/downloads, else downloaded, else
-    (no network) the Python standard library's source text, said in one line."""
-    downloads = os.path.join(out_dir, "downloads")
-    path = os.path.join(downloads, "tinyshakespeare.txt")
-    if not os.path.isfile(path):
-        reason = _download(SHAKESPEARE_URL, path)
-        if reason:
-            fallback = os.path.join(downloads, "python_stdlib.txt")
-            source = python_stdlib_text(fallback)
-            if source is None:
-                raise DatasetError(
-                    f"could not download tiny Shakespeare ({reason}) and found no Python source to fall "
-                    "back on; pass --input PATH to a local copy"
-                )
-            say(
-                f"prep: could not download tiny Shakespeare ({reason}); using {source} instead "
-                "(pass --input PATH to use a local copy)"
-            )
-            return fallback, f"fallback: {source}"
-    return path, f"tiny Shakespeare ({SHAKESPEARE_URL})"
+    (no network) unpacked from the copy that ships with this package, said in one line."""
+    path = os.path.join(out_dir, "downloads", "tinyshakespeare.txt")
+    if os.path.isfile(path):
+        return path, f"tiny Shakespeare ({SHAKESPEARE_URL})"
+    reason = _download(SHAKESPEARE_URL, path)
+    if reason is None:
+        return path, f"tiny Shakespeare ({SHAKESPEARE_URL})"
+    _unpack_shipped(path, reason, out_dir)
+    say(f"prep: could not download tiny Shakespeare ({reason}); using the copy that ships with tritongpt")
+    return path, "tiny Shakespeare (the copy that ships with tritongpt; the same text as the download)"
 
 
 # ----------------------------------------------------------------------------- web corpora

@@ -1,14 +1,18 @@
 """prep: text -> train.bin / val.bin / meta.json, and back again through prep.load."""
 
 import glob
+import gzip
+import hashlib
 import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -417,18 +421,56 @@ def test_download_is_checked_and_cached(shared_data, tmp_path, monkeypatch):
     assert len(fetched) == 1  # the cached copy, not a second download
 
 
-@pytest.mark.parametrize("failure", ["unreachable", "wrong content"])
-def test_offline_fallback_is_said_in_one_line_and_usable(failure, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sources, "FALLBACK_BYTES", 400_000)
+def _no_download(monkeypatch, failure):
     if failure == "unreachable":
         monkeypatch.setattr(sources, "SHAKESPEARE_URL", "http://127.0.0.1:0/input.txt")  # nothing can listen there
     else:
         monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: _Response(b"<html>login</html>"))
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "wrong content"])
+def test_offline_uses_the_shipped_copy_and_says_so_in_one_line(failure, shared_data, tmp_path, monkeypatch, capsys):
+    _no_download(monkeypatch, failure)
     ds = prep.load(prep.prepare("shakespeare_char", out_dir=tmp_path))
     said = [line for line in capsys.readouterr().err.splitlines() if "could not download" in line]
-    assert len(said) == 1 and "standard library" in said[0] and "--input" in said[0]
-    assert ds.meta["source"].startswith("fallback: the Python")
-    text = (tmp_path / "downloads" / "python_stdlib.txt").read_text()
-    assert 100_000 < len(text) <= 400_000 and "def " in text
-    assert ds.decode(ds.train) + ds.decode(ds.val) == text
-    assert not (tmp_path / "downloads" / "tinyshakespeare.txt").exists()
+    assert len(said) == 1 and "the copy that ships with tritongpt" in said[0], said
+    assert "ships with tritongpt" in ds.meta["source"]
+    text = (shared_data / "tinyshakespeare.txt").read_text()
+    assert ds.decode(ds.train) + ds.decode(ds.val) == text and ds.vocab_size == 65
+    assert (tmp_path / "downloads" / "tinyshakespeare.txt").read_text() == text
+
+
+@pytest.mark.parametrize("damage", ["missing", "not tiny Shakespeare"])
+def test_offline_without_a_usable_shipped_copy_names_a_command_that_works(damage, tmp_path, monkeypatch):
+    _no_download(monkeypatch, "unreachable")
+    shipped = tmp_path / "shipped.txt.gz"
+    if damage != "missing":
+        shipped.write_bytes(gzip.compress(b"To be or not to be"))
+    monkeypatch.setattr(sources, "SHIPPED_SHAKESPEARE", str(shipped))
+    with pytest.raises(DatasetError, match=r"python -m prep shakespeare_char --out_dir \S+ --input PATH$") as e:
+        prep.prepare("shakespeare_char", out_dir=tmp_path / "data")
+    assert "\n" not in str(e.value) and not (tmp_path / "data" / "shakespeare_char").exists()
+
+
+def test_the_shipped_copy_is_in_the_wheel(tmp_path):
+    """pip install of a wheel (not -e) carries tiny Shakespeare as package data."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    src = tmp_path / "src"
+    for name in tracked.stdout.splitlines():  # a clean copy: the build writes build/ and *.egg-info
+        if (root / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("tritongpt-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        assert "prep/corpora/tinyshakespeare.txt.gz" in names
+        data = gzip.decompress(z.read("prep/corpora/tinyshakespeare.txt.gz"))
+    assert hashlib.sha256(data).hexdigest() == sources.SHAKESPEARE_SHA256
