@@ -4,8 +4,8 @@
     ds = prep.load("data/shakespeare_char")           # ds.train, ds.val, ds.encode, ds.decode
 """
 
-from prep.dataset import Dataset, load
+from prep.dataset import Dataset, load, prep_command
 from prep.errors import DatasetError
 from prep.pipeline import RECIPES, prepare
 
-__all__ = ["Dataset", "DatasetError", "RECIPES", "load", "prepare"]
+__all__ = ["Dataset", "DatasetError", "RECIPES", "load", "prep_command", "prepare"]

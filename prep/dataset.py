@@ -9,11 +9,31 @@
 import glob
 import json
 import os
+import shlex
 
 import numpy as np
 
 from prep.errors import DatasetError
+from prep.pipeline import RECIPES
 from prep.tokenizer import CharTokenizer, GPT2Tokenizer
+
+
+def prep_command(path, meta=None, force=False):
+    """The `python -m prep` command that writes the dataset folder `path` (again, with force), for
+    the hints of error messages: a recipe when the folder is named after one, else `text` with the
+    input left to fill in."""
+    out_dir, name = os.path.split(os.path.normpath(path))
+    if name in RECIPES and name != "text":
+        args = [name]
+    else:
+        args = ["text", "--input", "YOUR_TEXT", "--name", name]
+        if (meta or {}).get("tokenizer") == "char":
+            args += ["--tokenizer", "char"]
+    if out_dir != "data":
+        args += ["--out_dir", out_dir or "."]
+    if force:
+        args.append("--force")
+    return "python -m prep " + " ".join(a if a == "YOUR_TEXT" else shlex.quote(a) for a in args)
 
 
 class Dataset:
@@ -23,19 +43,18 @@ class Dataset:
         if not os.path.isfile(meta_path):
             if glob.glob(os.path.join(glob.escape(self.path), "*.tmp-*")):
                 raise DatasetError(
-                    f"{self.path} holds only the partial files of an interrupted run; run `python -m prep` again"
+                    f"{self.path} holds only the partial files of an interrupted run; prepare it again: "
+                    f"{prep_command(self.path)}"
                 )
-            raise DatasetError(
-                f"{self.path} is not a prepared dataset (no meta.json); run `python -m prep NAME` first"
-            )
+            raise DatasetError(f"{self.path} is not a prepared dataset (no meta.json); prepare it: {prep_command(self.path)}")
         try:
             with open(meta_path, encoding="utf-8") as f:
                 self.meta = json.load(f)
         except (OSError, ValueError) as e:
-            raise DatasetError(f"{meta_path} is unreadable ({e}); prepare the dataset again with --force") from e
+            raise DatasetError(f"{meta_path} is unreadable ({e}); prepare it again: {prep_command(self.path, force=True)}") from e
         for key in ("tokenizer", "vocab_size", "dtype"):
             if key not in self.meta:
-                raise DatasetError(f"{meta_path} has no '{key}'; prepare the dataset again with --force")
+                raise DatasetError(f"{meta_path} has no '{key}'; prepare it again: {self.prep_command()}")
         self.vocab_size = int(self.meta["vocab_size"])
         self.dtype = np.dtype(self.meta["dtype"])
         self.tokenizer = self.meta["tokenizer"]
@@ -47,20 +66,24 @@ class Dataset:
         if name not in self._splits:
             path = os.path.join(self.path, f"{name}.bin")
             if not os.path.isfile(path):
-                raise DatasetError(f"{path} is missing; prepare the dataset again with --force")
+                raise DatasetError(f"{path} is missing; prepare the dataset again: {self.prep_command()}")
             size = os.path.getsize(path)
             if size % self.dtype.itemsize:
-                raise DatasetError(f"{path} is truncated ({size} bytes); prepare the dataset again with --force")
+                raise DatasetError(f"{path} is truncated ({size} bytes); prepare the dataset again: {self.prep_command()}")
             expected = self.meta.get(f"{name}_tokens")
             if expected is not None and size // self.dtype.itemsize != expected:
                 raise DatasetError(
                     f"{path} holds {size // self.dtype.itemsize} tokens but meta.json says {expected}; "
-                    "prepare the dataset again with --force"
+                    f"prepare the dataset again: {self.prep_command()}"
                 )
             if size == 0:
                 raise DatasetError(f"{path} is empty; prepare the dataset again with more text")
             self._splits[name] = np.memmap(path, dtype=self.dtype, mode="r")
         return self._splits[name]
+
+    def prep_command(self):
+        """The command that writes this dataset again (for hints)."""
+        return prep_command(self.path, self.meta, force=True)
 
     @property
     def train(self):

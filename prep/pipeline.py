@@ -15,6 +15,7 @@ import concurrent.futures
 import glob
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -76,8 +77,8 @@ def prepare(
     existing = [f for f in ("train.bin", "val.bin", "meta.json") if os.path.exists(os.path.join(dest, f))]
     if existing and not force:
         raise DatasetError(
-            f"{dest} already holds a dataset ({', '.join(existing)}); pass --force to replace it "
-            "(the old files stay until the new ones are complete)"
+            f"{dest} already holds a dataset ({', '.join(existing)}); replace it with --force "
+            f"(the old files stay until the new ones are complete): {_command(name, out_dir, input, out_name, tokenizer)}"
         )
     _remove_leftovers(dest, say)
 
@@ -191,6 +192,20 @@ def _check_options(name, input, out_name, tokenizer, val_fraction, val_docs, lim
     if dtype not in ("auto", "uint16", "uint32"):
         raise DatasetError(f"unknown dtype {dtype!r}; choose auto, uint16 or uint32")
     return out_name, fixed, val_fraction, val_docs, num_proc or default_num_proc()
+
+
+def _command(name, out_dir, input, out_name, tokenizer):
+    """This run's command line, with --force (the options that choose what is written)."""
+    args = [name]
+    if input:
+        args += ["--input", input]
+    if out_name != name:
+        args += ["--name", out_name]
+    if name == "text" and tokenizer != "gpt2":
+        args += ["--tokenizer", tokenizer]
+    if os.path.normpath(out_dir) != "data":
+        args += ["--out_dir", str(out_dir)]
+    return "python -m prep " + " ".join(shlex.quote(a) for a in args) + " --force"
 
 
 def _choose_dtype(vocab_size, dtype):

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -382,7 +383,7 @@ def test_leftovers_of_a_killed_run(shakespeare, tmp_path, capsys):
     folder = tmp_path / "data" / "x"
     folder.mkdir(parents=True)
     (folder / f"train.bin.tmp-{dead.pid}").write_bytes(b"\0" * 100)
-    with pytest.raises(DatasetError, match="partial files of an interrupted run; run `python -m prep` again"):
+    with pytest.raises(DatasetError, match="partial files of an interrupted run; prepare it again: python -m prep text"):
         prep.load(folder)
     prep.prepare("text", out_dir=tmp_path / "data", input=str(shakespeare), out_name="x", tokenizer="char")
     assert "left by an interrupted run" in capsys.readouterr().err
@@ -450,6 +451,42 @@ def test_offline_without_a_usable_shipped_copy_names_a_command_that_works(damage
     with pytest.raises(DatasetError, match=r"python -m prep shakespeare_char --out_dir \S+ --input PATH$") as e:
         prep.prepare("shakespeare_char", out_dir=tmp_path / "data")
     assert "\n" not in str(e.value) and not (tmp_path / "data" / "shakespeare_char").exists()
+
+
+def _run_hint(message, cwd, **fill):
+    """Run the command a one-line message ends with, its placeholders filled in."""
+    command = "python -m prep" + message.rsplit("python -m prep", 1)[1]
+    for placeholder, value in fill.items():
+        command = command.replace(placeholder, str(value))
+    argv = [sys.executable, *shlex.split(command)[1:]]
+    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (command, r.stderr)
+
+
+def test_hints_are_commands_that_work(shared_data, shakespeare, tmp_path, monkeypatch):
+    """Each hint ends with a command that does what it says, once its placeholder is filled in."""
+    # the main command's: no download, no usable shipped copy
+    _no_download(monkeypatch, "unreachable")
+    monkeypatch.setattr(sources, "SHIPPED_SHAKESPEARE", str(tmp_path / "missing.gz"))
+    with pytest.raises(DatasetError) as e:
+        prep.prepare("shakespeare_char", out_dir=tmp_path / "data")
+    _run_hint(str(e.value), tmp_path, PATH=shared_data / "tinyshakespeare.txt")
+    assert prep.load(tmp_path / "data" / "shakespeare_char").vocab_size == 65
+    # a dataset that was never prepared, then one whose bins were damaged, then one in the way
+    folder = tmp_path / "sets" / "notes"
+    with pytest.raises(DatasetError, match="is not a prepared dataset") as e:
+        prep.load(folder)
+    _run_hint(str(e.value), tmp_path, YOUR_TEXT=shakespeare)
+    with open(folder / "val.bin", "r+b") as f:
+        f.truncate(1001)
+    with pytest.raises(DatasetError, match="truncated") as e:
+        prep.load(folder).val
+    _run_hint(str(e.value), tmp_path, YOUR_TEXT=shakespeare)
+    assert len(prep.load(folder).val) > 0
+    with pytest.raises(DatasetError, match="already holds a dataset") as e:
+        prep.prepare("text", out_dir=tmp_path / "sets", input=str(shakespeare), out_name="notes", tokenizer="char")
+    _run_hint(str(e.value), tmp_path)
+    assert prep.load(folder).tokenizer == "char"
 
 
 def test_the_shipped_copy_is_in_the_wheel(tmp_path):

@@ -52,7 +52,7 @@ class Batches:
             if top >= vocab_size:
                 raise prep.DatasetError(
                     f"{self.ds.path}/{split}.bin holds token id {top}, outside the model's vocabulary of "
-                    f"{vocab_size}; prepare the dataset again with --force"
+                    f"{vocab_size}; prepare the dataset again: {self.ds.prep_command()}"
                 )
 
     def get(self, split, step, micro):
