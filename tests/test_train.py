@@ -166,6 +166,20 @@ def test_resume_is_exact(straight, small_ds, tmp_path):
     assert_same_weights(weights(f"{straight}/ckpt_00000020.pt"), weights(f"{out}/ckpt_00000020.pt"))
 
 
+@pytest.mark.parametrize("override", ["n_layer=2", "n_embd=64", "bias=true"])
+def test_resume_refuses_a_shape_the_checkpoint_does_not_have(override, straight, small_ds, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(straight, out)
+    key, value = override.split("=")
+    args = [a for a in tiny(small_ds, out, init_from="resume") if not a.startswith(f"--{key}=")] + [f"--{override}"]
+    with pytest.raises(SystemExit) as e:
+        run_cli(train_command.main, args, train_command.__doc__)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: config key '{key}' is " in err and f"the checkpoint in {out} has" in err
+    assert sorted(os.listdir(out)) == sorted(os.listdir(straight))  # nothing written
+
+
 def test_corrupt_latest_falls_back_to_previous(straight, small_ds, tmp_path, capsys):
     out = str(tmp_path / "run")
     shutil.copytree(straight, out)

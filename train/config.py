@@ -186,16 +186,25 @@ def parse_args(cls, argv):
 
 def load_config(argv, cls=TrainConfig, base=None):
     """A config from [CONFIG] [--key=value ...]: the defaults, then `base`, then the config file,
-    then the overrides."""
+    then the overrides. cfg.given holds the keys that these set."""
     config_file, overrides = parse_args(cls, argv)
     values = dict(base or {})
     if config_file is not None:
         values.update(read_config_file(cls, config_file))
     values.update(overrides)
     cfg = cls(**values)
+    cfg.given = frozenset(values)  # the keys set on purpose (not a field: never saved or listed)
     if cls is TrainConfig:
         validate(cfg)
     return cfg
+
+
+def given_keys(cfg):
+    """The keys of cfg set on purpose: by load_config, or else those that differ from their default."""
+    given = getattr(cfg, "given", None)
+    if given is None:
+        given = {f.name for f in fields(cfg) if getattr(cfg, f.name) != f.default}
+    return given
 
 
 def validate(cfg, world_size=1):

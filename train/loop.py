@@ -26,11 +26,14 @@ from gpt import GPT, GPTConfig, pad_vocab
 from instrument import nvtx
 from instrument.run import run_info
 from train import checkpoint
-from train.config import ConfigError, validate
+from train.config import ConfigError, given_keys, validate
 from train.data import EVAL, Batches, dataset_dir
 from train.health import BadSteps
 from train.metrics import Metrics
 from train.system import autocast, resolve_system, setup_device
+
+
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias")  # config keys that fix the model's shape
 
 
 class TrainingStopped(RuntimeError):
@@ -148,6 +151,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         if state is not None:
+            self._check_shape(state)
             args = dict(state["model_args"], dropout=cfg.dropout, backend=cfg.backend)
             model = GPT(GPTConfig(**args))
             model.load_state_dict(state["model"])
@@ -164,7 +168,7 @@ class Trainer:
             raise ConfigError(
                 f"config key 'block_size' ({cfg.block_size}) is longer than the model's ({model.config.block_size})"
             )
-        for key in ("n_layer", "n_head", "n_embd", "bias"):  # the config records the shape actually trained
+        for key in SHAPE_KEYS:  # the config records the shape actually trained
             setattr(cfg, key, getattr(model.config, key))
         self.batches.check_vocab(model.config.vocab_size)
         model.to(self.device)
@@ -181,6 +185,22 @@ class Trainer:
         if self.ddp:
             model = DDP(model, device_ids=[self.local_rank] if self.device_type == "cuda" else None)
         self.model = model
+
+    def _check_shape(self, state):
+        """A resumed run keeps the shape it was trained with: a shape key set on purpose to another
+        value is an error. (A run restarted from pretrained weights ignores the keys, as it did
+        when it started.)"""
+        cfg = self.cfg
+        if cfg.init_from not in ("scratch", "resume"):
+            return
+        given = given_keys(cfg)
+        for key in SHAPE_KEYS:
+            saved = state["model_args"][key]
+            if key in given and getattr(cfg, key) != saved:
+                raise ConfigError(
+                    f"config key '{key}' is {getattr(cfg, key)} but the checkpoint in {cfg.out_dir} has {saved}: a "
+                    f"resumed run keeps its shape; drop the setting, or train the new shape into another out_dir"
+                )
 
     def _setup_optimizer(self, state):
         cfg = self.cfg
