@@ -4,9 +4,11 @@
     ds.train, ds.val          # np.memmap of token ids (uint16 or uint32), read-only
     ds.vocab_size, ds.meta    # from meta.json
     ds.encode("text") -> list[int];  ds.decode(ids) -> str
+    ds.fingerprint()          # changes when the dataset is prepared again from other text
 """
 
 import glob
+import hashlib
 import json
 import os
 import shlex
@@ -80,6 +82,25 @@ class Dataset:
                 raise DatasetError(f"{path} is empty; prepare the dataset again with more text")
             self._splits[name] = np.memmap(path, dtype=self.dtype, mode="r")
         return self._splits[name]
+
+    def fingerprint(self, pieces=16, piece_tokens=1 << 15):
+        """A short hash of what the dataset holds: its tokenizer, vocabulary and token counts, and
+        its token ids (all of them in a small dataset; `pieces` evenly spaced runs of piece_tokens
+        in a large one, a few MB read whatever its size). Preparing the same text again gives the
+        same fingerprint; other text, another."""
+        h = hashlib.sha256()
+        keys = ("tokenizer", "vocab_size", "dtype", "chars", "eot_token", "train_tokens", "val_tokens")
+        h.update(json.dumps({k: self.meta.get(k) for k in keys}, sort_keys=True, ensure_ascii=False).encode())
+        for name in ("train", "val"):
+            data = self.split(name)
+            n = len(data)
+            if n <= pieces * piece_tokens:
+                runs = [(0, n)]
+            else:
+                runs = [(i * (n - piece_tokens) // (pieces - 1), piece_tokens) for i in range(pieces)]
+            for start, length in runs:
+                h.update(np.ascontiguousarray(data[start : start + length]).tobytes())
+        return h.hexdigest()[:16]
 
     def prep_command(self):
         """The command that writes this dataset again (for hints)."""

@@ -18,6 +18,7 @@ import torch
 
 import prep
 import train.__main__ as train_command
+import train.sample as sample_command
 from conftest import ROOT
 from gpt import GPT
 from train import checkpoint
@@ -262,6 +263,49 @@ def test_torchrun_restart_that_cannot_rejoin_fails_in_bounded_time(small_ds, tmp
     assert time.monotonic() - start < 60
     assert "rank 1 hangs at start-up" in r.stdout
     assert "error: process 0 of 2, restart attempt 1: rank(s) 1 did not join within join_timeout=3 s" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the dataset of a run
+
+
+def test_a_run_refuses_its_dataset_prepared_again_from_other_text(shakespeare, tmp_path, capsys):
+    data = tmp_path / "data" / "d"
+    make_char_dataset(data, shakespeare[:30_000])
+    out = str(tmp_path / "out")
+    train(load_config(tiny(str(data), out, max_iters=4, eval_interval=4)))
+    # the same text again: the same dataset
+    prep.prepare("text", out_dir=str(data.parent), input=str(data.parent / "d.txt"), out_name="d", tokenizer="char",
+                 block_size=16, force=True, quiet=True)
+    train(load_config(tiny(str(data), out, max_iters=6, eval_interval=6, init_from="resume")))
+    (data.parent / "d.txt").write_text(shakespeare[30_000:60_000].upper())
+    prep.prepare("text", out_dir=str(data.parent), input=str(data.parent / "d.txt"), out_name="d", tokenizer="char",
+                 block_size=16, force=True, quiet=True)
+    for command, args in [(train_command, tiny(str(data), out, max_iters=8, init_from="resume")),
+                          (sample_command, [f"--out_dir={out}", "--max_new_tokens=5", "--num_samples=1"])]:
+        with pytest.raises(SystemExit) as e:
+            run_cli(command.main, args, command.__doc__)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is not the dataset that the run in {out} was trained on" in err, err
+    assert [os.path.basename(p) for p in checkpoint.checkpoints(out)] == ["ckpt_00000006.pt", "ckpt_00000004.pt"]
+
+
+def test_sampling_from_another_directory_finds_the_runs_dataset(shakespeare, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_char_dataset("data/rel", shakespeare[:30_000])
+    train(load_config(tiny("data/rel", "out", max_iters=2, eval_interval=2)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    text = sample(SampleConfig(out_dir=str(tmp_path / "out"), num_samples=1, max_new_tokens=8, start="A"))[0]
+    assert text.startswith("A") and len(text) == 9
+    os.rename(tmp_path / "data", tmp_path / "moved")
+    with pytest.raises(prep.DatasetError, match=r"trained on 'data/rel' \(at .*data/rel\), which is not there .*"
+                                                 r"--dataset=PATH"):
+        sample(SampleConfig(out_dir=str(tmp_path / "out"), num_samples=1, max_new_tokens=8))
+    text = sample(SampleConfig(out_dir=str(tmp_path / "out"), dataset=str(tmp_path / "moved" / "rel"), num_samples=1,
+                               max_new_tokens=8, start="A"))[0]
+    assert len(text) == 9
 
 
 # ----------------------------------------------------------------------------- processes

@@ -110,6 +110,7 @@ class Trainer:
     def _setup_data(self):
         cfg = self.cfg
         self.ds = prep.load(dataset_dir(cfg))
+        self.fingerprint = self.ds.fingerprint()  # saved with each checkpoint, checked on resume
         self.batches = Batches(self.ds, cfg.batch_size, cfg.block_size, cfg.seed, self.device)
 
     def _find_start(self):
@@ -124,6 +125,13 @@ class Trainer:
             state, path = checkpoint.load_latest(cfg.out_dir, log=self.log)
             if state is None:
                 raise ConfigError(f"config key 'init_from' is resume but out_dir {cfg.out_dir!r} holds no checkpoint")
+            saved = state.get("data", {}).get("fingerprint")  # none in checkpoints of older versions
+            if saved and saved != self.fingerprint:
+                raise prep.DatasetError(
+                    f"{dataset_dir(cfg)} is not the dataset that the run in {cfg.out_dir} was trained on (its "
+                    "fingerprint changed: prepared again from other text?); to train on it, move that run away "
+                    "or choose another --out_dir; to go on with the run, prepare its own text again"
+                )
             self.log(f"resuming from {path} (step {state['step']})" + (" after a restart" if restarted else ""))
             self.last_good = path
             return state
@@ -332,7 +340,8 @@ class Trainer:
                 "val_loss": val_loss,
                 "best_val_loss": self.best_val_loss,
                 "skipped_steps": int(self.bad.total),
-                "data": {"seed": cfg.seed, "step": step, "dataset": dataset_dir(cfg)},
+                "data": {"seed": cfg.seed, "step": step, "dataset": dataset_dir(cfg),
+                         "dataset_abspath": os.path.abspath(dataset_dir(cfg)), "fingerprint": self.fingerprint},
                 "rng": rngs,
                 "world_size": self.world_size,
             }

@@ -4,9 +4,12 @@
     python -m train.sample --init_from=gpt2 --start=FILE:prompt.txt --max_new_tokens=100
 
 The prompt is encoded and the samples decoded with the dataset's tokenizer (read through
-prep.load from the dataset the checkpoint was trained on), or with tiktoken's gpt2 for gpt2*.
+prep.load from the dataset the checkpoint was trained on, found by the absolute path its run
+recorded, then relative to here, and refused when its fingerprint differs from the run's), or
+with tiktoken's gpt2 for gpt2*.
 """
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -63,7 +66,7 @@ def load_model(cfg):
         state, path = checkpoint.load_latest(cfg.out_dir, log=lambda m: print(m, file=sys.stderr))
         if state is None:
             raise ConfigError(f"config key 'out_dir': {cfg.out_dir!r} holds no checkpoint")
-    ds = prep.load(cfg.dataset or state["data"]["dataset"])
+    ds = _dataset(cfg, state)
     # The vocabulary was padded for speed (65 -> 128); drop the padding rows of the tied
     # embedding / LM head so that only ids the tokenizer knows can be sampled.
     args, weights = dict(state["model_args"]), state["model"]
@@ -75,6 +78,33 @@ def load_model(cfg):
     model.load_state_dict(weights)
     print(f"sampling from {path} (step {state['step']})", file=sys.stderr)
     return model, ds.encode, ds.decode
+
+
+def _dataset(cfg, state):
+    """The dataset whose tokenizer the checkpoint `state` was trained with: --dataset, else the
+    one its run recorded (by absolute path, then relative to here); refused when its fingerprint
+    is not the one the run recorded."""
+    data = state.get("data", {})
+    if cfg.dataset:
+        where = cfg.dataset
+    else:
+        tried = [p for p in (data.get("dataset_abspath"), data.get("dataset")) if p]
+        where = next((p for p in tried if os.path.isfile(os.path.join(p, "meta.json"))), None)
+        if where is None:
+            at = f"at {data['dataset_abspath']}" if data.get("dataset_abspath") else "relative to where it was trained"
+            raise prep.DatasetError(
+                f"the run in {cfg.out_dir} was trained on {data.get('dataset')!r} ({at}), which is not there "
+                "(nor here); give that dataset's path: --dataset=PATH"
+            )
+    ds = prep.load(where)
+    saved = data.get("fingerprint")  # none in checkpoints of older versions
+    if saved and saved != ds.fingerprint():
+        raise prep.DatasetError(
+            f"{where} is not the dataset that the run in {cfg.out_dir} was trained on (its fingerprint changed: "
+            "prepared again from other text?), so its vocabulary may differ; prepare the run's own text again, "
+            "or give that dataset: --dataset=PATH"
+        )
+    return ds
 
 
 def sample(cfg):
