@@ -7,6 +7,7 @@ picked once, when the modules are built: each module takes its ops from gpt.back
 """
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -202,6 +203,7 @@ class GPT(nn.Module):
         position's work. Once the sequence outgrows block_size, the context is cropped to the last
         block_size tokens and re-run (positions shift, so the cache cannot be reused)."""
         cfg = self.config
+        check_generation(idx, max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
         caches = None
         for _ in range(max_new_tokens):
             if use_cache and idx.shape[1] <= cfg.block_size:
@@ -231,6 +233,25 @@ class GPT(nn.Module):
 
     def save_pretrained(self, directory):
         save_hf_gpt2(self, directory)
+
+
+def check_generation(idx, max_new_tokens, temperature, top_k, top_p, vocab_size):
+    """ValueError naming the first argument of generate() that cannot work."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"idx must be a (B, T) tensor of token ids, got {getattr(idx, 'shape', type(idx).__name__)}")
+    if idx.shape[0] == 0 or idx.shape[1] == 0:
+        raise ValueError(f"idx has shape {tuple(idx.shape)}: give at least one sequence of at least one token (the prompt)")
+    lo, hi = idx.min().item(), idx.max().item()
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"idx holds token id {lo if lo < 0 else hi}, outside the vocabulary of {vocab_size}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise ValueError(f"top_k must be None (every token) or a whole number >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

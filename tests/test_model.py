@@ -164,6 +164,40 @@ def test_sampling_filters():
     assert sample_next(logits[:1], 0.0).item() == 3
 
 
+BAD_GENERATION = [
+    # (argument overrides, the argument the ValueError must name)
+    (dict(top_k=0), "top_k"),
+    (dict(top_k=-3), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(temperature=-0.5), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(max_new_tokens=2.5), "max_new_tokens"),
+    (dict(idx=torch.zeros(1, 0, dtype=torch.long)), "idx"),
+    (dict(idx=torch.zeros(0, 3, dtype=torch.long)), "idx"),
+    (dict(idx=torch.tensor([[1, 97]])), "idx"),
+    (dict(idx=torch.tensor([1, 2])), "idx"),
+]
+
+
+@pytest.mark.parametrize("kw,name", BAD_GENERATION, ids=[f"{k}={v}" for kw, _ in BAD_GENERATION for k, v in kw.items()])
+def test_bad_generation_arguments_name_the_argument(kw, name):
+    model = GPT(tiny()).eval()
+    args = dict(idx=torch.randint(0, 97, (1, 3)), max_new_tokens=4, temperature=1.0, top_k=None, top_p=None)
+    args.update(kw)
+    with pytest.raises(ValueError, match=rf"^{name} "):
+        model.generate(**args)
+
+
+def test_generation_at_the_edges_of_the_arguments():
+    model = GPT(tiny()).eval()
+    idx = torch.randint(0, 97, (2, 3))
+    assert torch.equal(model.generate(idx, 0), idx)
+    out = model.generate(idx, 4, temperature=0.5, top_k=1, top_p=1.0)
+    assert torch.equal(out, model.generate(idx, 4, temperature=0.0))  # top_k=1 is greedy
+
+
 def test_flops_formula_by_hand():
     cfg = GPTConfig(block_size=16, vocab_size=100, n_layer=2, n_head=2, n_embd=8)
     # per layer: c_attn 8*24 + attn.c_proj 8*8 + c_fc 8*32 + mlp.c_proj 32*8 = 768; LM head 100*8

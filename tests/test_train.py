@@ -487,6 +487,16 @@ def test_bad_config_combinations(small_ds, tmp_path, capsys, monkeypatch):
     assert "already holds checkpoints" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arg,key", [("--temperature=-1", "temperature"), ("--top_k=-2", "top_k"), ("--top_p=0", "top_p"),
+                                     ("--max_new_tokens=0", "max_new_tokens"), ("--start=", "start")])
+def test_bad_sampling_key_is_one_line_naming_it(arg, key, straight, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(sample_command.main, [f"--out_dir={straight}", arg], sample_command.__doc__, SampleConfig)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config key '{key}' ") and err.count("\n") == 1, err
+
+
 def test_cli_bad_key_exits_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "train", "shakespeare_char_cpu", "--learning_rate=fast"],
                        capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)

@@ -46,8 +46,14 @@ def _check(cfg):
     for key in ("num_samples", "max_new_tokens"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
-    if cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
-        raise ConfigError("config keys 'temperature' and 'top_k' must not be negative and 'top_p' must be in (0, 1]")
+    if not cfg.temperature >= 0:
+        raise ConfigError(f"config key 'temperature' must not be negative (0 is greedy), got {cfg.temperature}")
+    if cfg.top_k < 0:
+        raise ConfigError(f"config key 'top_k' must not be negative (0 keeps every token), got {cfg.top_k}")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"config key 'top_p' must be in (0, 1], got {cfg.top_p}")
+    if not cfg.start:
+        raise ConfigError("config key 'start' is empty: give at least one token of prompt")
 
 
 def load_model(cfg):
