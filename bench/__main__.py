@@ -5,11 +5,15 @@
     python -m bench --n_layer=6 --paths torch+compile,triton
     python -m bench --smoke                           # tiny config on the CPU: every code path, seconds
 
-The table is printed last; the JSON result goes to bench/results/ (or --out).
+The table is printed last; the JSON result goes to bench/results/ (or --out). torch.compile's
+warnings (Dynamo, Inductor: several lines each) are held back and counted, --verbose shows them.
 """
 
 import argparse
+import contextlib
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 from bench import common, config, step
@@ -27,6 +31,7 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=None, help="timed steps, median reported (default 20; 2 with --smoke)")
     p.add_argument("--paths", default=",".join(config.PATHS), help="comma-separated subset of: " + ", ".join(config.PATHS))
     p.add_argument("--out", default=None, help="result JSON path, or a folder (default bench/results/)")
+    p.add_argument("--verbose", action="store_true", help="show torch.compile's warnings as they come")
     config.add_model_args(p)
     args, rest = p.parse_known_args(argv)
     overrides = config.parse_overrides(p, rest)
@@ -66,7 +71,7 @@ def parse_args(argv):
         device=device,
         smoke=args.smoke,
     )
-    return settings, args.out
+    return settings, args.out, args.verbose
 
 
 def output_path(out, result):
@@ -78,16 +83,49 @@ def output_path(out, result):
     return folder / f"step-{tag}-{dev}-{utc_stamp()}.json"
 
 
-def main(argv=None):
-    settings, out = parse_args(sys.argv[1:] if argv is None else argv)
+COMPILER = ("torch._dynamo", "torch._inductor")  # the loggers and modules whose warnings are held back
+
+
+def _from_compiler(w):
+    where = w.filename.replace("\\", "/")
+    return any(f"/{name.replace('.', '/')}/" in where for name in COMPILER)
+
+
+@contextlib.contextmanager
+def compiler_warnings_held(held):
+    """Hold back torch.compile's warnings (appending them to `held`) and lower its loggers to
+    errors; every other warning is shown as usual."""
+    loggers = [logging.getLogger(name) for name in COMPILER]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
-        result = step.run(settings)
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    for w in caught:
+        if _from_compiler(w):
+            held.append(w)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def main(argv=None):
+    settings, out, verbose = parse_args(sys.argv[1:] if argv is None else argv)
+    held = []
+    try:
+        with contextlib.nullcontext() if verbose else compiler_warnings_held(held):
+            result = step.run(settings)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     path = common.write_json(result, output_path(out, result))
     print(f"result written to {path}")
     print(step.table(result))
+    if held:
+        print(f"({len(held)} warning(s) of torch.compile held back; --verbose shows them)")
     return 1 if any(r["status"] == "error" for r in result["paths"]) else 0
 
 

@@ -1,6 +1,7 @@
 """python -m bench.plot RESULT.json [-o OUT.png]: a picture of a benchmark result.
 
-A training-step result (python -m bench): tokens/sec and MFU per path, side by side.
+A training-step result (python -m bench): tokens/sec and MFU per path, side by side; a path that
+was skipped or failed is marked as such in its place.
 A kernel result (pytest bench/): per op, each provider's rate as a percentage of the roofline
 measured in that run (forward + backward; --mode picks another), at GPT-2 124M's sizes (--size).
 
@@ -19,27 +20,36 @@ def _title(result):
 
 
 def plot_step(result, plt):
-    paths = [r for r in result["paths"] if r["status"] == "ok"]
-    if not paths:
+    """Tokens/sec and MFU per path; a path that was skipped or failed keeps its place on the axis,
+    marked with its status instead of a bar."""
+    paths = result["paths"]
+    ok = [r for r in paths if r["status"] == "ok"]
+    if not ok:
         raise ValueError("no path of this result ran (every one was skipped or failed)")
     names = [r["path"] for r in paths]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    ax1.bar(names, [r["tokens_per_sec"] for r in paths], color="tab:blue")
+    ax1.bar(names, [r["tokens_per_sec"] or 0 for r in paths], color="tab:blue")
     ax1.set_ylabel("tokens / sec")
     ax1.set_title(f"{result['settings']['model']}, T={result['settings']['seq_len']}: training step")
-    for r, x in zip(paths, range(len(paths))):
-        ax1.annotate(f"B={r['batch']}", (x, r["tokens_per_sec"]), ha="center", va="bottom", fontsize=8)
-    mfu = [r["mfu"] for r in paths]
+    for x, r in enumerate(paths):
+        if r["status"] == "ok":
+            ax1.annotate(f"B={r['batch']}", (x, r["tokens_per_sec"]), ha="center", va="bottom", fontsize=8)
+    mfu = [r["mfu"] for r in ok]
     if all(m is None for m in mfu):
         ax2.text(0.5, 0.5, "MFU unknown:\n" + (result["flops"]["peak_note"] or "no peak"), ha="center",
                  va="center", wrap=True, transform=ax2.transAxes)
         ax2.set_axis_off()
+        axes = (ax1,)
     else:
-        ax2.bar(names, [100 * (m or 0) for m in mfu], color="tab:orange")
+        ax2.bar(names, [100 * (r["mfu"] or 0) for r in paths], color="tab:orange")
         ax2.set_ylabel("MFU (% of dense bf16 peak)")
         ax2.set_title("model FLOPs utilisation")
-    for ax in (ax1, ax2):
+        axes = (ax1, ax2)
+    for ax in axes:
         ax.tick_params(axis="x", labelrotation=20)
+        for x, r in enumerate(paths):
+            if r["status"] != "ok":  # no bar: say why there is none
+                ax.text(x, 0, r["status"], ha="center", va="bottom", rotation=90, fontsize=9, color="tab:red")
     fig.suptitle(_title(result), fontsize=9)
     return fig
 

@@ -4,7 +4,9 @@ the plot, and the MFU arithmetic. CPU figures only show that the code runs."""
 import json
 import math
 import statistics
+import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -25,10 +27,36 @@ def _load_strict(path):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke_run(tmp_path_factory):
+    """python -m bench --smoke, as a user runs it: (completed process, result path)."""
     out = tmp_path_factory.mktemp("bench") / "step.json"
-    rc = bench_main.main(["--smoke", "--out", str(out)])
-    return rc, out, _load_strict(out)
+    r = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    return r, out
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_run):
+    r, out = smoke_run
+    return r.returncode, out, _load_strict(out)
+
+
+def test_smoke_is_quiet_by_default(smoke_run):
+    """No warnings of torch.compile before the table (several lines each): held back and counted."""
+    r, out = smoke_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Warning" not in r.stderr and "torch/_dynamo" not in r.stderr, r.stderr[-3000:]
+    assert r.stdout.startswith(f"result written to {out}\n")
+
+
+def test_only_compiler_warnings_are_held_back(recwarn):
+    held = []
+    with bench_main.compiler_warnings_held(held):
+        warnings.warn_explicit("Dynamo does not know how to trace\nsecond line", UserWarning,
+                               "/site-packages/torch/_dynamo/variables/functions.py", 2431)
+        warnings.warn_explicit("something else", UserWarning, "/home/me/mine.py", 7)
+    assert [str(w.message).splitlines()[0] for w in held] == ["Dynamo does not know how to trace"]
+    assert [str(w.message) for w in recwarn] == ["something else"]
 
 
 def test_smoke_writes_a_complete_result(smoke):
@@ -299,6 +327,24 @@ def test_plot_draws_both_kinds(smoke, kernel_smoke, tmp_path):
     assert plot.main([str(kernel_smoke[0]), "--size", "smoke", "-o", str(tmp_path / "k.png")]) == 0
     for name in ("step.png", "k.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_marks_skipped_paths(smoke):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, _, result = smoke
+    result = json.loads(json.dumps(result))
+    for r in result["paths"][1:3]:
+        r.update(status="skipped", reason="torch.compile failed", tokens_per_sec=None, mfu=None, batch=None)
+    fig = plot.plot_step(result, plt)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [r["path"] for r in result["paths"]]
+    marks = [t.get_text() for t in ax.texts if not t.get_text().startswith("B=")]  # B=...: batch of a bar
+    assert marks == [r["status"] for r in result["paths"] if r["status"] != "ok"]
+    plt.close(fig)
 
 
 def test_plot_errors(smoke, tmp_path, capsys, monkeypatch):
