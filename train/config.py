@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 GPT2_PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias")  # the keys that fix a model's shape
 
 
 class ConfigError(ValueError):
@@ -205,6 +206,21 @@ def given_keys(cfg):
     if given is None:
         given = {f.name for f in fields(cfg) if getattr(cfg, f.name) != f.default}
     return given
+
+
+def check_resumed_shape(cfg, model_args):
+    """A resumed run keeps the shape it was trained with (model_args, from its checkpoint): a shape
+    key set on purpose to another value is an error. (A run restarted from pretrained weights
+    ignores the keys, as it did when it started.)"""
+    if cfg.init_from not in ("scratch", "resume"):
+        return
+    given = given_keys(cfg)
+    for key in SHAPE_KEYS:
+        if key in given and getattr(cfg, key) != model_args[key]:
+            raise ConfigError(
+                f"config key '{key}' is {getattr(cfg, key)} but the checkpoint in {cfg.out_dir} has {model_args[key]}: "
+                "a resumed run keeps its shape; drop the setting, or train the new shape into another out_dir"
+            )
 
 
 def validate(cfg, world_size=1):

@@ -25,6 +25,18 @@ def dataset_dir(cfg):
     return os.path.join(cfg.data_dir, cfg.dataset)
 
 
+def check_same_dataset(cfg, state, fingerprint):
+    """A run resumes only on the dataset it was trained on: the fingerprint its checkpoint recorded
+    (none in checkpoints of older versions) must be this dataset's."""
+    saved = state.get("data", {}).get("fingerprint")
+    if saved and saved != fingerprint:
+        raise prep.DatasetError(
+            f"{dataset_dir(cfg)} is not the dataset that the run in {cfg.out_dir} was trained on (its fingerprint "
+            "changed: prepared again from other text?); to train on it, move that run away or choose another "
+            "--out_dir; to go on with the run, prepare its own text again"
+        )
+
+
 class Batches:
     def __init__(self, ds, batch_size, block_size, seed, device):
         self.ds = ds

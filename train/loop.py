@@ -26,14 +26,11 @@ from gpt import GPT, GPTConfig, pad_vocab
 from instrument import nvtx
 from instrument.run import run_info
 from train import checkpoint
-from train.config import ConfigError, given_keys, validate
-from train.data import EVAL, Batches, dataset_dir
+from train.config import SHAPE_KEYS, ConfigError, check_resumed_shape, validate
+from train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from train.health import BadSteps
 from train.metrics import Metrics
 from train.system import autocast, resolve_system, setup_device
-
-
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias")  # config keys that fix the model's shape
 
 
 class TrainingStopped(RuntimeError):
@@ -125,13 +122,7 @@ class Trainer:
             state, path = checkpoint.load_latest(cfg.out_dir, log=self.log)
             if state is None:
                 raise ConfigError(f"config key 'init_from' is resume but out_dir {cfg.out_dir!r} holds no checkpoint")
-            saved = state.get("data", {}).get("fingerprint")  # none in checkpoints of older versions
-            if saved and saved != self.fingerprint:
-                raise prep.DatasetError(
-                    f"{dataset_dir(cfg)} is not the dataset that the run in {cfg.out_dir} was trained on (its "
-                    "fingerprint changed: prepared again from other text?); to train on it, move that run away "
-                    "or choose another --out_dir; to go on with the run, prepare its own text again"
-                )
+            check_same_dataset(cfg, state, self.fingerprint)
             self.log(f"resuming from {path} (step {state['step']})" + (" after a restart" if restarted else ""))
             self.last_good = path
             return state
@@ -159,7 +150,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         if state is not None:
-            self._check_shape(state)
+            check_resumed_shape(cfg, state["model_args"])
             args = dict(state["model_args"], dropout=cfg.dropout, backend=cfg.backend)
             model = GPT(GPTConfig(**args))
             model.load_state_dict(state["model"])
@@ -193,22 +184,6 @@ class Trainer:
         if self.ddp:
             model = DDP(model, device_ids=[self.local_rank] if self.device_type == "cuda" else None)
         self.model = model
-
-    def _check_shape(self, state):
-        """A resumed run keeps the shape it was trained with: a shape key set on purpose to another
-        value is an error. (A run restarted from pretrained weights ignores the keys, as it did
-        when it started.)"""
-        cfg = self.cfg
-        if cfg.init_from not in ("scratch", "resume"):
-            return
-        given = given_keys(cfg)
-        for key in SHAPE_KEYS:
-            saved = state["model_args"][key]
-            if key in given and getattr(cfg, key) != saved:
-                raise ConfigError(
-                    f"config key '{key}' is {getattr(cfg, key)} but the checkpoint in {cfg.out_dir} has {saved}: a "
-                    f"resumed run keeps its shape; drop the setting, or train the new shape into another out_dir"
-                )
 
     def _setup_optimizer(self, state):
         cfg = self.cfg
