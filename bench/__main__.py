@@ -83,7 +83,8 @@ def output_path(out, result):
     return folder / f"step-{tag}-{dev}-{utc_stamp()}.json"
 
 
-COMPILER = ("torch._dynamo", "torch._inductor")  # the loggers and modules whose warnings are held back
+# torch.compile's parts (Dynamo, Inductor, AOTAutograd, FX): the loggers and modules whose warnings are held back
+COMPILER = ("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx")
 
 
 def _from_compiler(w):
