@@ -138,7 +138,7 @@ def test_gpt2_preset_is_the_trained_model():
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
     """--compile-mode is passed to torch.compile with inductor, and refused with another backend."""
-    settings, _ = bench_main.parse_args(["--compile-mode", "reduce-overhead"])
+    settings, _, _ = bench_main.parse_args(["--compile-mode", "reduce-overhead"])
     assert settings.compile_mode == "reduce-overhead" and settings.compile_backend in ("inductor", "aot_eager")
     settings.compile_backend = "inductor"
     assert step.compile_options(settings) == dict(backend="inductor", mode="reduce-overhead")
