@@ -1,6 +1,7 @@
 """Fused Linear + bias + GELU: y = gelu_tanh(x @ W.T + b), the first half of GPT-2's MLP.
 
-x (..., K), W (N, K) in nn.Linear layout, b (N,) or None; y (..., N) in x's dtype.
+x (..., K), W (N, K) in nn.Linear layout, b (N,) or None; y (..., N) in x's dtype. K = 0 is an
+empty sum, as in F.linear: y = gelu_tanh(b) on every row, dx and dW empty, db from dy as usual.
 
 Forward: one tiled matmul with an fp32 accumulator; the bias and the tanh GELU run in its
 epilogue on the accumulator tile, so the pre-activation h = x @ W.T + b never makes a round trip
@@ -235,12 +236,12 @@ def linear_gelu_fwd(x, weight, bias=None, save_h=False):
     """y = gelu_tanh(x @ weight.T + bias): x (..., K) -> y (..., N); also h (M, N) when save_h."""
     _check(x, weight, bias)
     K, N = x.shape[-1], weight.shape[0]
-    x2 = x.reshape(-1, K)  # (M, K); a view when it can be
+    M = math.prod(x.shape[:-1])
+    x2 = x.reshape(M, K)  # (M, K); a view when it can be (M spelled out: -1 is ambiguous when K = 0)
     # The kernel takes any strides, but a unit stride along K lets its loads vectorize and
     # pipeline; the copy costs one pass over x (or W), small beside the matmul.
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
     weight = weight if weight.stride(1) == 1 else weight.contiguous()
-    M = x2.shape[0]
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     h = torch.empty_like(y) if save_h else None
     if M > 0 and N > 0:
@@ -332,7 +333,7 @@ def _linear_gelu_backward(ctx, dy, _dh):
         return None, None, None, None
     dh, db = torch.ops.tritongpt.linear_gelu_backward(dy, h, ctx.has_bias and need_db)
     dx = (dh @ weight).view(x.shape) if need_dx else None  # (M, N) @ (N, K)
-    dw = dh.t() @ x.reshape(-1, x.shape[-1]) if need_dw else None  # (N, M) @ (M, K)
+    dw = dh.t() @ x.reshape(h.shape[0], x.shape[-1]) if need_dw else None  # (N, M) @ (M, K)
     return dx, dw, (db if ctx.has_bias and need_db else None), None
 
 

@@ -153,6 +153,19 @@ def test_zero_rows():
     assert x.grad.shape == (0, 16) and torch.all(w.grad == 0) and torch.all(b.grad == 0)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_zero_inner_dim_gives_gelu_of_the_bias(bias):
+    """K = 0: the pre-activation is the bias (or 0), so y = gelu(b) on every row; dx and dW are
+    empty, db sums dy * gelu'(b) over the rows: the reference's answer, forward and backward."""
+    x, w, b, dy = make(5, 0, 7, torch.float32, bias=bias, lead=(2, 5))
+    out = run(kernels.linear_gelu, x, w, b, dy)
+    ref = run(reference.linear_gelu, x, w, b, dy)
+    assert out[0].shape == (2, 5, 7) and out[1].shape == (2, 5, 0) and out[2].shape == (7, 0)
+    for name, o, r in zip(["y", "dx", "dW", "db"], out, ref):
+        assert_parity(o, r, r, name)
+    if bias:
+        assert out[3].abs().min() > 0  # a real gradient, not zeros
+
 def _bad_inputs():
     x, w, b = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6)
     other = "cpu" if HAS_GPU else "meta"
