@@ -5,6 +5,7 @@
     kernels.linear_gelu(x, weight, bias)                         # gelu_tanh(x @ weight.T + bias)
     kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows
     kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)
+    kernels.raise_on_bad_targets(device)                         # a ValueError if a target was out of range
     kernels.attention(q, k, v, causal=True, dropout_p=0.0)       # (B, H, T, D), any strides
     kernels.attention_qkv(qkv, causal=True, dropout_p=0.0)      # (B, T, 3, H, D) -> (B, T, H, D)
 
@@ -28,10 +29,10 @@ from kernels import reference  # noqa: E402
 from kernels.flash_attention import attention, attention_qkv  # noqa: E402
 from kernels.fused_mlp import linear_gelu  # noqa: E402
 from kernels.lm_head import linear_cross_entropy  # noqa: E402
-from kernels.losses import cross_entropy  # noqa: E402
+from kernels.losses import cross_entropy, raise_on_bad_targets  # noqa: E402
 from kernels.normalization import add_layer_norm, layer_norm  # noqa: E402
 
 __all__ = [
     "layer_norm", "add_layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention",
-    "attention_qkv", "reference",
+    "attention_qkv", "raise_on_bad_targets", "reference",
 ]

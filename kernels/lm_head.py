@@ -30,7 +30,7 @@ and rewritten by the kernel, read by two matmuls: 5 * M * V * s with the gradien
 import torch
 
 from kernels.common import NAMESPACE, autocast_inputs, check_device, check_one_dtype, check_tensors, device_guard
-from kernels.losses import check_targets, cross_entropy_rows
+from kernels.losses import raise_at_once, check_targets, cross_entropy_rows, raise_on_bad_targets
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of logits
 
@@ -141,11 +141,14 @@ def linear_cross_entropy(x, weight, targets, ignore_index=-1):
     """cross_entropy(x @ weight.T, targets) without the (rows, V) logits: x (..., C), weight (V, C).
 
     Under torch.autocast x and weight are cast to the autocast dtype, as F.linear's would be, and
-    their gradients come back in their own dtypes through the casts."""
+    their gradients come back in their own dtypes through the casts. A target outside [0, V)
+    gives a NaN loss and NaN gradients, and a ValueError as in cross_entropy."""
     x, weight = autocast_inputs(x, weight)
     check_tensors("linear_cross_entropy", x=x, weight=weight, targets=targets)
     want = torch.is_grad_enabled()
     loss, _, _ = torch.ops.tritongpt.linear_cross_entropy(
         x, weight, targets, int(ignore_index), want and x.requires_grad, want and weight.requires_grad
     )
+    if raise_at_once(x.device):  # out-of-range targets: as in cross_entropy (losses.py)
+        raise_on_bad_targets(x.device)
     return loss

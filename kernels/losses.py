@@ -13,6 +13,12 @@ cross_entropy(logits (M, V), targets (M,)): mean over the rows whose target != i
         forward  M * V * s + 16 * M          logits in; targets in, loss and lse out
         backward 2 * M * V * s + 12 * M      logits in, dlogits out; targets and lse in
     i.e. about 3 * M * V * s for forward + backward.
+A target outside [0, V) that is not ignore_index has no loss: its row's loss and gradient are
+NaN (never a finite, wrong number), and the forward records it in a small per-device status
+tensor (atomics on 4 int64, only for such rows) without waiting for the device.
+raise_on_bad_targets(device) reads the record, a host sync, and raises a ValueError that names
+the target and V: the trainer calls it at its log step, where it waits for the device anyway;
+the public functions call it at once on CPU tensors, where it waits for nothing.
 Registered with torch.library as tritongpt::cross_entropy and tritongpt::cross_entropy_backward.
 """
 
@@ -48,12 +54,26 @@ def _softmax_grad_row(
 
 
 @triton.jit
+def _record_bad_target(
+    status_ptr,  # (4,) int64: rows with a bad target, V, largest bad id >= V, smallest bad id < 0
+    target,  # int64: the row's class id
+    bad,  # bool: the target is neither a class id nor ignore_index
+    V,
+):
+    tl.atomic_add(status_ptr, 1, mask=bad)
+    tl.store(status_ptr + 1, V, mask=bad)  # the same V from every row of a launch
+    tl.atomic_max(status_ptr + 2, target, mask=bad & (target >= V))
+    tl.atomic_min(status_ptr + 3, target, mask=bad & (target < 0))
+
+
+@triton.jit
 def _cross_entropy_fwd_kernel(
     logits_ptr,  # (M, V) row stride stride_l; overwritten by the gradient when WRITE_GRAD
     targets_ptr,  # (M,) int class ids, or ignore_index
     loss_ptr,  # (M,) fp32 per-row loss, 0 on ignored rows, NaN on out-of-range targets, out
     lse_ptr,  # (M,) fp32 per-row logsumexp, out
     scale_ptr,  # (1,) fp32 gradient factor (1 / kept rows), read when WRITE_GRAD
+    status_ptr,  # (4,) int64 record of out-of-range targets (see _record_bad_target), updated
     stride_l,
     V,
     ignore_index,
@@ -81,8 +101,9 @@ def _cross_entropy_fwd_kernel(
     loss = tl.where(kept, tl.where(in_range, lse - x_t, float("nan")), 0.0)
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
+    _record_bad_target(status_ptr, target, kept & ~in_range, V)
     if WRITE_GRAD:
-        scale = tl.where(kept, tl.load(scale_ptr), 0.0)
+        scale = tl.where(kept, tl.where(in_range, tl.load(scale_ptr), float("nan")), 0.0)
         _softmax_grad_row(row_ptr, row_ptr, target, lse, scale, V, BLOCK_V)
 
 
@@ -100,7 +121,8 @@ def _cross_entropy_bwd_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     target = tl.load(targets_ptr + row).to(tl.int64)
-    scale = tl.where(target != ignore_index, tl.load(scale_ptr), 0.0)
+    in_range = (target >= 0) & (target < V)
+    scale = tl.where(target != ignore_index, tl.where(in_range, tl.load(scale_ptr), float("nan")), 0.0)
     lse = tl.load(lse_ptr + row)
     _softmax_grad_row(logits_ptr + row * stride_l, dlogits_ptr + row * V, target, lse, scale, V, BLOCK_V)
 
@@ -111,6 +133,52 @@ def _cross_entropy_bwd_kernel(
 def _block_v(V):
     BLOCK_V = min(triton.next_power_of_2(V), MAX_BLOCK_V)
     return BLOCK_V, (8 if BLOCK_V >= 2048 else 4)
+
+
+# A per-device record of out-of-range targets, written by the forward kernel and read (and
+# cleared) by raise_on_bad_targets. Made once per device, before any CUDA graph capture if the
+# caller calls raise_on_bad_targets first (the trainer does, at set-up).
+_STATUS = {}
+
+
+def _device(device):
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def target_status(device):
+    """The (4,) int64 record of out-of-range targets on `device`: rows, V, largest id >= V,
+    smallest id < 0 since it was last read."""
+    device = _device(device)
+    if device not in _STATUS:
+        _STATUS[device] = torch.zeros(4, dtype=torch.int64, device=device)
+    return _STATUS[device]
+
+
+def raise_on_bad_targets(device):
+    """Raise a ValueError if a cross-entropy on `device` met a target outside [0, V) (and not
+    ignore_index) since the last call; the record is cleared either way. Reads the device: call
+    it where the host waits anyway (a log step), not in every step."""
+    status = target_status(device)
+    rows, V, high, low = status.tolist()
+    if rows == 0:
+        return
+    status.zero_()
+    ids = [str(i) for i, seen in ((high, high >= V), (low, low < 0)) if seen]
+    raise ValueError(
+        f"cross_entropy: {rows} target(s) outside the vocabulary of {V} classes, such as class id{'s' * (len(ids) > 1)} "
+        f"{' and '.join(ids)} (valid: 0 to {V - 1}, or ignore_index to skip a position); their loss and gradients "
+        "are NaN: fix the targets, or give the model a vocabulary that holds them"
+    )
+
+
+def raise_at_once(device):
+    """Whether the public functions read the record at once: on a CPU, where the kernels have
+    finished when the op returns, so reading waits for nothing; not while torch.compile traces
+    (a read there would break the graph), nor on a GPU, where it would stall every step."""
+    return device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def check_targets(op, targets, lead_shape, what):
@@ -124,13 +192,14 @@ def check_targets(op, targets, lead_shape, what):
 
 def cross_entropy_rows(logits2, t, ignore_index, loss_rows, lse, scale, write_grad):
     """The forward kernel over the rows of logits2 (R, V): loss_rows and lse (R,) out; when
-    write_grad, logits2 is overwritten in place by its gradient times scale (1,)."""
+    write_grad, logits2 is overwritten in place by its gradient times scale (1,). Out-of-range
+    targets go to the device's target_status."""
     R, V = logits2.shape
     if R == 0:
         return
     BLOCK_V, num_warps = _block_v(V)
     _cross_entropy_fwd_kernel[(R,)](
-        logits2, t, loss_rows, lse, scale, logits2.stride(0), V, ignore_index,
+        logits2, t, loss_rows, lse, scale, target_status(logits2.device), logits2.stride(0), V, ignore_index,
         WRITE_GRAD=write_grad, BLOCK_V=BLOCK_V, num_warps=num_warps,
     )
 
@@ -232,6 +301,12 @@ _cross_entropy_op.register_autograd(_cross_entropy_backward, setup_context=_cros
 
 def cross_entropy(logits, targets, ignore_index=-1):
     """Mean cross-entropy of logits (..., V) against targets (...) over the rows whose target is
-    not ignore_index (0, with zero gradients, when all are). The loss is fp32."""
+    not ignore_index (0, with zero gradients, when all are). The loss is fp32.
+
+    A target outside [0, V) gives a NaN loss and NaN gradients, and a ValueError naming it: at
+    once on a CPU, from raise_on_bad_targets(device) on a GPU (no host sync here)."""
     check_tensors("cross_entropy", logits=logits, targets=targets)
-    return torch.ops.tritongpt.cross_entropy(logits, targets, int(ignore_index))[0]
+    loss = torch.ops.tritongpt.cross_entropy(logits, targets, int(ignore_index))[0]
+    if raise_at_once(logits.device):
+        raise_on_bad_targets(logits.device)
+    return loss

@@ -1,6 +1,8 @@
 """kernels.cross_entropy (kernels/losses.py) and kernels.linear_cross_entropy (kernels/lm_head.py)
 against kernels.reference."""
 
+import re
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -96,9 +98,61 @@ def test_all_ignored_gives_zero_loss_and_zero_grads(fused):
         assert torch.isfinite(g).all() and not g.any()
 
 
-def test_out_of_range_target_gives_nan_not_a_wrong_number():
-    logits = torch.randn(3, 10, device=DEVICE)
-    assert torch.isnan(kernels.cross_entropy(logits, torch.tensor([1, 10, 2], device=DEVICE)))
+# targets with ids outside V = 10 (and -1, ignored) -> the words the error must hold
+BAD_TARGETS = [
+    ([1, 10, 2, -1], "1 target(s) outside the vocabulary of 10 classes, such as class id 10 "),
+    ([1, -3, 2, -1], "class id -3 "),
+    ([12, -3, 11, -1], "3 target(s) outside the vocabulary of 10 classes, such as class ids 12 and -3 "),
+]
+
+
+def _bad_target_loss(fused, targets):
+    """The loss of random logits (4, V = 10), or of x (4, 8) @ W.T, against targets, backward
+    run; -> loss and the gradient(s)."""
+    t = torch.tensor(targets, device=DEVICE)
+    if fused:
+        x, w = torch.randn(4, 8, device=DEVICE, requires_grad=True), torch.randn(10, 8, device=DEVICE, requires_grad=True)
+        loss = kernels.linear_cross_entropy(x, w, t)
+        leaves = [x, w]
+    else:
+        logits = torch.randn(4, 10, device=DEVICE, requires_grad=True)
+        loss = kernels.cross_entropy(logits, t)
+        leaves = [logits]
+    loss.backward()
+    return loss, [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.skipif(HAS_GPU, reason="the error at once is the CPU's; a GPU's is checked below")
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("targets, words", BAD_TARGETS, ids=["high", "negative", "both"])
+def test_out_of_range_target_is_an_error_at_once_on_a_cpu(targets, words, fused):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        _bad_target_loss(fused, targets)
+    _bad_target_loss(fused, [1, 9, 0, -1])  # the record was cleared: good targets pass
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("targets, words", BAD_TARGETS, ids=["high", "negative", "both"])
+def test_out_of_range_target_on_a_gpu_is_recorded_then_raised(targets, words, fused, monkeypatch):
+    """Where reading the record would wait for the device (a GPU; made so here on a CPU), the op
+    does not read it: the loss and every gradient are NaN, never finite and wrong, and
+    raise_on_bad_targets, called where the host waits anyway, names the target and V."""
+    for module in (losses, lm_head):
+        monkeypatch.setattr(module, "raise_at_once", lambda device: False)
+    kernels.raise_on_bad_targets(DEVICE)
+    loss, grads = _bad_target_loss(fused, targets)
+    assert torch.isnan(loss)
+    assert all(torch.isnan(g).any() for g in grads)
+    if not fused:  # the bad rows' gradients NaN, the good rows' finite, the ignored row's zero
+        t = torch.tensor(targets, device=DEVICE)
+        bad = (t != -1) & ((t < 0) | (t >= 10))
+        assert torch.isnan(grads[0][bad]).all() and torch.isfinite(grads[0][~bad]).all() and not grads[0][3].any()
+    with pytest.raises(ValueError, match=re.escape(words)):
+        kernels.raise_on_bad_targets(DEVICE)
+    kernels.raise_on_bad_targets(DEVICE)  # cleared
+    loss, grads = _bad_target_loss(fused, [1, 9, 0, -1])
+    kernels.raise_on_bad_targets(DEVICE)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
 
 
 # ----------------------------------------------------------------------------- linear_cross_entropy

@@ -75,6 +75,19 @@ def test_all_ignored_loss_is_zero_not_nan():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU torch's cross-entropy fails a device-side assert")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_out_of_range_target_is_an_error_naming_it(backend):
+    """A target past the vocabulary: torch's IndexError on the torch backend, the kernels'
+    ValueError on the triton backend (on a GPU at the trainer's next log step: test_train.py)."""
+    model = GPT(tiny(backend=backend))
+    idx = torch.randint(0, 97, (2, 8))
+    targets = torch.randint(0, 97, (2, 8))
+    targets[1, 3] = 97
+    with pytest.raises(IndexError if backend == "torch" else ValueError, match="97"):
+        model(idx, targets)
+
+
 def test_state_dict_moves_between_backends():
     a = GPT(tiny(backend="torch")).eval()
     b = GPT(tiny(backend="triton")).eval()

@@ -2,6 +2,7 @@
 checkpoints, non-finite losses, bad configs and data, and a short Shakespeare run that learns."""
 
 import glob
+import functools
 import json
 import os
 import random
@@ -16,14 +17,18 @@ import numpy as np
 import pytest
 import torch
 
+import kernels.lm_head
+import kernels.losses
 import prep
 import train.__main__ as train_command
+import train.loop as train_loop
 import train.sample as sample_command
 from conftest import ROOT
 from gpt import GPT
 from train import checkpoint
 from train.cli import run_cli
 from train.config import load_config
+from train.data import Batches
 from train.loop import Trainer, TrainingStopped, train
 from train.sample import SampleConfig, sample
 
@@ -404,6 +409,40 @@ def test_nan_losses_in_a_row_stop_the_run(small_ds, tmp_path, nan_steps):
     assert [os.path.basename(p) for p in checkpoint.checkpoints(out)] == ["ckpt_00000004.pt"]
     state = checkpoint.read(f"{out}/ckpt_00000004.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_out_of_range_target_stops_the_run_at_the_log_step(small_ds, tmp_path, monkeypatch):
+    """As on a GPU, where the kernels only record a target outside the vocabulary (no host sync
+    in the step): the bad step it causes, read one step late, names it. Made so here on a CPU: the triton backend
+    (which the trainer keeps for GPUs) runs under the interpreter, and the ops do not read their
+    record at once."""
+    for module in (kernels.losses, kernels.lm_head):
+        monkeypatch.setattr(module, "raise_at_once", lambda device: False)
+    real_resolve = train_loop.resolve_system
+
+    def resolve_system(cfg):
+        cfg.backend = "torch"
+        real_resolve(cfg)
+        cfg.backend = "triton"
+
+    monkeypatch.setattr(train_loop, "resolve_system", resolve_system)
+    # and as on a GPU, the bad-step count is read one step late (train.health)
+    monkeypatch.setattr(train_loop, "BadSteps", functools.partial(train_loop.BadSteps, late=True))
+    real_get, seen = Batches.get, []
+
+    def get(self, split, step, micro):
+        x, y = real_get(self, split, step, micro)
+        if split == "train" and step == 0:
+            y[0, 5] = 1000
+        seen.append((split, step))
+        return x, y
+
+    monkeypatch.setattr(Batches, "get", get)
+    args = tiny(small_ds, str(tmp_path), backend="triton", max_iters=4, eval_iters=1, log_interval=2, dropout=0.0,
+                batch_size=2, block_size=8, gradient_accumulation_steps=1)
+    with pytest.raises(ValueError, match=r"\d target\(s\) outside the vocabulary of \d+ classes, such as class id 1000 "):
+        train(load_config(args))
+    assert seen[-1] == ("train", 1)  # the next step ran (nothing waited for the device), then the stop named it
 
 
 # ----------------------------------------------------------------------------- bad configs and data

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import kernels
 import prep
 from gpt import GPT, GPTConfig, pad_vocab
 from instrument import nvtx
@@ -171,6 +172,7 @@ class Trainer:
             setattr(cfg, key, getattr(model.config, key))
         self.batches.check_vocab(model.config.vocab_size)
         model.to(self.device)
+        kernels.raise_on_bad_targets(self.device)  # makes the kernels' record of bad targets before any graph capture
         self.raw_model = model
         compiled = cfg.compile == "true"  # resolved from auto by resolve_system
         if cfg.nvtx and compiled:
@@ -280,11 +282,15 @@ class Trainer:
             if self.ddp:
                 dist.all_reduce(total)
             out[split] = total.item() / self.cfg.eval_iters
+        kernels.raise_on_bad_targets(self.device)  # a target outside the vocabulary made a loss NaN
         self.eval_model.train()
         return out
 
     def stop_if_bad(self, step, in_a_row):
-        """Too many bad steps in a row (identical in every process) stop the run."""
+        """Too many bad steps in a row (identical in every process) stop the run. A bad step may
+        come from a target outside the vocabulary (its loss is NaN): that is named first."""
+        if in_a_row:
+            kernels.raise_on_bad_targets(self.device)
         if in_a_row >= self.cfg.max_bad_steps:
             raise TrainingStopped(
                 f"stopping at step {step}: {in_a_row} non-finite losses in a row "
@@ -366,6 +372,7 @@ class Trainer:
                     dist.all_reduce(loss)
                     loss = loss / self.world_size
                 loss, norm, skipped = torch.stack([loss, norm.float(), self.bad.total.float()]).tolist()  # the one wait
+                kernels.raise_on_bad_targets(self.device)
                 self.metrics.log_step(step, loss, lr, norm, int(skipped))
         return self.best_val_loss
 
