@@ -22,8 +22,8 @@ def _torch_attention(qkv, dropout_p):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p).transpose(1, 2)
 
 
-def _torch_lm_head_loss(x, lm_head, targets):
-    return reference.cross_entropy(lm_head(x), targets, ignore_index=-1)
+def _torch_lm_head_loss(x, lm_head, targets, vocab_size):
+    return reference.cross_entropy(lm_head(x), targets, ignore_index=-1, vocab_size=vocab_size)
 
 
 def _triton_mlp_up(x, fc):
@@ -34,13 +34,14 @@ def _triton_attention(qkv, dropout_p):
     return kernels.attention_qkv(qkv, causal=True, dropout_p=dropout_p)
 
 
-def _triton_lm_head_loss(x, lm_head, targets):
-    return kernels.linear_cross_entropy(x, lm_head.weight, targets, ignore_index=-1)
+def _triton_lm_head_loss(x, lm_head, targets, vocab_size):
+    return kernels.linear_cross_entropy(x, lm_head.weight, targets, ignore_index=-1, vocab_size=vocab_size)
 
 
 # layer_norm(x, weight, bias, eps); add_layer_norm(x, y, weight, bias, eps) = (x + y, its
 # LayerNorm); mlp_up(x, c_fc) = gelu_tanh(c_fc(x)); attention(qkv (B, T, 3, nh, hs), dropout_p) ->
-# (B, T, nh, hs), causal; lm_head_loss(x, lm_head, targets) = mean cross-entropy of lm_head(x)
+# (B, T, nh, hs), causal; lm_head_loss(x, lm_head, targets, vocab_size) = mean cross-entropy of
+# lm_head(x) over its first vocab_size columns (the rest, a padded vocabulary's, take no probability)
 OPS = {
     "torch": dict(layer_norm=reference.layer_norm, add_layer_norm=reference.add_layer_norm, mlp_up=_torch_mlp_up,
                   attention=_torch_attention, lm_head_loss=_torch_lm_head_loss),

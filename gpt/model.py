@@ -181,17 +181,26 @@ class GPT(nn.Module):
             x, h = after(x, m)  # the MLP's residual add and the LayerNorm after it
         return h
 
+    def _logits(self, x):
+        """lm_head(x) (..., vocab_size), -inf from real_vocab_size on: a padded vocabulary's
+        padding never takes probability (written in place: one pass over the padding only)."""
+        logits = self.lm_head(x)
+        if self.config.real_vocab_size < self.config.vocab_size:
+            logits[..., self.config.real_vocab_size :] = float("-inf")
+        return logits
+
     def forward(self, idx, targets=None):
-        """idx (B, T) token ids. Returns logits (B, T, V), or with targets (B, T) the mean
-        cross-entropy over the positions whose target is not -1."""
+        """idx (B, T) token ids. Returns logits (B, T, vocab_size), -inf past real_vocab_size, or
+        with targets (B, T) the mean cross-entropy over the positions whose target is not -1 (the
+        padding past real_vocab_size taking no probability there either)."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         x = self._hidden(idx)
         if targets is None:
-            return self.lm_head(x)
+            return self._logits(x)
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
-        return self._lm_head_loss(x, self.lm_head, targets)
+        return self._lm_head_loss(x, self.lm_head, targets, self.config.real_vocab_size)
 
     # ------------------------------------------------------------------------- generation
 
@@ -220,7 +229,7 @@ class GPT(nn.Module):
                     x = self._hidden(idx[:, -1:], caches)
             else:
                 x = self._hidden(idx[:, -cfg.block_size :])
-            logits = self.lm_head(x[:, -1, :]).float()  # (B, V)
+            logits = self._logits(x[:, -1, :]).float()  # (B, V), -inf past real_vocab_size
             idx_next = sample_next(logits, temperature, top_k, top_p)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx

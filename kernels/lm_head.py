@@ -12,6 +12,10 @@ grad_W by grad_output, on the device. Registered with torch.library as
 tritongpt::linear_cross_entropy (loss, grad_x, grad_W); the scaling is plain torch in its
 autograd formula.
 
+With vocab_size < V (a vocabulary padded for matmul speed), the matmuls still run over all V
+rows of W, and the row kernel masks the padding columns: they take no probability, their
+gradient is zero, and so are their rows of grad_W.
+
 grad_W is accumulated in the input dtype with addmm_: cuBLAS sums each chunk's product in fp32
 and rounds once per chunk, so the error is a few roundings (the chunk count) instead of one,
 while an fp32 (V, C) accumulator would cost twice the memory plus a cast pass, and an
@@ -27,10 +31,12 @@ the softmax; bytes through the logits chunks: 3 * M * V * s (written by the matm
 and rewritten by the kernel, read by two matmuls: 5 * M * V * s with the gradients).
 """
 
+from typing import Optional
+
 import torch
 
 from kernels.common import NAMESPACE, autocast_inputs, check_device, check_one_dtype, check_tensors, device_guard
-from kernels.losses import raise_at_once, check_targets, cross_entropy_rows, raise_on_bad_targets
+from kernels.losses import check_targets, check_vocab_size, cross_entropy_rows, raise_at_once, raise_on_bad_targets
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of logits
 
@@ -44,8 +50,9 @@ def chunk_rows(M, V, itemsize):
     return max(1, min(M, 1 << (fit.bit_length() - 1)))
 
 
-def _check(x, weight, targets):
-    """A ValueError naming what the op cannot take (shapes, dtypes, devices: the fake runs it too)."""
+def _check(x, weight, targets, vocab_size):
+    """A ValueError naming what the op cannot take (shapes, dtypes, devices: the fake runs it too)
+    -> the flat targets (M,) and the number of classes."""
     check_tensors("linear_cross_entropy", x=x, weight=weight, targets=targets)
     check_device("linear_cross_entropy", x=x, weight=weight, targets=targets)
     check_one_dtype("linear_cross_entropy", x=x, weight=weight)
@@ -54,13 +61,15 @@ def _check(x, weight, targets):
             f"linear_cross_entropy: expected x (..., C) and weight (V, C) as in nn.Linear, "
             f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
         )
-    return check_targets("linear_cross_entropy", targets, x.shape[:-1], "x's leading shape")
+    t = check_targets("linear_cross_entropy", targets, x.shape[:-1], "x's leading shape")
+    return t, check_vocab_size("linear_cross_entropy", vocab_size, weight.shape[0])
 
 
-def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
+def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size=None):
     """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (x's shape) or None, dW
-    (V, C) or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk."""
-    t = _check(x, weight, targets)
+    (V, C) or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk.
+    Only weight's first vocab_size rows (default all) are classes; the others get zero dW."""
+    t, vocab = _check(x, weight, targets, vocab_size)
     V, C = weight.shape
     x2 = x.reshape(-1, C).contiguous()
     w = weight.contiguous()
@@ -79,7 +88,9 @@ def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w):
             end = min(start + R, M)
             x_c, logits = x2[start:end], buf[: end - start]  # (r, C), (r, V)
             torch.mm(x_c, w.t(), out=logits)
-            cross_entropy_rows(logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], scale, write_grad)
+            cross_entropy_rows(
+                logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], scale, write_grad, vocab
+            )
             if grad_x:
                 torch.mm(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
             if grad_w:
@@ -97,16 +108,16 @@ Tensor = torch.Tensor
 
 @torch.library.custom_op(f"{NAMESPACE}::linear_cross_entropy", mutates_args=())
 def _linear_cross_entropy_op(
-    x: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, grad_x: bool, grad_w: bool
+    x: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, vocab_size: Optional[int], grad_x: bool, grad_w: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w)
+    loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size)
     nothing = lambda: torch.empty(0, dtype=x.dtype, device=x.device)  # noqa: E731 - outputs never alias
     return loss, (dx if grad_x else nothing()), (dw if grad_w else nothing())
 
 
 @_linear_cross_entropy_op.register_fake
-def _(x, weight, targets, ignore_index, grad_x, grad_w):
-    _check(x, weight, targets)
+def _(x, weight, targets, ignore_index, vocab_size, grad_x, grad_w):
+    _check(x, weight, targets, vocab_size)
     return (
         x.new_empty((), dtype=torch.float32),
         torch.empty(x.shape if grad_x else (0,), dtype=x.dtype, device=x.device),
@@ -115,7 +126,7 @@ def _(x, weight, targets, ignore_index, grad_x, grad_w):
 
 
 def _linear_cross_entropy_setup(ctx, inputs, output):
-    _, _, _, _, grad_x, grad_w = inputs
+    _, _, _, _, _, grad_x, grad_w = inputs
     _, dx, dw = output
     ctx.save_for_backward(dx, dw)
     ctx.grads = (grad_x, grad_w)
@@ -127,8 +138,8 @@ def _linear_cross_entropy_backward(ctx, grad_out, _ddx, _ddw):
     dx, dw = ctx.saved_tensors
     grad_x, grad_w = ctx.grads
     if grad_out is None:
-        return None, None, None, None, None, None
-    return (dx * grad_out if grad_x else None), (dw * grad_out if grad_w else None), None, None, None, None
+        return None, None, None, None, None, None, None
+    return (dx * grad_out if grad_x else None), (dw * grad_out if grad_w else None), None, None, None, None, None
 
 
 _linear_cross_entropy_op.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup)
@@ -137,17 +148,20 @@ _linear_cross_entropy_op.register_autograd(_linear_cross_entropy_backward, setup
 # ----------------------------------------------------------------------------- public
 
 
-def linear_cross_entropy(x, weight, targets, ignore_index=-1):
-    """cross_entropy(x @ weight.T, targets) without the (rows, V) logits: x (..., C), weight (V, C).
+def linear_cross_entropy(x, weight, targets, ignore_index=-1, vocab_size=None):
+    """cross_entropy(x @ weight.T, targets, vocab_size=vocab_size) without the (rows, V) logits:
+    x (..., C), weight (V, C); with vocab_size < V the rows of weight from vocab_size on (a
+    padded vocabulary's) take no probability and get a zero gradient.
 
     Under torch.autocast x and weight are cast to the autocast dtype, as F.linear's would be, and
-    their gradients come back in their own dtypes through the casts. A target outside [0, V)
-    gives a NaN loss and NaN gradients, and a ValueError as in cross_entropy."""
+    their gradients come back in their own dtypes through the casts. A target outside
+    [0, vocab_size) gives a NaN loss and NaN gradients, and a ValueError as in cross_entropy."""
     x, weight = autocast_inputs(x, weight)
     check_tensors("linear_cross_entropy", x=x, weight=weight, targets=targets)
     want = torch.is_grad_enabled()
+    vocab_size = None if vocab_size is None else int(vocab_size)
     loss, _, _ = torch.ops.tritongpt.linear_cross_entropy(
-        x, weight, targets, int(ignore_index), want and x.requires_grad, want and weight.requires_grad
+        x, weight, targets, int(ignore_index), vocab_size, want and x.requires_grad, want and weight.requires_grad
     )
     if raise_at_once(x.device):  # out-of-range targets: as in cross_entropy (losses.py)
         raise_on_bad_targets(x.device)

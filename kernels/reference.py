@@ -41,22 +41,25 @@ def linear_gelu(x, weight, bias=None, upcast=False):
     return y.to(x.dtype) if upcast else y
 
 
-def cross_entropy(logits, targets, ignore_index=-1, upcast=False):
+def cross_entropy(logits, targets, ignore_index=-1, vocab_size=None, upcast=False):
     """Mean cross-entropy over the rows whose target != ignore_index; logits (..., V), targets (...).
 
     A batch where every target is ignored has a defined loss of 0 (and zero gradients), not NaN.
+    vocab_size (default V): the classes, when the last dim is padded past them; the padding
+    columns are cut off, so they take no probability, get zero gradients, and a target there is
+    out of range (an IndexError, as for any target >= V, from F.cross_entropy on a CPU).
     """
-    logits = _up(logits.reshape(-1, logits.shape[-1]), upcast)
+    logits = _up(logits.reshape(-1, logits.shape[-1])[:, :vocab_size], upcast)
     targets = targets.reshape(-1)
     total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     kept = (targets != ignore_index).sum().clamp(min=1)
     return total.float() / kept
 
 
-def linear_cross_entropy(x, weight, targets, ignore_index=-1, upcast=False):
+def linear_cross_entropy(x, weight, targets, ignore_index=-1, vocab_size=None, upcast=False):
     """cross_entropy(x @ weight.T, targets): the LM head and the loss; x (..., C), weight (V, C)."""
     logits = F.linear(_up(x, upcast), _up(weight, upcast))
-    return cross_entropy(logits, targets, ignore_index=ignore_index)
+    return cross_entropy(logits, targets, ignore_index=ignore_index, vocab_size=vocab_size)
 
 
 def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=False):

@@ -50,13 +50,15 @@ def _cases():
     y, h = ops.linear_gelu(xw, ww, bw, True)
     cases.append(("linear_gelu_backward", (torch.randn_like(y), h.detach(), True)))
 
-    logits, targets = _leaf(2, 9, 50), torch.randint(0, 50, (2, 9), device=DEVICE)
+    logits, targets = _leaf(2, 9, 50), torch.randint(0, 45, (2, 9), device=DEVICE)  # classes: 45 or all 50
     targets[0, :3] = -1
-    cases.append(("cross_entropy", (logits, targets, -1)))
-    _, lse = ops.cross_entropy(logits, targets, -1)
-    cases.append(("cross_entropy_backward", (torch.tensor(0.5, device=DEVICE), logits.detach(), targets, lse, -1)))
-    cases += [("linear_cross_entropy", (_leaf(2, 9, 16), _leaf(50, 16), targets, -1, True, True)),
-              ("linear_cross_entropy", (_leaf(2, 9, 16, grad=False), _leaf(50, 16, grad=False), targets, -1, False, False))]
+    cases += [("cross_entropy", (logits, targets, -1, None)), ("cross_entropy", (logits, targets, -1, 45))]
+    _, lse = ops.cross_entropy(logits, targets, -1, 45)
+    cases.append(("cross_entropy_backward", (torch.tensor(0.5, device=DEVICE), logits.detach(), targets, lse, -1, 45)))
+    frozen = (_leaf(2, 9, 16, grad=False), _leaf(50, 16, grad=False))
+    cases += [("linear_cross_entropy", (_leaf(2, 9, 16), _leaf(50, 16), targets, -1, None, True, True)),
+              ("linear_cross_entropy", (_leaf(2, 9, 16), _leaf(64, 16), targets, -1, 50, True, True)),
+              ("linear_cross_entropy", (*frozen, targets, -1, None, False, False))]
 
     qkv = _leaf(1, 20, 3, 2, 16)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)

@@ -111,7 +111,8 @@ def _bad_target_loss(fused, targets):
     run; -> loss and the gradient(s)."""
     t = torch.tensor(targets, device=DEVICE)
     if fused:
-        x, w = torch.randn(4, 8, device=DEVICE, requires_grad=True), torch.randn(10, 8, device=DEVICE, requires_grad=True)
+        x = torch.randn(4, 8, device=DEVICE, requires_grad=True)
+        w = torch.randn(10, 8, device=DEVICE, requires_grad=True)
         loss = kernels.linear_cross_entropy(x, w, t)
         leaves = [x, w]
     else:
@@ -153,6 +154,52 @@ def test_out_of_range_target_on_a_gpu_is_recorded_then_raised(targets, words, fu
     loss, grads = _bad_target_loss(fused, [1, 9, 0, -1])
     kernels.raise_on_bad_targets(DEVICE)
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+
+
+# ----------------------------------------------------------------------------- a padded vocabulary
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block", [32, 4096], ids=["3-blocks", "1-block"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_padding_past_vocab_size_takes_no_probability(fused, block, dtype, monkeypatch):
+    """65 classes padded to 128 columns, the padding's logits the largest of each row: loss and
+    gradients equal the reference's on the 65 columns alone (the padding cut off), and the
+    padding's gradient is exactly zero. With 32-column blocks the classes end inside a block."""
+    monkeypatch.setattr(losses, "MAX_BLOCK_V", block)
+    M, C, V, vocab = 37, 16, 128, 65
+    targets = _targets((M,), vocab)
+    if fused:
+        x = torch.randn(M, C, device=DEVICE)
+        w = torch.randn(V, C, device=DEVICE) / C**0.5
+        w[vocab:] = x.mean(0) * 4  # padding rows along the rows' common direction: big logits
+        inputs, names = [x.to(dtype), w.to(dtype)], ["loss", "dx", "dweight"]
+        fn, ref_fn = kernels.linear_cross_entropy, reference.linear_cross_entropy
+        monkeypatch.setattr(lm_head, "LOGITS_BUDGET_BYTES", 16 * V * 4)  # several chunks
+    else:
+        logits = torch.randn(M, V, device=DEVICE)
+        logits[:, vocab:] += 10.0
+        inputs, names = [logits.to(dtype)], ["loss", "dlogits"]
+        fn, ref_fn = kernels.cross_entropy, reference.cross_entropy
+    out = check(fn, ref_fn, inputs, targets, names, vocab_size=vocab)
+    # (softmax - onehot) * scale is exactly 0 only where the probability is exactly 0
+    grad_padding = out[-1][vocab:] if fused else out[-1][:, vocab:]  # dW's rows, dlogits' columns
+    assert grad_padding.numel() and not grad_padding.any()
+    # the padding is not the vocabulary: a target there is out of range
+    targets[3] = 100
+    with pytest.raises(ValueError, match=r"outside the vocabulary of 65 classes, such as class id 100 "):
+        fn(*inputs, targets, vocab_size=vocab)  # raises here on a CPU
+        kernels.raise_on_bad_targets(DEVICE)  # where a GPU's op leaves it
+
+
+@pytest.mark.parametrize("vocab_size", [0, 129])
+def test_vocab_size_must_fit_the_columns(vocab_size):
+    logits, t = torch.randn(4, 128, device=DEVICE), torch.randint(0, 10, (4,), device=DEVICE)
+    with pytest.raises(ValueError, match=f"vocab_size must be from 1 to the 128 columns of the logits, got {vocab_size}"):
+        kernels.cross_entropy(logits, t, vocab_size=vocab_size)
+    with pytest.raises(ValueError, match="linear_cross_entropy: vocab_size must be from 1"):
+        kernels.linear_cross_entropy(torch.randn(4, 8, device=DEVICE), torch.randn(128, 8, device=DEVICE), t,
+                                     vocab_size=vocab_size)
 
 
 # ----------------------------------------------------------------------------- linear_cross_entropy

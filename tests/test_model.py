@@ -1,5 +1,7 @@
 """The reference GPT-2: config checks, loss, backends' interchangeable state, generation."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,8 @@ def tiny(**kw):
         (dict(backend="jax"), "backend"),
         (dict(n_layer=0), "n_layer"),
         (dict(dropout=1.0), "dropout"),
+        (dict(real_vocab_size=98), "real_vocab_size"),
+        (dict(real_vocab_size=0), "real_vocab_size"),
     ],
 )
 def test_bad_config_names_the_field(kw, field):
@@ -31,6 +35,13 @@ def test_bad_config_names_the_field(kw, field):
 
 def test_pad_vocab():
     assert pad_vocab(50257) == 50304 and pad_vocab(64) == 64 and pad_vocab(65) == 128
+
+
+def test_real_vocab_size_defaults_to_vocab_size():
+    """A config without it (as in checkpoints written before it existed) has no padding."""
+    old = {k: v for k, v in tiny().to_dict().items() if k != "real_vocab_size"}
+    assert GPTConfig(**old).real_vocab_size == 97
+    assert tiny(vocab_size=128, real_vocab_size=65).to_dict()["real_vocab_size"] == 65
 
 
 def test_shapes_and_too_long_input():
@@ -143,6 +154,62 @@ def test_backends_train_alike():
     assert losses[0][-1] < losses[0][0] - 0.5
     for la, lb in zip(*losses):
         assert abs(la - lb) <= 1e-3 * abs(la)
+
+
+# ----------------------------------------------------------------------------- a padded vocabulary
+# 65 tokens padded to 128 for matmul speed (as the trainer pads a character vocabulary).
+
+
+def _padded(backend, loud=False):
+    """A model with 65 real tokens of 128; with loud=True the padding rows of the tied embedding /
+    LM head are large, so that unmasked they would take nearly all the probability."""
+    torch.manual_seed(1)
+    model = GPT(tiny(vocab_size=128, real_vocab_size=65, backend=backend)).to(DEVICE)
+    if loud:
+        with torch.no_grad():
+            model.lm_head.weight[65:] = torch.randn(63, 32, device=DEVICE)
+    return model
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_loss_at_init_is_ln_of_the_real_vocabulary(backend):
+    """Near-uniform logits at init: the loss starts at ln 65 = 4.17, not ln 128 = 4.85."""
+    model = _padded(backend)
+    idx, targets = torch.randint(0, 65, (4, 32), device=DEVICE), torch.randint(0, 65, (4, 32), device=DEVICE)
+    assert abs(model(idx, targets).item() - math.log(65)) < 0.05
+
+
+def test_padding_takes_no_probability_and_backends_agree():
+    """Padding rows that would dominate: logits -inf there (softmax exactly 0), the loss that of the
+    65 real columns alone, their LM-head rows' gradient exactly 0; both backends equal."""
+    a, b = _padded("torch", loud=True), _padded("triton", loud=True)
+    idx, targets = torch.randint(0, 65, (2, 23), device=DEVICE), torch.randint(0, 65, (2, 23), device=DEVICE)
+    targets[0, :4] = -1
+    with torch.no_grad():
+        la, lb = a(idx), b(idx)
+    for logits in (la, lb):
+        assert logits.shape == (2, 23, 128) and torch.all(logits[..., 65:] == float("-inf"))
+        assert torch.all(torch.softmax(logits, -1)[..., 65:] == 0)
+    assert_parity(lb[..., :65], la[..., :65], la[..., :65], "logits")
+    expected = F.cross_entropy(la[..., :65].reshape(-1, 65), targets.view(-1), ignore_index=-1)
+    losses = [a(idx, targets), b(idx, targets)]
+    for model, loss in zip((a, b), losses):
+        assert_parity(loss, expected, expected, "loss")
+        loss.backward()
+        assert not model.lm_head.weight.grad[65:].any()
+    ga, gb = dict(a.named_parameters()), dict(b.named_parameters())
+    for name in ga:
+        assert_parity(gb[name].grad, ga[name].grad, ga[name].grad, name)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_generation_never_samples_a_padded_id(backend):
+    model = _padded(backend, loud=True).eval()
+    idx = torch.randint(0, 65, (8, 3), device=DEVICE)
+    for kw in (dict(temperature=1.0), dict(temperature=2.0, top_k=100), dict(temperature=1.0, top_p=0.99),
+               dict(temperature=0.0)):
+        out = model.generate(idx, 5, **kw)
+        assert out.max() < 65, kw
 
 
 def test_greedy_generation_with_cache_equals_without():

@@ -24,7 +24,7 @@ import train.__main__ as train_command
 import train.loop as train_loop
 import train.sample as sample_command
 from conftest import ROOT
-from gpt import GPT
+from gpt import GPT, pad_vocab
 from train import checkpoint
 from train.cli import run_cli
 from train.config import load_config
@@ -155,6 +155,14 @@ def test_metrics_file_starts_with_where_and_how_it_ran(straight):
     for key in ("device_name", "torch", "triton", "git_commit", "created_utc", "tokens_per_step"):
         assert key in first, key
     assert first["config"]["max_iters"] == 20 and first["model"]["n_layer"] == 1
+
+
+def test_padded_vocabulary_keeps_its_real_size(straight, small_ds):
+    """The trainer pads the dataset's vocabulary for matmul speed and gives the model the real
+    size, so the padding takes no probability; checkpoints record both."""
+    V = prep.load(small_ds).vocab_size
+    args = checkpoint.read(f"{straight}/ckpt_00000020.pt")["model_args"]
+    assert args["vocab_size"] == pad_vocab(V) > V and args["real_vocab_size"] == V
 
 
 # ----------------------------------------------------------------------------- resume
@@ -440,7 +448,7 @@ def test_out_of_range_target_stops_the_run_at_the_log_step(small_ds, tmp_path, m
     monkeypatch.setattr(Batches, "get", get)
     args = tiny(small_ds, str(tmp_path), backend="triton", max_iters=4, eval_iters=1, log_interval=2, dropout=0.0,
                 batch_size=2, block_size=8, gradient_accumulation_steps=1)
-    with pytest.raises(ValueError, match=r"\d target\(s\) outside the vocabulary of \d+ classes, such as class id 1000 "):
+    with pytest.raises(ValueError, match=r"target\(s\) outside the vocabulary of \d+ classes, such as class id 1000 "):
         train(load_config(args))
     assert seen[-1] == ("train", 1)  # the next step ran (nothing waited for the device), then the stop named it
 

@@ -159,7 +159,7 @@ class Trainer:
             model = GPT(
                 GPTConfig(block_size=cfg.block_size, vocab_size=pad_vocab(self.ds.vocab_size), n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
-                          backend=cfg.backend)
+                          backend=cfg.backend, real_vocab_size=self.ds.vocab_size)  # the padding takes no probability
             )
         else:
             self.log(f"initialising from the pretrained {cfg.init_from}")
@@ -170,7 +170,7 @@ class Trainer:
             )
         for key in SHAPE_KEYS:  # the config records the shape actually trained
             setattr(cfg, key, getattr(model.config, key))
-        self.batches.check_vocab(model.config.vocab_size)
+        self.batches.check_vocab(model.config.real_vocab_size)
         model.to(self.device)
         kernels.raise_on_bad_targets(self.device)  # makes the kernels' record of bad targets before any graph capture
         self.raw_model = model
