@@ -35,9 +35,22 @@ def gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
 
 
-def linear_gelu(x, weight, bias=None, upcast=False):
-    """gelu_tanh(x @ weight.T + bias); x (..., K), weight (N, K) as in nn.Linear, bias (N,) or None."""
-    y = gelu_tanh(F.linear(_up(x, upcast), _up(weight, upcast), _up(bias, upcast)))
+def gelu_exact(x):
+    """The exact GELU of GPT-NeoX (Pythia) and Cerebras-GPT: 0.5 * x * (1 + erf(x / sqrt(2)))."""
+    return F.gelu(x)
+
+
+def gelu(x, approximate="tanh"):
+    """gelu_tanh (approximate="tanh") or gelu_exact (approximate="none"), as F.gelu names them."""
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return gelu_tanh(x) if approximate == "tanh" else gelu_exact(x)
+
+
+def linear_gelu(x, weight, bias=None, upcast=False, approximate="tanh"):
+    """gelu(x @ weight.T + bias); x (..., K), weight (N, K) as in nn.Linear, bias (N,) or None;
+    the tanh GELU by default, the exact erf one with approximate="none"."""
+    y = gelu(F.linear(_up(x, upcast), _up(weight, upcast), _up(bias, upcast)), approximate)
     return y.to(x.dtype) if upcast else y
 
 
@@ -62,24 +75,63 @@ def linear_cross_entropy(x, weight, targets, ignore_index=-1, vocab_size=None, u
     return cross_entropy(logits, targets, ignore_index=ignore_index, vocab_size=vocab_size)
 
 
-def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=False):
-    """softmax(q k^T / sqrt(D) [causal]) v over q, k, v (B, H, T, D).
+def attention_mask(T, S, window=0, device=None):
+    """(T, S) bool, True where query t may see key s: the causal mask of T queries that are the
+    last T of S positions (query t sits at position S - T + t), and with window > 0 only the last
+    `window` positions up to the query's own (itself included), as GPT-Neo's local attention."""
+    q_pos = torch.arange(S - T, S, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+    keep = k_pos <= q_pos
+    if window:
+        keep = keep & (q_pos - k_pos < window)
+    return keep
 
+
+def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=False, scale=None, window=0):
+    """softmax(q k^T * scale [causal]) v over q, k, v (B, H, T, D); scale defaults to 1 / sqrt(D).
+
+    With window > 0 (causal only), each query sees only the last `window` positions, its own
+    included (attention_mask above). The T queries are the last T of the S keys' positions.
     Dropout on the attention probabilities: either drawn here with probability `dropout_p`, or
-    given as `dropout_mask` (B, H, T, T) of kept positions (the mask a kernel used, for tests);
+    given as `dropout_mask` (B, H, T, S) of kept positions (the mask a kernel used, for tests);
     kept probabilities are scaled by 1 / (1 - dropout_p).
     """
+    if window and not causal:
+        raise ValueError("attention: a window needs causal=True")
     dtype = q.dtype
     q, k, v = _up(q, upcast), _up(k, upcast), _up(v, upcast)
     T, S = q.shape[-2], k.shape[-2]
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, S)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    att = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
     if causal:
-        keep = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-        att = att.masked_fill(~keep, float("-inf"))
+        att = att.masked_fill(~attention_mask(T, S, window, q.device), float("-inf"))
     att = torch.softmax(att, dim=-1)
     if dropout_mask is not None:
         att = att * dropout_mask.to(att.dtype) / (1.0 - dropout_p)
     elif dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     y = att @ v  # (B, H, T, D)
+    return y.to(dtype) if upcast else y
+
+
+def rotary(x, cos, sin, interleaved=False, upcast=False):
+    """Rotary position embedding of x (..., T, H, D): the leading R = 2 * cos.shape[-1] dims of
+    each head turned, pair by pair, by the angles of its position; the other D - R pass through.
+
+    cos, sin (T, R/2): cos and sin of position t times frequency i. A pair is dims (i, i + R/2)
+    (GPT-NeoX's halves) or, with interleaved, dims (2i, 2i + 1) (GPT-J's pairs); each pair (a, b)
+    becomes (a cos - b sin, b cos + a sin). Without upcast the tables are cast to x's dtype first.
+    """
+    dtype = x.dtype
+    x = _up(x, upcast)
+    R = 2 * cos.shape[-1]
+    cos, sin = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]  # (T, 1, R/2)
+    turned, rest = x[..., :R], x[..., R:]
+    if interleaved:
+        a, b = turned[..., 0::2], turned[..., 1::2]
+    else:
+        a, b = turned[..., : R // 2], turned[..., R // 2 :]
+    a2, b2 = a * cos - b * sin, b * cos + a * sin
+    turned = torch.stack((a2, b2), dim=-1).flatten(-2) if interleaved else torch.cat((a2, b2), dim=-1)
+    y = torch.cat((turned, rest), dim=-1)
     return y.to(dtype) if upcast else y
