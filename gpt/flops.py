@@ -4,10 +4,16 @@ FLOPs per token of a training step (forward + backward):
 
     6 * N + 12 * n_layer * n_embd * T
 
-N counts the parameters that take part in matmuls: the weights of every Linear, with the token
-embedding counted once (it is tied to the LM head, where it is a matmul) and the position
-embedding, LayerNorms and biases left out. The second term is attention's QK^T and PV over a
-context of T (the full square, as in PaLM's appendix and nanoGPT; the causal half is not taken off).
+N counts the parameters that take part in matmuls: the weights of every Linear, the LM head
+once (tied, it is the token embedding; untied, the token embedding beside it is a lookup, no
+matmul), the position embedding, LayerNorms and biases left out. The family options change
+nothing here but the attention term: rotary has no position embedding anyway, a parallel
+residual runs the same matmuls. The second term is attention's QK^T and PV over a context of T
+(the full square, as in PaLM's appendix and nanoGPT; the causal half is not taken off), each
+query of a local layer seeing min(T, window_size) keys instead.
+
+num_params is the other count: every parameter (an untied LM head and the token embedding both
+count), the N of Chinchilla's and Cerebras-GPT's 20 tokens per parameter.
 """
 
 # Dense bf16 peak (FLOP/s) by device name, without sparsity.
@@ -26,9 +32,25 @@ def matmul_params(config):
     return L * per_layer + config.vocab_size * C  # + the LM head (tied token embedding)
 
 
+def num_params(config):
+    """Every parameter of GPT(config), from the config alone."""
+    C, V, b = config.n_embd, config.vocab_size, config.bias
+    ln = C + (C if b else 0)
+    per_layer = 12 * C * C + ln * (1 if config.shared_ln else 2)
+    if b:
+        per_layer += 3 * C * config.qkv_bias + C * config.attn_proj_bias + 4 * C + C  # c_attn, attn/mlp c_proj, c_fc
+    n = config.n_layer * per_layer + V * C + ln  # + the token embedding (the tied head) + ln_f
+    if config.position_embedding == "learned":
+        n += config.block_size * C
+    if not config.tie_embeddings:
+        n += V * C
+    return n + (V if config.lm_head_bias else 0)
+
+
 def flops_per_token(config, T):
     """Training FLOPs (forward + backward) per token at sequence length T."""
-    return 6 * matmul_params(config) + 12 * config.n_layer * config.n_embd * T
+    keys = sum(min(T, config.layer_window(i) or T) for i in range(config.n_layer))  # keys per query, all layers
+    return 6 * matmul_params(config) + 12 * config.n_embd * keys
 
 
 def peak_flops(device_name):

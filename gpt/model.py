@@ -1,9 +1,13 @@
-"""GPT-2: nanoGPT's architecture and parameter names, with two interchangeable op backends.
+"""GPT-2: nanoGPT's architecture and parameter names, with two interchangeable op backends,
+and the options of GPTConfig that make it a GPT-NeoX (Pythia), GPT-J, GPT-Neo or Cerebras-GPT.
 
 backend="torch": stock PyTorch ops (the references of `kernels.reference`, attention through
 F.scaled_dot_product_attention). backend="triton": the public ops of `kernels`. Both hold the
 same parameters under the same names, so one state_dict moves between them. The backend is
 picked once, when the modules are built: each module takes its ops from gpt.backends.OPS.
+The family options are fixed when the modules are built too: a block with a parallel residual
+or without ln_2 simply has a different forward, and the rotary angles of the positions run are
+made once per forward and handed to every attention.
 """
 
 import math
@@ -11,11 +15,11 @@ import numbers
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from gpt.backends import OPS
+from gpt.backends import OPS, sdpa, unsupported
 from gpt.config import GPTConfig
-from gpt.hf import load_hf_gpt2, save_hf_gpt2
+from gpt.hf import load_hf, save_hf
+from kernels import reference
 
 
 # ----------------------------------------------------------------------------- modules
@@ -26,40 +30,48 @@ class LayerNorm(nn.Module):
     x; ln(x, y) is the residual add in front of it too, returning (x + y, its LayerNorm): on the
     triton backend one fused op, which reads the stream once and writes both once."""
 
-    def __init__(self, ndim, bias, backend):
+    def __init__(self, config):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-        self._op = OPS[backend]["layer_norm"]
-        self._add_op = OPS[backend]["add_layer_norm"]
+        self.weight = nn.Parameter(torch.ones(config.n_embd))
+        self.bias = nn.Parameter(torch.zeros(config.n_embd)) if config.bias else None
+        self.eps = config.layer_norm_eps
+        self._op = OPS[config.backend]["layer_norm"]
+        self._add_op = OPS[config.backend]["add_layer_norm"]
 
     def forward(self, x, y=None):
         if y is None:
-            return self._op(x, self.weight, self.bias, 1e-5)
-        return self._add_op(x, y, self.weight, self.bias, 1e-5)
+            return self._op(x, self.weight, self.bias, self.eps)
+        return self._add_op(x, y, self.weight, self.bias, self.eps)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer=0):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias and config.qkv_bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias and config.attn_proj_bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.scale = None if config.scaled_attention else 1.0  # None: SDPA's 1/sqrt(hs)
+        self.window = config.layer_window(layer)  # 0: every earlier position
+        self.interleaved = config.rotary_style == "pairs"
         self._attention = OPS[config.backend]["attention"]
 
-    def forward(self, x, cache=None):
+    def forward(self, x, rope=None, cache=None):
+        """x (B, T, C); rope: None, or the (cos, sin) tables (T, R/2) of the positions x holds."""
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs), a view
+        rotary = None if rope is None else (*rope, self.interleaved)
         if cache is None:
-            y = self._attention(qkv, self.dropout if self.training else 0.0)  # (B, T, nh, hs)
+            y = self._attention(qkv, self.dropout if self.training else 0.0, self.scale, self.window, rotary)
         else:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
-            k, v = cache.append(k, v)  # (B, nh, T_cached + T, hs)
-            # a prompt attends causally; one new token sees every cached position
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1).transpose(1, 2)
+            q, k, v = qkv.unbind(2)  # (B, T, nh, hs) each
+            if rotary is not None:  # the cache holds the keys already turned to their positions
+                q, k = reference.rotary(q, *rotary), reference.rotary(k, *rotary)
+            k, v = cache.append(k.transpose(1, 2), v.transpose(1, 2))  # (B, nh, T_cached + T, hs)
+            # the T new queries are the last T positions: causal among themselves, all the cache before
+            y = sdpa(q.transpose(1, 2), k, v, 0.0, self.scale, self.window).transpose(1, 2)  # (B, T, nh, hs)
         y = y.reshape(B, T, C)  # (B, T, C); a view where y is (B, T, nh, hs) contiguous
         return self.resid_dropout(self.c_proj(y))
 
@@ -70,28 +82,39 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = "tanh" if config.gelu == "tanh" else "none"
         self._up = OPS[config.backend]["mlp_up"]
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self._up(x, self.c_fc)))
+        return self.dropout(self.c_proj(self._up(x, self.c_fc, self.approximate)))
 
 
 class Block(nn.Module):
     """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)), with every LayerNorm that follows a residual
     add taking that add in: the block gets the stream x and h = ln_1(x) (made by whoever made x),
     and returns the stream after the attention's add and the MLP's output, which the LayerNorm
-    after it (the next block's ln_1, or ln_f) adds in."""
+    after it (the next block's ln_1, or ln_f) adds in.
 
-    def __init__(self, config):
+    With parallel_residual, x = x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-NeoX), or with shared_ln
+    x + attn(ln_1(x)) + mlp(ln_1(x)) and no ln_2 (GPT-J): the block returns x as it came and the
+    sum of both branches, which the LayerNorm after it adds in."""
+
+    def __init__(self, config, layer=0):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.backend)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.backend)
+        self.parallel = config.parallel_residual
+        self.shared_ln = config.shared_ln
+        self.ln_1 = LayerNorm(config)
+        self.attn = CausalSelfAttention(config, layer)
+        if not config.shared_ln:
+            self.ln_2 = LayerNorm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, h, cache=None):
-        x, h = self.ln_2(x, self.attn(h, cache))  # x + attn(ln_1(x)), and ln_2 of it
-        return x, self.mlp(h)
+    def forward(self, x, h, rope=None, cache=None):
+        if not self.parallel:
+            x, h = self.ln_2(x, self.attn(h, rope, cache))  # x + attn(ln_1(x)), and ln_2 of it
+            return x, self.mlp(h)
+        h_mlp = h if self.shared_ln else self.ln_2(x)
+        return x, self.attn(h, rope, cache) + self.mlp(h_mlp)
 
 
 class KVCache:
@@ -110,23 +133,36 @@ class KVCache:
         return self.k[:, :, : self.len], self.v[:, :, : self.len]
 
 
+def rotary_tables(positions, rotary_dim, base):
+    """(cos, sin), each (T, R/2) fp32: the angle of position p at pair i is p * base^(-2i/R)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=positions.device).float() / rotary_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, R/2)
+    return angles.cos(), angles.sin()
+
+
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise ValueError(f"GPT expects a GPTConfig, got {type(config).__name__}")
-        self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, config.bias, config.backend),
+        missing = unsupported(config)
+        if missing:
+            raise ValueError(
+                f"backend={config.backend!r} cannot run this model yet: {'; '.join(missing)}. Use backend='torch'"
             )
+        self.config = config
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.position_embedding == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config),
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.lm_head_bias)
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self._lm_head_loss = OPS[config.backend]["lm_head_loss"]
 
         # GPT-2 init: N(0, 0.02), with the residual projections scaled by 1/sqrt(2 * n_layer)
@@ -144,11 +180,15 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; the position embedding left out by default (the token embedding is
-        tied to the LM head, so it counts as a weight)."""
+        """Parameter count; by default without the embeddings that are only looked up: the position
+        embedding, and the token embedding where it is not tied to the LM head (tied, it is the
+        head's weight and counts)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
         return n
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
@@ -172,11 +212,17 @@ class GPT(nn.Module):
                 "crop the input to the last block_size tokens"
             )
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(pos)
+        else:  # rotary: the positions turn q and k inside each attention
+            rope = rotary_tables(pos, self.config.rotary_dim, self.config.rotary_base)
+        x = self.transformer.drop(x)
         blocks = self.transformer.h
         h = blocks[0].ln_1(x)
         for i, block in enumerate(blocks):
-            x, m = block(x, h, None if caches is None else caches[i])
+            x, m = block(x, h, rope, None if caches is None else caches[i])
             after = blocks[i + 1].ln_1 if i + 1 < len(blocks) else self.transformer.ln_f
             x, h = after(x, m)  # the MLP's residual add and the LayerNorm after it
         return h
@@ -238,10 +284,14 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, **overrides):
-        return load_hf_gpt2(cls, name_or_dir, **overrides)
+        """A GPT with the weights of a Hugging Face GPT-2 (Cerebras-GPT too), GPT-NeoX (Pythia),
+        GPT-J or GPT-Neo: a hub name or a local directory; overrides: dropout, backend."""
+        return load_hf(cls, name_or_dir, **overrides)
 
-    def save_pretrained(self, directory):
-        save_hf_gpt2(self, directory)
+    def save_pretrained(self, directory, family=None):
+        """Write `directory` for transformers' AutoModelForCausalLM, in the model's own family
+        (gpt2, gpt_neox, gptj, gpt_neo; `family` picks another that can hold it)."""
+        save_hf(self, directory, family)
 
 
 def check_generation(idx, max_new_tokens, temperature, top_k, top_p, vocab_size):

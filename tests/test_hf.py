@@ -1,4 +1,5 @@
-"""Hugging Face GPT-2 weights in and out, and the `kernels` name clash with HF's `kernels`."""
+"""Hugging Face GPT-2 weights in and out, and the `kernels` name clash with HF's `kernels`
+(the other families: tests/test_families.py)."""
 
 import subprocess
 import sys
@@ -61,7 +62,11 @@ def test_export_without_bias(tmp_path):
 
 def test_overrides_and_bad_source(hf_dir, tmp_path):
     path, _ = hf_dir
-    model = GPT.from_pretrained(str(path), dropout=0.1, backend="triton")
+    # head dim 12: the triton kernels lack it, so that backend refuses the model when it is built
+    with pytest.raises(ValueError, match="head dim n_embd / n_head = 12"):
+        GPT.from_pretrained(str(path), backend="triton")
+    small_hf(n_embd=64).save_pretrained(tmp_path / "hd16")
+    model = GPT.from_pretrained(str(tmp_path / "hd16"), dropout=0.1, backend="triton")
     assert model.config.dropout == 0.1 and model.config.backend == "triton"
     with pytest.raises(ValueError, match="override"):
         GPT.from_pretrained(str(path), n_layer=3)
