@@ -11,11 +11,19 @@ an impossible combination raises ConfigError with a one-line message naming it.
 
 import difflib
 import os
+import re
 from dataclasses import asdict, dataclass, fields
+
+from gpt import GPTConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 GPT2_PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias")  # the keys that fix a model's shape
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name on the Hugging Face hub
+# The model's family options: GPTConfig's keys of the same names (their defaults, GPT-2's, too).
+FAMILY_KEYS = ("position_embedding", "rotary_fraction", "rotary_base", "rotary_style", "parallel_residual", "shared_ln",
+               "tie_embeddings", "lm_head_bias", "qkv_bias", "attn_proj_bias", "gelu", "attention_pattern", "window_size",
+               "scaled_attention", "layer_norm_eps")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias") + FAMILY_KEYS  # recorded from the model actually trained
 
 
 class ConfigError(ValueError):
@@ -31,7 +39,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # else save only when val loss improves
-    init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face dir
+    init_from: str = "scratch"  # scratch | resume | gpt2* | a Hugging Face dir or hub name (GPT-2, GPT-NeoX, GPT-J, GPT-Neo)
     keep_last: int = 2  # checkpoints kept besides the best by val loss
     # logging
     wandb_log: bool = False  # wandb is imported only when this is on
@@ -50,7 +58,23 @@ class TrainConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = False
-    backend: str = "auto"  # auto (triton on a GPU, torch on a CPU) | torch | triton
+    backend: str = "auto"  # auto (triton on a GPU where it runs the model, else torch) | torch | triton
+    # the model's family (gpt.GPTConfig's options; the defaults make a GPT-2): see train/configs/pythia_70m.py
+    position_embedding: str = "learned"  # learned | rotary
+    rotary_fraction: float = 1.0  # share of each head's dims that rotary turns
+    rotary_base: float = 10000.0
+    rotary_style: str = "halves"  # halves (GPT-NeoX) | pairs (GPT-J)
+    parallel_residual: bool = False  # attention and MLP side by side (GPT-NeoX, GPT-J)
+    shared_ln: bool = False  # ... reading one LayerNorm (GPT-J)
+    tie_embeddings: bool = True  # the LM head is the token embedding
+    lm_head_bias: bool = False
+    qkv_bias: bool = True  # where bias is on
+    attn_proj_bias: bool = True  # where bias is on
+    gelu: str = "tanh"  # tanh | exact
+    attention_pattern: str = "global"  # per layer, repeated: global,local is GPT-Neo's
+    window_size: int = 0  # positions a local layer sees
+    scaled_attention: bool = True  # False: GPT-Neo's unscaled scores
+    layer_norm_eps: float = 1e-5
     # AdamW
     learning_rate: float = 6e-4
     max_iters: int = 600000
@@ -215,10 +239,11 @@ def check_resumed_shape(cfg, model_args):
     if cfg.init_from not in ("scratch", "resume"):
         return
     given = given_keys(cfg)
-    for key in SHAPE_KEYS:
-        if key in given and getattr(cfg, key) != model_args[key]:
+    saved = GPTConfig(**model_args)  # a checkpoint older than a key holds its default
+    for key in MODEL_KEYS:
+        if key in given and getattr(cfg, key) != getattr(saved, key):
             raise ConfigError(
-                f"config key '{key}' is {getattr(cfg, key)} but the checkpoint in {cfg.out_dir} has {model_args[key]}: "
+                f"config key '{key}' is {getattr(cfg, key)} but the checkpoint in {cfg.out_dir} has {getattr(saved, key)}: "
                 "a resumed run keeps its shape; drop the setting, or train the new shape into another out_dir"
             )
 
@@ -245,6 +270,11 @@ def validate(cfg, world_size=1):
         raise ConfigError(f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"config key 'n_embd' ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    try:  # the model's options and their combinations, as GPTConfig checks them
+        GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, bias=cfg.bias,
+                  **{key: getattr(cfg, key) for key in FAMILY_KEYS})
+    except ValueError as e:
+        raise ConfigError(re.sub(r"^GPTConfig\.(\w+)", r"config key '\1'", str(e))) from None
     if cfg.decay_lr and cfg.lr_decay_iters < cfg.warmup_iters:
         raise ConfigError(
             f"config key 'lr_decay_iters' ({cfg.lr_decay_iters}) must not be less than warmup_iters ({cfg.warmup_iters})"
@@ -260,13 +290,19 @@ def validate(cfg, world_size=1):
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"config key 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
-    if cfg.init_from not in ("scratch", "resume", *GPT2_PRESETS) and not os.path.isdir(cfg.init_from):
+    if not pretrained_source(cfg.init_from) and cfg.init_from not in ("scratch", "resume"):
         raise ConfigError(
-            f"config key 'init_from' must be scratch, resume, one of {', '.join(GPT2_PRESETS)} "
-            f"or a Hugging Face GPT-2 directory; got {cfg.init_from!r}"
+            f"config key 'init_from' must be scratch, resume, one of {', '.join(GPT2_PRESETS)}, a Hugging Face "
+            f"model directory or a hub name such as EleutherAI/pythia-70m; got {cfg.init_from!r}"
         )
     if cfg.gradient_accumulation_steps % world_size:
         raise ConfigError(
             f"config key 'gradient_accumulation_steps' ({cfg.gradient_accumulation_steps}) must be divisible by "
             f"the number of processes ({world_size}): the global batch is split evenly among them"
         )
+
+
+def pretrained_source(name):
+    """Whether init_from names pretrained Hugging Face weights: a GPT-2 preset, a local directory or
+    an owner/name on the hub (which from_pretrained fetches where a network is)."""
+    return name in GPT2_PRESETS or os.path.isdir(name) or bool(HUB_NAME.match(name))

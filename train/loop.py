@@ -24,14 +24,15 @@ from tqdm import tqdm
 import kernels
 import prep
 from gpt import GPT, GPTConfig, pad_vocab
+from gpt.hf import read_config
 from instrument import nvtx
 from instrument.run import run_info
 from train import checkpoint
-from train.config import SHAPE_KEYS, ConfigError, check_resumed_shape, validate
+from train.config import MODEL_KEYS, ConfigError, check_resumed_shape, validate
 from train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from train.health import BadSteps
 from train.metrics import Metrics
-from train.system import autocast, resolve_system, setup_device
+from train.system import autocast, fit_backend, resolve_system, setup_device
 
 
 class TrainingStopped(RuntimeError):
@@ -58,6 +59,7 @@ def learning_rate(step, cfg):
 class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
+        self.auto_backend = cfg.backend == "auto"  # resolved below; a model triton cannot run yet then runs on torch
         self._setup_processes()
         self._setup_data()
         self.last_good = None  # the newest checkpoint written from a finite state (or resumed from)
@@ -147,28 +149,43 @@ class Trainer:
                 "across machines out_dir must be on a shared file system"
             )
 
+    def _model_config(self, state):
+        """The GPTConfig to build: the checkpoint's, the config's own (from scratch), or the pretrained
+        model's (its config.json only; the weights are read once the backend is settled)."""
+        cfg = self.cfg
+        if state is not None:
+            return GPTConfig(**dict(state["model_args"], dropout=cfg.dropout, backend=cfg.backend))
+        if cfg.init_from == "scratch":
+            return GPTConfig(block_size=cfg.block_size, vocab_size=pad_vocab(self.ds.vocab_size),
+                             real_vocab_size=self.ds.vocab_size,  # the padding takes no probability
+                             dropout=cfg.dropout, backend=cfg.backend, **{key: getattr(cfg, key) for key in MODEL_KEYS})
+        try:
+            return read_config(cfg.init_from, dropout=cfg.dropout, backend=cfg.backend)
+        except ValueError as e:
+            raise ConfigError(f"config key 'init_from': {e}") from None
+
     def _setup_model(self, state):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        model_config = fit_backend(self._model_config(state), self.auto_backend, self.log)
+        cfg.backend = model_config.backend
         if state is not None:
             check_resumed_shape(cfg, state["model_args"])
-            args = dict(state["model_args"], dropout=cfg.dropout, backend=cfg.backend)
-            model = GPT(GPTConfig(**args))
+            model = GPT(model_config)
             model.load_state_dict(state["model"])
         elif cfg.init_from == "scratch":
-            model = GPT(
-                GPTConfig(block_size=cfg.block_size, vocab_size=pad_vocab(self.ds.vocab_size), n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
-                          backend=cfg.backend, real_vocab_size=self.ds.vocab_size)  # the padding takes no probability
-            )
+            model = GPT(model_config)
         else:
             self.log(f"initialising from the pretrained {cfg.init_from}")
-            model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout, backend=cfg.backend)
+            try:
+                model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout, backend=cfg.backend)
+            except ValueError as e:
+                raise ConfigError(f"config key 'init_from': {e}") from None
         if cfg.block_size > model.config.block_size:
             raise ConfigError(
                 f"config key 'block_size' ({cfg.block_size}) is longer than the model's ({model.config.block_size})"
             )
-        for key in SHAPE_KEYS:  # the config records the shape actually trained
+        for key in MODEL_KEYS:  # the config records the model actually trained
             setattr(cfg, key, getattr(model.config, key))
         self.batches.check_vocab(model.config.real_vocab_size)
         model.to(self.device)

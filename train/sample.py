@@ -1,31 +1,34 @@
-"""Sample text from a trained checkpoint or from a pretrained GPT-2.
+"""Sample text from a trained checkpoint or from pretrained Hugging Face weights.
 
     python -m train.sample --out_dir=out/shakespeare_char_cpu --start="ROMEO:" --num_samples=2
     python -m train.sample --init_from=gpt2 --start=FILE:prompt.txt --max_new_tokens=100
+    python -m train.sample --init_from=EleutherAI/pythia-70m --start="The" --max_new_tokens=50
 
 The prompt is encoded and the samples decoded with the dataset's tokenizer (read through
 prep.load from the dataset the checkpoint was trained on, found by the absolute path its run
-recorded, then relative to here, and refused when its fingerprint differs from the run's), or
-with tiktoken's gpt2 for gpt2*.
+recorded, then relative to here, and refused when its fingerprint differs from the run's; or
+from --dataset), with tiktoken's gpt2 for gpt2*, and with the model's own tokenizer (through
+transformers) for a Hugging Face directory or hub name that has one.
 """
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 import prep
 from gpt import GPT, GPTConfig
+from gpt.hf import read_config
 from train import checkpoint
 from train.cli import run_cli
-from train.config import GPT2_PRESETS, ConfigError, load_config
-from train.system import autocast, resolve_system
+from train.config import GPT2_PRESETS, ConfigError, load_config, pretrained_source
+from train.system import autocast, fit_backend, resolve_system
 
 
 @dataclass
 class SampleConfig:
-    init_from: str = "resume"  # resume (out_dir's newest readable checkpoint) | best | gpt2 | gpt2-medium | ...
+    init_from: str = "resume"  # resume (out_dir's newest readable checkpoint) | best | gpt2* | a Hugging Face dir or hub name
     out_dir: str = "out"
     dataset: str = ""  # the prepared dataset whose tokenizer to use; default: the checkpoint's
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
@@ -41,8 +44,9 @@ class SampleConfig:
 
 
 def _check(cfg):
-    if cfg.init_from not in ("resume", "best", *GPT2_PRESETS):
-        raise ConfigError(f"config key 'init_from' must be resume, best or one of {', '.join(GPT2_PRESETS)}; got {cfg.init_from!r}")
+    if cfg.init_from not in ("resume", "best") and not pretrained_source(cfg.init_from):
+        raise ConfigError(f"config key 'init_from' must be resume, best, one of {', '.join(GPT2_PRESETS)}, a Hugging Face "
+                          f"model directory or a hub name; got {cfg.init_from!r}")
     for key in ("num_samples", "max_new_tokens"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
@@ -56,15 +60,58 @@ def _check(cfg):
         raise ConfigError("config key 'start' is empty: give at least one token of prompt")
 
 
-def load_model(cfg):
-    """(model, encode, decode) as cfg says."""
-    resolve_system(cfg)
-    if cfg.init_from in GPT2_PRESETS:
+def _tokenizer_vocab(config, vocab_size):
+    """config with the ids past the tokenizer's vocabulary (a padded 65 -> 128, in a checkpoint
+    older than real_vocab_size too) masked, so that only ids the tokenizer knows can be sampled."""
+    return replace(config, real_vocab_size=min(config.real_vocab_size, vocab_size))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _hf_tokenizer(name_or_dir):
+    """The tokenizer saved with Hugging Face weights (a local directory must hold its files: without
+    them transformers would make an empty one)."""
+    missing = os.path.isdir(name_or_dir) and not any(os.path.isfile(os.path.join(name_or_dir, f)) for f in TOKENIZER_FILES)
+    try:
+        import transformers
+
+        if not missing:
+            return transformers.AutoTokenizer.from_pretrained(name_or_dir)
+    except (OSError, ValueError, TypeError):
+        pass
+    raise ConfigError(f"config key 'init_from': {name_or_dir} has no tokenizer that transformers reads; "
+                      "name a prepared dataset whose tokenizer to use with --dataset")
+
+
+def _pretrained(cfg, auto):
+    """(model, encode, decode) of Hugging Face weights, with their own tokenizer where they have one."""
+    try:
+        config = fit_backend(read_config(cfg.init_from, backend=cfg.backend), auto, lambda m: print(m, file=sys.stderr))
+        model = GPT.from_pretrained(cfg.init_from, backend=config.backend)
+    except ValueError as e:
+        raise ConfigError(f"config key 'init_from': {e}") from None
+    if cfg.dataset:
+        ds = prep.load(cfg.dataset)
+        encode, decode, vocab_size = ds.encode, ds.decode, ds.vocab_size
+    elif cfg.init_from in GPT2_PRESETS:
         import tiktoken
 
         enc = tiktoken.get_encoding("gpt2")
-        model = GPT.from_pretrained(cfg.init_from, backend=cfg.backend)
-        return model, (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+        encode, decode, vocab_size = (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode, enc.n_vocab
+    else:
+        tok = _hf_tokenizer(cfg.init_from)
+        encode, decode, vocab_size = tok.encode, tok.decode, len(tok)
+    model.config.real_vocab_size = min(model.config.real_vocab_size, vocab_size)  # read by each forward
+    return model, encode, decode
+
+
+def load_model(cfg):
+    """(model, encode, decode) as cfg says."""
+    auto = cfg.backend == "auto"
+    resolve_system(cfg)
+    if cfg.init_from not in ("resume", "best"):
+        return _pretrained(cfg, auto)
     if cfg.init_from == "best":
         path = f"{cfg.out_dir}/{checkpoint.BEST}"
         state = checkpoint.read(path)
@@ -73,15 +120,10 @@ def load_model(cfg):
         if state is None:
             raise ConfigError(f"config key 'out_dir': {cfg.out_dir!r} holds no checkpoint")
     ds = _dataset(cfg, state)
-    # The vocabulary was padded for speed (65 -> 128); drop the padding rows of the tied
-    # embedding / LM head so that only ids the tokenizer knows can be sampled.
-    args, weights = dict(state["model_args"]), state["model"]
-    if args["vocab_size"] > ds.vocab_size:
-        args["vocab_size"] = ds.vocab_size
-        for key in ("transformer.wte.weight", "lm_head.weight"):
-            weights[key] = weights[key][: ds.vocab_size]
-    model = GPT(GPTConfig(**args, dropout=0.0, backend=cfg.backend))
-    model.load_state_dict(weights)
+    config = GPTConfig(**state["model_args"], dropout=0.0, backend=cfg.backend)
+    config = _tokenizer_vocab(config, ds.vocab_size)
+    model = GPT(fit_backend(config, auto, lambda m: print(m, file=sys.stderr)))
+    model.load_state_dict(state["model"])
     print(f"sampling from {path} (step {state['step']})", file=sys.stderr)
     return model, ds.encode, ds.decode
 
