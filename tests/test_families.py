@@ -394,3 +394,13 @@ def test_export_refuses_what_the_family_cannot_hold(tmp_path):
     unscaled.save_pretrained(tmp_path / "u", family="gpt2")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "u").eval()
     assert _max_diff(unscaled, hf, torch.randint(0, V, (1, 40))) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["neox", "gptj", "neo"])
+def test_family_options_compile_in_one_graph(family):
+    """Rotary tables, window masks and parallel blocks trace with no graph break (fullgraph)."""
+    model = randomize(GPT(tiny(**FAMILY_OPTIONS[family]))).train()
+    idx = torch.randint(0, V, (2, 16))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    assert torch.allclose(compiled(idx, idx), model(idx, idx), atol=1e-6)
+    assert torch._dynamo.explain(model)(idx, idx).graph_break_count == 0
