@@ -112,3 +112,64 @@ def num_sms(device):
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2
+
+
+# ----------------------------------------------------------------------------- occupancy
+# What one streaming multiprocessor holds at once, by compute capability (major * 10 + minor):
+# 32-bit registers, shared memory in bytes (each CTA also takes 1 KiB of it for the system),
+# threads and CTAs; and the shared memory one CTA may ask for (smem_cta). sm_90 is H100 / H200,
+# sm_80 A100; the others for completeness.
+SM_LIMITS = {
+    80: dict(regs=65536, smem=167936, smem_cta=166912, threads=2048, ctas=32),
+    86: dict(regs=65536, smem=102400, smem_cta=101376, threads=1536, ctas=16),
+    89: dict(regs=65536, smem=102400, smem_cta=101376, threads=1536, ctas=24),
+    90: dict(regs=65536, smem=233472, smem_cta=232448, threads=2048, ctas=32),
+}
+SMEM_PER_CTA_RESERVED = 1024
+
+
+def ctas_per_sm(n_regs, num_warps, shared, limits):
+    """CTAs of a compiled kernel (n_regs registers a thread, num_warps warps, `shared` bytes of
+    shared memory) that one SM with `limits` (an SM_LIMITS entry) holds at once: the least of
+    what registers, shared memory, threads and the CTA slots allow, as CUDA's occupancy
+    calculator counts them (registers go out per warp in units of 256, from four quarters of
+    the register file; shared memory in units of 128 bytes)."""
+    regs_per_warp = -(-max(n_regs, 1) * 32 // 256) * 256
+    by_regs = (limits["regs"] // 4 // regs_per_warp) * 4 // num_warps
+    smem_per_cta = -(-(shared + SMEM_PER_CTA_RESERVED) // 128) * 128
+    by_smem = limits["smem"] // smem_per_cta
+    by_threads = limits["threads"] // (32 * num_warps)
+    return max(0, min(by_regs, by_smem, by_threads, limits["ctas"]))
+
+
+def sm_limits(device):
+    """SM_LIMITS of a CUDA device (from its properties where the table lacks its capability)."""
+    props = torch.cuda.get_device_properties(device)
+    arch = props.major * 10 + props.minor
+    if arch in SM_LIMITS:
+        return SM_LIMITS[arch]
+    return dict(
+        regs=props.regs_per_multiprocessor, smem=props.shared_memory_per_multiprocessor,
+        smem_cta=props.shared_memory_per_block_optin, threads=props.max_threads_per_multi_processor, ctas=16,
+    )
+
+
+_RESIDENT = {}  # (kernel, device, argument dtypes, meta) -> CTAs per SM
+
+
+def resident_ctas(kernel, args, meta, device):
+    """How many CTAs of `kernel`, compiled for these arguments and meta-parameters, one SM of
+    `device` holds at once: read from the compiled kernel's registers and shared memory, so a
+    persistent grid of this many CTAs per SM is exactly what runs at once. The kernel is
+    compiled here if it is not yet (the launch that follows reuses it); the answer is kept per
+    kernel, device, argument dtypes and meta-parameters. Under the interpreter: 2."""
+    if device.type != "cuda":
+        return 2
+    dtypes = tuple(a.dtype if isinstance(a, torch.Tensor) else type(a) for a in args)
+    key = (kernel, device.index, dtypes, tuple(sorted(meta.items())))
+    if key not in _RESIDENT:
+        compiled = kernel.warmup(*args, grid=(1,), **meta)
+        compiled._init_handles()  # loads the binary: fills n_regs
+        _RESIDENT[key] = max(1, ctas_per_sm(compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
+                                            sm_limits(device)))
+    return _RESIDENT[key]

@@ -23,15 +23,18 @@ backward programs):
 At GPT-2's (M, N) = (16384, 768) in bf16 layer_norm moves about 5 * M * N * 2 = 126 MB for fwd +
 bwd; add_layer_norm under bf16 autocast (x, s fp32; r, y bf16) 12 + 16 = 28 bytes an element,
 352 MB, against about 60 for the add, the LayerNorm, the casts and the gradient sum unfused.
-The partials (G = 2 * SMs = 264 on an H200) add about 3 MB.
+The partials (G = 5 * 132 = 660 programs on an H100, see below) add about 4 MB.
 
 Design, for a bandwidth-bound op:
 - forward: a program normalizes BLOCK_M rows at once (a (BLOCK_M, BLOCK_N) tile, BLOCK_N the
   next power of two of N), so narrow widths still give each program a few KB to load;
-- backward: a persistent-ish grid of G = min(row blocks, 2 * SMs) programs, each looping over
-  row blocks with a stride of G; each keeps its dweight / dbias sums in fp32 registers and
+- backward: a persistent grid of G = min(row blocks, CTAs per SM * SMs) programs, each looping
+  over row blocks with a stride of G; each keeps its dweight / dbias sums in fp32 registers and
   writes one row of a (G, N) fp32 partial buffer, which torch then sums over G. No locks or
-  atomics, and the partials stay small because G does not grow with M.
+  atomics, and the partials stay small because G does not grow with M. CTAs per SM is read
+  from the compiled kernel (its registers and shared memory, kernels.common.resident_ctas),
+  so the grid is exactly what the GPU holds at once whatever the dtypes, flags and Triton
+  version; `python -m bench.aot` records it (5 to 7 on sm_90 at GPT-2's width with Triton 3.9).
 - both are registered with torch.library (tritongpt::layer_norm, tritongpt::add_layer_norm and
   their _backward ops), so torch.compile keeps each as one node and fuses what is around it.
 """
@@ -42,9 +45,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import NAMESPACE, autocast_dtype, check_device, check_float, check_tensors, device_guard, num_sms
+from kernels.common import (
+    NAMESPACE, autocast_dtype, check_device, check_float, check_tensors, device_guard, num_sms, resident_ctas,
+)
 
 MAX_WIDTH = 65536  # one row must fit in one program's tile
+FWD_MAX_TILE = 4096  # elements of the forward's (BLOCK_M, BLOCK_N) tile
+# Elements of the backward's (BLOCK_M, BLOCK_N) tile: 2 rows of GPT-2's 768 (padded to 1024) on
+# 4 warps, 16 elements a thread, so that its registers (x, dy, xhat, dx, ds, in fp32) let several
+# CTAs share an SM; 8 rows on 8 warps took 170-220 registers, one CTA per SM.
+BWD_MAX_TILE = 2048
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -211,7 +221,7 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None, out_dtype=None):
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M > 0:
-        BLOCK_M, BLOCK_N, num_warps = _tile(N, max_tile=4096)
+        BLOCK_M, BLOCK_N, num_warps = _tile(N, max_tile=FWD_MAX_TILE)
         w = weight.contiguous()
         b = bias.contiguous() if bias is not None else w
         grid = (triton.cdiv(M, BLOCK_M),)
@@ -222,6 +232,12 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None, out_dtype=None):
                 BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
             )
     return (s.view(x.shape) if s is not None else None), y.view(x.shape), mean, rstd
+
+
+def bwd_programs(M, BLOCK_M, ctas_per_sm, sms):
+    """The backward's grid: as many programs as the GPU holds at once (CTAs per SM, read from
+    the compiled kernel, times SMs), fewer when there are fewer row blocks."""
+    return max(1, min(triton.cdiv(M, BLOCK_M), ctas_per_sm * sms))
 
 
 def layer_norm_bwd(dy, x, weight, bias, mean, rstd, ds=None, dx_dtype=None, dr_dtype=None):
@@ -235,19 +251,26 @@ def layer_norm_bwd(dy, x, weight, bias, mean, rstd, ds=None, dx_dtype=None, dr_d
     M = x2.shape[0]
     dx = torch.empty((M, N), dtype=dx_dtype or x.dtype, device=x.device)
     dr = torch.empty((M, N), dtype=dr_dtype, device=x.device) if dr_dtype is not None else None
-    BLOCK_M, BLOCK_N, num_warps = _tile(N, max_tile=8192)
-    G = max(1, min(triton.cdiv(M, BLOCK_M), 2 * num_sms(x.device)))
-    # every program writes its whole row of partials, so no zero-fill (M == 0: no program runs)
-    alloc = torch.empty if M > 0 else torch.zeros
-    dw_part = alloc((G, N), dtype=torch.float32, device=x.device)
-    db_part = alloc((G, N), dtype=torch.float32, device=x.device) if bias is not None else dw_part
-    if M > 0:
-        with device_guard(x):
+    BLOCK_M, BLOCK_N, num_warps = _tile(N, max_tile=BWD_MAX_TILE)
+    meta = dict(
+        HAS_DS=ds is not None, STORE_DR=dr is not None, HAS_BIAS=bias is not None,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
+    )
+    w = weight.contiguous()
+    with device_guard(x):
+        G = 1
+        if M > 0:  # the partials are (G, N): G is needed first, and comes from the compiled kernel
+            args = (x2, dy2, ds2, dx, dr if dr is not None else dx, w, mean, rstd, mean, mean,
+                    x2.stride(0), dy2.stride(0), ds2.stride(0), M, N)
+            G = bwd_programs(M, BLOCK_M, resident_ctas(_layer_norm_bwd_kernel, args, meta, x.device), num_sms(x.device))
+        # every program writes its whole row of partials, so no zero-fill (M == 0: no program runs)
+        alloc = torch.empty if M > 0 else torch.zeros
+        dw_part = alloc((G, N), dtype=torch.float32, device=x.device)
+        db_part = alloc((G, N), dtype=torch.float32, device=x.device) if bias is not None else dw_part
+        if M > 0:
             _layer_norm_bwd_kernel[(G,)](
-                x2, dy2, ds2, dx, dr if dr is not None else dx, weight.contiguous(), mean, rstd, dw_part, db_part,
-                x2.stride(0), dy2.stride(0), ds2.stride(0), M, N,
-                HAS_DS=ds is not None, STORE_DR=dr is not None, HAS_BIAS=bias is not None,
-                BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
+                x2, dy2, ds2, dx, dr if dr is not None else dx, w, mean, rstd, dw_part, db_part,
+                x2.stride(0), dy2.stride(0), ds2.stride(0), M, N, **meta,
             )
     dweight = dw_part.sum(0).to(weight.dtype)
     dbias = db_part.sum(0).to(bias.dtype) if bias is not None else None
