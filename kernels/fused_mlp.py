@@ -56,17 +56,19 @@ def _config(bm, bn, bk, group_m, warps, stages):
     )
 
 
-# Curated for Hopper (H100/H200, 228 KB of shared memory per SM) in bf16/fp16; the large tiles
-# feed wgmma, the small ones serve few rows (generation) and fp32 inputs, whose large-tile
-# pipelines do not fit in shared memory (the autotuner skips configs that fail to compile).
+# Curated for Hopper (H100/H200, 227 KB of shared memory per CTA) in bf16/fp16: every one uses
+# wgmma and none spills registers on sm_90 (`python -m bench.aot` compiles each, and
+# tests/test_aot.py holds them to it). The 128x256 and 256x128 tiles run on 16 warps: on 8 their
+# 128 fp32 accumulators a thread plus the GELU epilogue took all 255 registers and spilled. The
+# large tiles feed wgmma; the small ones serve few rows (generation) and fp32 inputs.
 HOPPER_CONFIGS = [
-    _config(128, 256, 64, 8, 8, 3),
-    _config(128, 256, 64, 8, 8, 4),
-    _config(256, 128, 64, 8, 8, 3),
+    _config(128, 256, 64, 8, 16, 3),
+    _config(256, 128, 64, 8, 16, 3),
+    _config(128, 128, 64, 8, 8, 3),
     _config(128, 128, 64, 8, 8, 4),
-    _config(128, 128, 64, 8, 4, 4),
+    _config(128, 128, 32, 8, 8, 4),
+    _config(128, 64, 64, 8, 4, 4),
     _config(64, 128, 64, 8, 4, 4),
-    _config(128, 128, 32, 8, 4, 4),
     _config(64, 64, 32, 8, 4, 4),
 ]
 # Without autotuning: under the interpreter a small tile that still spans several row, column
@@ -74,6 +76,28 @@ HOPPER_CONFIGS = [
 # fits in shared memory for every dtype, fp32 included.
 SINGLE_CONFIG = _config(32, 64, 32, 2, 4, 1) if INTERPRET else _config(128, 128, 32, 8, 8, 3)
 CONFIGS = HOPPER_CONFIGS if AUTOTUNE else [SINGLE_CONFIG]
+SHARED_MEMORY_BYTES = 227 * 1024  # what one CTA may use on sm_90
+
+
+def pipeline_bytes(config, itemsize):
+    """Shared memory of a config's operand pipeline: num_stages tiles of x and of W.T."""
+    k = config.kwargs
+    return config.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * itemsize
+
+
+def configs_that_fit(configs, named_args, **kwargs):
+    """The autotuner's early pruning: only the configs whose pipeline fits in shared memory for
+    the inputs' element size (all of them in 16-bit; the smaller ones in fp32), so the tuner
+    never compiles a config that cannot be launched."""
+    itemsize = named_args["x_ptr"].dtype.itemsize
+    return [c for c in configs if pipeline_bytes(c, itemsize) <= SHARED_MEMORY_BYTES]
+
+
+def rows_bucket(M):
+    """The autotune key's row count: M rounded up to a power of two (at most 2^16), so that new
+    batch sizes and prompt lengths reuse a tuned config instead of tuning again."""
+    return min(triton.next_power_of_2(max(M, 1)), 2**16)
+
 
 # The elementwise backward pass: fixed tiles, memory-bound.
 BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 128, 8
@@ -96,7 +120,9 @@ def _gelu_sigmoid(h):
     return tl.sigmoid(tl.minimum(tl.maximum(two_u, -80.0), 80.0))
 
 
-@triton.autotune(configs=CONFIGS, key=["M", "N", "K"])
+@triton.autotune(
+    configs=CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": configs_that_fit}
+)
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _linear_gelu_fwd_kernel(
@@ -108,6 +134,7 @@ def _linear_gelu_fwd_kernel(
     M, N, K,
     stride_xm, stride_xk,
     stride_wn, stride_wk,
+    M_BUCKET,  # rows_bucket(M): only the autotune key reads it
     HAS_BIAS: tl.constexpr,
     STORE_H: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -250,7 +277,7 @@ def linear_gelu_fwd(x, weight, bias=None, save_h=False):
             _linear_gelu_fwd_kernel[grid](
                 x2, weight, bias if bias is not None else y, y, h if save_h else y,
                 M, N, K,
-                x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+                x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), rows_bucket(M),
                 HAS_BIAS=bias is not None, STORE_H=save_h, INPUT_PRECISION=_input_precision(x.dtype),
             )  # fmt: skip
     return y.view(*x.shape[:-1], N), h

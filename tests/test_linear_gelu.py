@@ -12,9 +12,13 @@ from kernels.fused_mlp import (
     CONFIGS,
     HOPPER_CONFIGS,
     INTERPRET,
+    SHARED_MEMORY_BYTES,
     SINGLE_CONFIG,
+    configs_that_fit,
     linear_gelu_bwd,
     linear_gelu_fwd,
+    pipeline_bytes,
+    rows_bucket,
 )
 
 # Under autocast the trainer computes in bf16; the CPU interpreter has no bf16 matmul, so there
@@ -199,6 +203,16 @@ def test_autotune_switch_and_hopper_configs_fit():
         k = c.kwargs
         smem = (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * 2 * c.num_stages
         assert smem <= 228 * 1024, f"{c} needs {smem} bytes of shared memory"
+
+
+def test_autotune_key_buckets_rows_and_the_list_is_pruned_to_what_fits():
+    """The tuner's row count is a power-of-two bucket (capped), so new batch sizes and prompt
+    lengths reuse a tuned config; in fp32 only the configs whose pipeline fits are tried."""
+    assert [rows_bucket(m) for m in (0, 1, 3, 1000, 16384, 16385, 10**7)] == [1, 1, 4, 1024, 16384, 32768, 65536]
+    fit = {dt: configs_that_fit(HOPPER_CONFIGS, {"x_ptr": torch.empty(0, dtype=dt)}) for dt in DTYPES}
+    assert fit[torch.float16] == HOPPER_CONFIGS
+    assert 0 < len(fit[torch.float32]) < len(HOPPER_CONFIGS)
+    assert all(pipeline_bytes(c, 4) <= SHARED_MEMORY_BYTES for c in fit[torch.float32])
 
 
 # ----------------------------------------------------------------------------- GPU only
