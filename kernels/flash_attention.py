@@ -61,29 +61,70 @@ LOG2E = 1.4426950408889634
 # Candidates for Hopper (H100 / H200); each kernel is tuned once per TUNE_KEY (and the inputs'
 # dtype); the first tile sets the grid. Forward: BLOCK_M queries by BLOCK_N keys. Backward: a
 # program keeps BLOCK_BIG keys (then queries) in registers and streams BLOCK_SMALL-row tiles of
-# the other side past them.
+# the other side past them. Each tile is tried only up to the head dims it was compiled clean
+# at: (largest head dim without dropout, with dropout; 0: never) -- past them it spills
+# registers on sm_90 (dropout's in-kernel Philox draws take a tile's worth of registers of their
+# own). `python -m bench.aot` compiles every pair, tests/test_aot.py holds them to it.
 TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "DROPOUT"]
+FWD_TILES = {  # (BLOCK_M, BLOCK_N, warps, stages): (head dim without dropout, with dropout)
+    (128, 64, 4, 3): (64, 0),
+    (128, 64, 8, 3): (128, 128),
+    (128, 128, 8, 3): (128, 0),
+    (128, 32, 4, 4): (64, 64),
+    (64, 64, 4, 4): (128, 64),
+    (64, 32, 4, 3): (128, 128),
+}
+BWD_TILES = {  # (BLOCK_BIG, BLOCK_SMALL, warps, stages): as FWD_TILES, for both launches
+    (128, 32, 8, 3): (128, 64),
+    (128, 32, 8, 4): (128, 64),
+    (128, 64, 8, 3): (64, 0),
+    (64, 32, 4, 3): (128, 128),
+    (64, 32, 8, 3): (128, 128),
+    (64, 64, 4, 3): (64, 0),
+}
 FWD_CONFIGS = [
-    triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s)
-    for m, n, w, s in [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4),
-                       (64, 32, 4, 3)]
+    triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in FWD_TILES
 ]
 BWD_CONFIGS = [
-    triton.Config(dict(BLOCK_BIG=big, BLOCK_SMALL=small), num_warps=w, num_stages=s)
-    for big, small, w, s in [(128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 8, 3),
-                             (64, 64, 4, 3)]
+    triton.Config(dict(BLOCK_BIG=big, BLOCK_SMALL=small), num_warps=w, num_stages=s) for big, small, w, s in BWD_TILES
 ]
-# With AUTOTUNE off (kernels.common's switch; the tests turn it off too), and always for fp32
-# (ieee dot products, no tensor cores: right, not fast), each kernel runs one small config, its
-# two tiles unequal so the tile-skipping arithmetic is exercised as on the GPU.
+
+
+def _head_dims_of(tiles, rows, cols):
+    """The autotuner's early pruning for `tiles`: the configs compiled clean at this HEAD_DIM
+    with or without DROPOUT."""
+
+    def prune(configs, named_args, **kwargs):
+        d, dropout = kwargs["HEAD_DIM"], bool(kwargs["DROPOUT"])
+        return [
+            c for c in configs
+            if d <= tiles[(c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages)][dropout]
+        ]
+
+    return prune
+
+
+# With AUTOTUNE off (kernels.common's switch; the tests turn it off too) each kernel runs one
+# small config, its two tiles unequal so the tile-skipping arithmetic is exercised as on the
+# GPU; none spills in 16-bit on sm_90 (the backward's 8 warps: on 4 it spilled at head dim 128
+# with dropout). fp32 on a GPU (ieee dot products, no tensor cores: right, not fast) runs
+# smaller tiles still, the largest that spill at no head dim, with or without dropout (the
+# SMALL ones spilled 0.3-9 KB a thread); under the interpreter fp32 runs the SMALL ones too.
 SMALL_FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-SMALL_BWD = dict(BLOCK_BIG=64, BLOCK_SMALL=32, num_warps=4, num_stages=2)
+SMALL_BWD = dict(BLOCK_BIG=64, BLOCK_SMALL=32, num_warps=8, num_stages=3)
+FP32_FWD = dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)
+FP32_BWD = dict(BLOCK_BIG=32, BLOCK_SMALL=16, num_warps=8, num_stages=2)
 
 
 # ----------------------------------------------------------------------------- host launchers
 
-_attn_fwd_tuned = triton.autotune(FWD_CONFIGS, key=TUNE_KEY)(_attn_fwd_kernel)
-_attn_bwd_tuned = triton.autotune(BWD_CONFIGS, key=TUNE_KEY + ["DKDV"])(_attn_bwd_kernel)
+_attn_fwd_tuned = triton.autotune(
+    FWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _head_dims_of(FWD_TILES, "BLOCK_M", "BLOCK_N")}
+)(_attn_fwd_kernel)
+_attn_bwd_tuned = triton.autotune(
+    BWD_CONFIGS, key=TUNE_KEY + ["DKDV"],
+    prune_configs_by={"early_config_prune": _head_dims_of(BWD_TILES, "BLOCK_BIG", "BLOCK_SMALL")},
+)(_attn_bwd_kernel)
 
 
 def _check(q, k, v, dropout_p):
@@ -137,8 +178,13 @@ def _flags(q, causal, dropout_p):
 
 
 def _autotuned(q):
-    """Autotune over the Hopper configs, or run the one small config (AUTOTUNE off, or fp32)."""
+    """Autotune over the Hopper configs, or run one config (AUTOTUNE off, or fp32)."""
     return AUTOTUNE and q.dtype != torch.float32
+
+
+def _one_config(q, small, fp32):
+    """The config of a launch that is not autotuned: fp32's own on a GPU, else the small one."""
+    return fp32 if q.dtype == torch.float32 and not interpreted() else small
 
 
 def attention_fwd(q, k, v, causal, dropout_p, seed, o=None):
@@ -160,7 +206,7 @@ def attention_fwd(q, k, v, causal, dropout_p, seed, o=None):
         if _autotuned(q):
             _attn_fwd_tuned[grid](*args, **_flags(q, causal, dropout_p))
         else:
-            _attn_fwd_kernel[grid](*args, **_flags(q, causal, dropout_p), **SMALL_FWD)
+            _attn_fwd_kernel[grid](*args, **_flags(q, causal, dropout_p), **_one_config(q, SMALL_FWD, FP32_FWD))
     return o, lse
 
 
@@ -194,7 +240,9 @@ def attention_bwd(do, q, k, v, o, lse, causal, dropout_p, seed, grads=None):
             if _autotuned(q):
                 _attn_bwd_tuned[grid](*args, **_flags(q, causal, dropout_p), DKDV=dkdv)
             else:
-                _attn_bwd_kernel[grid](*args, **_flags(q, causal, dropout_p), DKDV=dkdv, **SMALL_BWD)
+                _attn_bwd_kernel[grid](
+                    *args, **_flags(q, causal, dropout_p), DKDV=dkdv, **_one_config(q, SMALL_BWD, FP32_BWD)
+                )
     return dq, dk, dv
 
 

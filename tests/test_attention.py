@@ -61,6 +61,19 @@ def test_non_causal():
     check_parity(lambda *a: kernels.attention(*a, causal=False), *qkv(2, 3, 100, 32, torch.float32), causal=False)
 
 
+def test_autotune_lists_are_pruned_by_head_dim_and_dropout():
+    """Each tile is tried only where it compiled without spilling (FWD_TILES, BWD_TILES): all of
+    them at GPT-2's head dim 64 without dropout, some at every head dim with or without it."""
+    for tuned in (fa._attn_fwd_tuned, fa._attn_bwd_tuned):
+        kept = {
+            (d, dropout): tuned.early_config_prune(tuned.configs, {}, HEAD_DIM=d, DROPOUT=dropout)
+            for d in fa.HEAD_DIMS for dropout in (False, True)
+        }
+        assert kept[(64, False)] == tuned.configs
+        assert all(kept.values())
+        assert len(kept[(128, True)]) < len(kept[(128, False)]) <= len(kept[(64, False)])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("B, T", [(16, 1024), (4, 4096)])
 def test_parity_bf16_gpt2_sizes(B, T, monkeypatch):
