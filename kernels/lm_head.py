@@ -4,22 +4,30 @@ cross_entropy(x @ weight.T, targets) without ever holding the full (rows, V) log
 linear_cross_entropy(x (M, C), weight (V, C), targets (M,)) runs in chunks of R rows, so that
 only one (R, V) logits buffer exists. Per chunk, when a gradient is wanted (the training step):
     logits = x_c @ W.T                     cuBLAS, in the input dtype, into the buffer
-    the row kernel of losses.py, in place: loss rows, then logits := (softmax - onehot) / kept
-    grad_x_c = dlogits @ W;  grad_W += dlogits.T @ x_c
+    the row kernel of losses.py, in place: loss rows, then logits := (softmax - onehot) * 2^14
+    grad_x_c = dlogits @ W;  grad_W += dlogits.T @ x_c      products summed and kept in fp32
 so the gradients are done when the forward returns (the logits chunk is gone by the backward,
-and recomputing it would cost a third more matmul FLOPs); the backward only scales grad_x and
-grad_W by grad_output, on the device. Registered with torch.library as
-tritongpt::linear_cross_entropy (loss, grad_x, grad_W); the scaling is plain torch in its
-autograd formula.
+and recomputing it would cost a third more matmul FLOPs); they are then scaled by 1 / (kept rows
+* 2^14) in fp32, and the backward only multiplies them by grad_output and rounds them to the
+inputs' dtypes, on the device. Registered with torch.library as tritongpt::linear_cross_entropy
+(loss, grad_x, grad_W, both gradients fp32); the scaling is plain torch in its autograd formula.
 
 With vocab_size < V (a vocabulary padded for matmul speed), the matmuls still run over all V
 rows of W, and the row kernel masks the padding columns: they take no probability, their
 gradient is zero, and so are their rows of grad_W.
 
-grad_W is accumulated in the input dtype with addmm_: cuBLAS sums each chunk's product in fp32
-and rounds once per chunk, so the error is a few roundings (the chunk count) instead of one,
-while an fp32 (V, C) accumulator would cost twice the memory plus a cast pass, and an
-fp32-output matmul of bf16 inputs is not available on every torch the code runs on.
+Precision. The gradient is written into the 16-bit logits buffer before grad_output (a gradient
+scaler's loss scale) is known, so it must not carry the 1 / kept-rows factor there: at 16384
+rows (softmax - onehot) / rows is around 1e-6 to 1e-9, below fp16's normal range, and most of
+its bits would be lost before the scale could lift them (torch's own fp16 path scales first).
+So the buffer holds (softmax - onehot) * 2^14, whatever the row count: at most 2^14 (< fp16's
+largest), and normal in fp16 down to 2^-28 = 4e-9 (torch's path at 16384 rows under a scale of
+2^16 holds 4 * (softmax - onehot): normal down to 2^-16). grad_x and grad_W
+come out of the matmuls in fp32 (`torch.mm(..., out_dtype=torch.float32)`: fp32 sums of exact
+products), grad_W is summed over the chunks in fp32, 1 / (kept * 2^14) is applied in fp32 and
+each gradient is rounded to 16 bits once, after grad_output has scaled it. The price: an fp32
+(V, C) accumulator (155 MB at GPT-2's 50304 x 768) and an fp32 (V, C) product per chunk after
+the first, added to it.
 
 R = the largest power of two with R * V * itemsize <= LOGITS_BUDGET_BYTES (256 MiB), at least 1
 and at most M: 2048 rows in bf16 at V = 50304, 1024 in fp32. Peak extra memory is R * V * s for
@@ -39,6 +47,7 @@ from kernels.common import NAMESPACE, autocast_inputs, check_device, check_one_d
 from kernels.losses import check_targets, check_vocab_size, cross_entropy_rows, raise_at_once, raise_on_bad_targets
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of logits
+GRAD_SCALE = 2.0**14  # the logits buffer holds (softmax - onehot) * GRAD_SCALE (see Precision above)
 
 
 # ----------------------------------------------------------------------------- host launchers
@@ -65,10 +74,20 @@ def _check(x, weight, targets, vocab_size):
     return t, check_vocab_size("linear_cross_entropy", vocab_size, weight.shape[0])
 
 
+def _mm_fp32(a, b, out=None):
+    """a @ b summed and returned in fp32 (16-bit inputs: exact products, never rounded to 16
+    bits). cuBLAS does it on CUDA; on the CPU (the interpreter's tests) the inputs are upcast."""
+    if a.dtype == torch.float32:
+        return torch.mm(a, b, out=out)
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32, out=out)
+    return torch.mm(a.float(), b.float(), out=out)
+
+
 def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size=None):
     """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (x's shape) or None, dW
-    (V, C) or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk.
-    Only weight's first vocab_size rows (default all) are classes; the others get zero dW."""
+    (V, C) or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk,
+    in fp32. Only weight's first vocab_size rows (default all) are classes; the others get zero dW."""
     t, vocab = _check(x, weight, targets, vocab_size)
     V, C = weight.shape
     x2 = x.reshape(-1, C).contiguous()
@@ -76,32 +95,41 @@ def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, v
     M = x2.shape[0]
     write_grad = grad_x or grad_w
     kept = (t != ignore_index).sum().clamp(min=1).float()  # on the device: no sync
-    scale = (1.0 / kept).reshape(1)
+    grad_scale = torch.full((1,), GRAD_SCALE, dtype=torch.float32, device=x.device)
     loss_rows = torch.empty(M, dtype=torch.float32, device=x.device)
     lse = torch.empty(M, dtype=torch.float32, device=x.device)
-    dx = torch.empty_like(x2) if grad_x else None
-    dw = torch.zeros_like(w) if grad_w else None
+    dx = torch.empty((M, C), dtype=torch.float32, device=x.device) if grad_x else None
+    dw = None
     R = chunk_rows(M, V, x.element_size())
     buf = torch.empty((R, V), dtype=x.dtype, device=x.device)  # the one logits chunk
-    with device_guard(x):
+    # autocast off: the op's inputs are already cast, and the fp32 products must stay fp32
+    with device_guard(x), torch.autocast(x.device.type, enabled=False):
         for start in range(0, M, R):
             end = min(start + R, M)
             x_c, logits = x2[start:end], buf[: end - start]  # (r, C), (r, V)
             torch.mm(x_c, w.t(), out=logits)
             cross_entropy_rows(
-                logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], scale, write_grad, vocab
+                logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], grad_scale, write_grad, vocab
             )
             if grad_x:
-                torch.mm(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
-            if grad_w:
-                dw.addmm_(logits.t(), x_c)  # (V, r) @ (r, C)
-    return loss_rows.sum() / kept, (dx.view(x.shape) if grad_x else None), dw
+                _mm_fp32(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
+            if grad_w:  # (V, r) @ (r, C), summed over the chunks in fp32
+                dw = _mm_fp32(logits.t(), x_c) if dw is None else dw.add_(_mm_fp32(logits.t(), x_c))
+    if grad_w and dw is None:  # no rows
+        dw = torch.zeros((V, C), dtype=torch.float32, device=x.device)
+    unscale = 1.0 / (kept * GRAD_SCALE)
+    return (
+        loss_rows.sum() / kept,
+        dx.mul_(unscale).view(x.shape) if grad_x else None,
+        dw.mul_(unscale) if grad_w else None,
+    )
 
 
 # ----------------------------------------------------------------------------- torch.library op
-# tritongpt::linear_cross_entropy returns (loss, dx, dW), each gradient an empty (0,) tensor
-# when not asked for. Its backward is only a scaling by grad_output: plain torch in the autograd
-# formula, which torch.compile fuses with the casts around it.
+# tritongpt::linear_cross_entropy returns (loss, dx, dW), the gradients in fp32, each an empty
+# (0,) tensor when not asked for. Its backward is only a scaling by grad_output and the one
+# rounding to the inputs' dtypes: plain torch in the autograd formula, which torch.compile fuses
+# with the casts around it.
 
 Tensor = torch.Tensor
 
@@ -111,7 +139,7 @@ def _linear_cross_entropy_op(
     x: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, vocab_size: Optional[int], grad_x: bool, grad_w: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size)
-    nothing = lambda: torch.empty(0, dtype=x.dtype, device=x.device)  # noqa: E731 - outputs never alias
+    nothing = lambda: torch.empty(0, dtype=torch.float32, device=x.device)  # noqa: E731 - outputs never alias
     return loss, (dx if grad_x else nothing()), (dw if grad_w else nothing())
 
 
@@ -120,16 +148,17 @@ def _(x, weight, targets, ignore_index, vocab_size, grad_x, grad_w):
     _check(x, weight, targets, vocab_size)
     return (
         x.new_empty((), dtype=torch.float32),
-        torch.empty(x.shape if grad_x else (0,), dtype=x.dtype, device=x.device),
-        torch.empty(weight.shape if grad_w else (0,), dtype=x.dtype, device=x.device),
+        torch.empty(x.shape if grad_x else (0,), dtype=torch.float32, device=x.device),
+        torch.empty(weight.shape if grad_w else (0,), dtype=torch.float32, device=x.device),
     )
 
 
 def _linear_cross_entropy_setup(ctx, inputs, output):
-    _, _, _, _, _, grad_x, grad_w = inputs
+    x, weight, _, _, _, grad_x, grad_w = inputs
     _, dx, dw = output
     ctx.save_for_backward(dx, dw)
     ctx.grads = (grad_x, grad_w)
+    ctx.dtypes = (x.dtype, weight.dtype)
     ctx.mark_non_differentiable(dx, dw)
     ctx.set_materialize_grads(False)
 
@@ -137,9 +166,13 @@ def _linear_cross_entropy_setup(ctx, inputs, output):
 def _linear_cross_entropy_backward(ctx, grad_out, _ddx, _ddw):
     dx, dw = ctx.saved_tensors
     grad_x, grad_w = ctx.grads
+    x_dtype, w_dtype = ctx.dtypes
     if grad_out is None:
         return None, None, None, None, None, None, None
-    return (dx * grad_out if grad_x else None), (dw * grad_out if grad_w else None), None, None, None, None, None
+    # scaled in fp32 (grad_output: a gradient scaler's loss scale, say), then rounded once
+    dx = (dx * grad_out).to(x_dtype) if grad_x else None
+    dw = (dw * grad_out).to(w_dtype) if grad_w else None
+    return dx, dw, None, None, None, None, None
 
 
 _linear_cross_entropy_op.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup)

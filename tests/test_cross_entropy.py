@@ -363,3 +363,87 @@ def test_int64_offsets_past_2_to_the_31():
     torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(leaf.grad[-4:].float(), tail.grad, rtol=1e-2, atol=1e-4)
     assert not leaf.grad[:-4].any()
+
+
+# ----------------------------------------------------------------------------- numerics of the fused head
+# At the row counts where these hazards show, the interpreter would take minutes over the row
+# kernel, so these tests run the fused head's host-side math (chunks, scales, matmuls, fp32
+# sums, the backward's rounding) with the row kernel's contract done by torch instead; the row
+# kernel itself is held to that contract by the parity tests above.
+
+
+def _rows_in_torch(logits2, t, ignore_index, loss_rows, lse, scale, write_grad):
+    """What losses.cross_entropy_rows does, in torch (fp32 math): loss_rows and lse (R,) out,
+    and when write_grad logits2 (R, V) overwritten by (softmax - onehot) * scale (0 on ignored rows)."""
+    z = logits2.float()
+    kept = t != ignore_index
+    lse.copy_(torch.logsumexp(z, dim=-1))
+    picked = z.gather(1, t.clamp(min=0)[:, None])[:, 0]
+    loss_rows.copy_(torch.where(kept, lse - picked, 0.0))
+    if write_grad:
+        g = torch.softmax(z, dim=-1)
+        g[kept, t[kept]] -= 1.0
+        logits2.copy_(torch.where(kept[:, None], g * scale, 0.0))
+
+
+def _scaled_grads(fn, x, w, t, scale):
+    """Gradients of scale * loss wrt x and w (what a gradient scaler's backward produces, before
+    it unscales them), from fresh leaves."""
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    (fn(x, w, t) * scale).backward()
+    return x.grad, w.grad
+
+
+def _torch_fp16_head(x, w, t):
+    """torch's own 16-bit path: logits in x's dtype, the loss in fp32."""
+    return reference.cross_entropy(x @ w.t(), t, upcast=True)
+
+
+def test_fp16_gradients_under_a_gradient_scaler_as_close_as_torchs(monkeypatch):
+    """16384 rows and V = 1024 in fp16 under GradScaler's default scale 2^16: (softmax - onehot)
+    / rows is about 6e-8 here, at the bottom of fp16's subnormals, so a head that rounds it to
+    fp16 before the scale reaches it loses all or most of its bits. The fused head's gradients
+    must be as close to the fp32 result as torch's fp16 path (logits fp16, loss fp32, scaled
+    before backward) is."""
+    monkeypatch.setattr(lm_head, "cross_entropy_rows", _rows_in_torch)
+    M, C, V, scale = 16384, 16, 1024, 2.0**16
+    x = torch.randn(M, C, device=DEVICE).half()
+    w = (torch.randn(V, C, device=DEVICE) / C**0.5).half()
+    t = _targets((M,), V, ignored=0.0)
+    out = _scaled_grads(kernels.linear_cross_entropy, x, w, t, scale)
+    pt = _scaled_grads(_torch_fp16_head, x, w, t, scale)
+    ref = _scaled_grads(reference.linear_cross_entropy, x.float(), w.float(), t, scale)
+    for name, o, r, p in zip(["dx", "dweight"], out, ref, pt):
+        assert o.dtype == torch.float16
+        assert_parity(o, r.half(), p, name)
+
+
+def _accumulation_case(dtype, M, C, V, chunk, monkeypatch):
+    """dweight of the fused head with `chunk`-row chunks, of the reference in fp32 and of torch's
+    one 16-bit matmul, for grad_output = M (per-row gradients O(1): only the sums round)."""
+    monkeypatch.setattr(lm_head, "LOGITS_BUDGET_BYTES", chunk * V * 2)
+    assert lm_head.chunk_rows(M, V, 2) == chunk
+    x = torch.randn(M, C, device=DEVICE).to(dtype)
+    w = (torch.randn(V, C, device=DEVICE) / C**0.5).to(dtype)
+    t = _targets((M,), V, ignored=0.05)
+    _, dw = _scaled_grads(kernels.linear_cross_entropy, x, w, t, float(M))
+    _, dw_pt = _scaled_grads(_torch_fp16_head, x, w, t, float(M))
+    _, dw_ref = _scaled_grads(reference.linear_cross_entropy, x.float(), w.float(), t, float(M))
+    return dw, dw_ref.to(dtype), dw_pt
+
+
+def test_weight_gradient_accumulates_in_fp32_across_chunks(monkeypatch):
+    """With 256 chunks of 16 rows the weight gradient is a sum of 256 chunk products: summed in
+    16 bits it would be rounded 256 times, against once by torch's one matmul. Summed in fp32 and
+    rounded once, it is as close to the fp32 result as that matmul (fp16 here; bf16 below)."""
+    monkeypatch.setattr(lm_head, "cross_entropy_rows", _rows_in_torch)
+    dw, dw_ref, dw_pt = _accumulation_case(torch.float16, 4096, 16, 64, 16, monkeypatch)
+    assert_parity(dw, dw_ref, dw_pt, "dweight")
+
+
+@pytest.mark.gpu
+def test_bf16_weight_gradient_accumulates_in_fp32_across_chunks(monkeypatch):
+    """The same in bf16 with the row kernel, at GPT-2's width and vocabulary: 8192 rows in 32
+    chunks of 256."""
+    dw, dw_ref, dw_pt = _accumulation_case(torch.bfloat16, 8192, 768, 50304, 256, monkeypatch)
+    assert_parity(dw, dw_ref, dw_pt, "dweight")
