@@ -115,6 +115,7 @@ SMALL_FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
 SMALL_BWD = dict(BLOCK_BIG=64, BLOCK_SMALL=32, num_warps=8, num_stages=3)
 FP32_FWD = dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)
 FP32_BWD = dict(BLOCK_BIG=32, BLOCK_SMALL=16, num_warps=8, num_stages=2)
+DELTA_BLOCK_M = 64  # rows of the backward's rowsum(dO * O) pass per program
 
 
 # ----------------------------------------------------------------------------- host launchers
@@ -234,8 +235,8 @@ def attention_bwd(do, q, k, v, o, lse, causal, dropout_p, seed, grads=None):
     )
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_BIG"]), B * H)  # noqa: E731
     with device_guard(q):
-        _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
-            o, do, delta, o.stride(), do.stride(), H, T, HEAD_DIM=D, BLOCK_M=64
+        _attn_bwd_delta_kernel[(triton.cdiv(T, DELTA_BLOCK_M), B * H)](
+            o, do, delta, o.stride(), do.stride(), H, T, HEAD_DIM=D, BLOCK_M=DELTA_BLOCK_M
         )
         for dkdv in (True, False):  # dK and dV, then dQ
             if _autotuned(q):
