@@ -109,13 +109,14 @@ def _head_dims_of(tiles, rows, cols):
 # small config, its two tiles unequal so the tile-skipping arithmetic is exercised as on the
 # GPU; none spills in 16-bit on sm_90 (the backward's 8 warps: on 4 it spilled at head dim 128
 # with dropout). fp32 on a GPU (ieee dot products, no tensor cores: right, not fast) runs
-# smaller tiles still, the largest that spill at no head dim, with or without dropout (the
-# SMALL ones spilled 0.3-9 KB a thread); under the interpreter fp32 runs the SMALL ones too.
+# smaller tiles still, the largest that spill at no head dim, with or without dropout, with
+# Triton 3.9 or 3.6 (the SMALL ones spilled 0.3-9 KB a thread); under the interpreter fp32 runs
+# the SMALL ones too.
 SMALL_FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
 SMALL_BWD = dict(BLOCK_BIG=64, BLOCK_SMALL=32, num_warps=8, num_stages=3)
 FP32_FWD = dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)
-FP32_BWD = dict(BLOCK_BIG=32, BLOCK_SMALL=16, num_warps=8, num_stages=2)
-DELTA_BLOCK_M = 64  # rows of the backward's rowsum(dO * O) pass per program
+FP32_BWD = dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=4, num_stages=2)
+DELTA_BLOCK_M = 32  # rows of the backward's rowsum(dO * O) pass per program (64 spilled in fp32 with 3.6)
 
 
 # ----------------------------------------------------------------------------- host launchers
