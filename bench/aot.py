@@ -259,9 +259,10 @@ def _progress(n, total, rec):
 # ----------------------------------------------------------------------------- one target
 
 
-def run_arch(arch, out_dir, jobs, reuse=None, verify=False):
+def run_arch(arch, out_dir, jobs, commit, reuse=None, verify=False):
     """Compile (or reuse) every variant for `arch`, write aot-sm<arch>.json to out_dir -> (its
-    path, the number of variants compiled, a list of problems: errors and verify mismatches)."""
+    path, the number of variants compiled, a list of problems: errors and verify mismatches).
+    commit: (git commit, dirty) of the tree, taken before any result file was rewritten."""
     todo = variants(arch)
     old = {}
     if reuse is not None and Path(reuse).exists():
@@ -292,13 +293,12 @@ def run_arch(arch, out_dir, jobs, reuse=None, verify=False):
                                 f"{rec['config_name']}: {diff}")  # fmt: skip
     problems += [f"{r['kernel']} {r['dtype']} {r['launch']} {r['config_name']}: {r['error']}"
                  for r in records if r["error"]]  # fmt: skip
-    commit, dirty = git_commit()
     result = dict(
         what="every Triton kernel launch of the project compiled by Triton's compiler, no GPU (python -m bench.aot)",
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         target=dict(backend="cuda", arch=arch, name=f"sm_{arch}", limits=SM_LIMITS[arch]),
         triton=triton.__version__, torch=torch.__version__, python=platform.python_version(),
-        git_commit=commit, git_dirty=dirty,
+        git_commit=commit[0], git_dirty=commit[1],
         shapes=dict(rows=ROWS, batch=B, seq=T, width=C, vocab=V, attention=ATTENTION),
         compiled=len(fresh), reused=len(todo) - len(fresh), variants=records,
     )  # fmt: skip
@@ -351,11 +351,12 @@ def main(argv=None):
     if interpreted():
         sys.exit("bench.aot: Triton was imported with TRITON_INTERPRET=1; run python -m bench.aot as its own process")
     problems = []
+    commit = git_commit()
     for arch in args.arch:
         reuse = None
         if args.reuse is not None:
             reuse = Path(RESULTS_DIR if args.reuse == "committed" else args.reuse) / f"aot-sm{arch}.json"
-        path, n, found = run_arch(arch, args.out, args.jobs, reuse, args.verify)
+        path, n, found = run_arch(arch, args.out, args.jobs, commit, reuse, args.verify)
         print(f"sm_{arch}: wrote {path} ({n} compiled)", flush=True)
         problems += found
     for line in problems:
