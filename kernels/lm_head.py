@@ -26,8 +26,8 @@ largest), and normal in fp16 down to 2^-28 = 4e-9 (torch's path at 16384 rows un
 come out of the matmuls in fp32 (`torch.mm(..., out_dtype=torch.float32)`: fp32 sums of exact
 products), grad_W is summed over the chunks in fp32, 1 / (kept * 2^14) is applied in fp32 and
 each gradient is rounded to 16 bits once, after grad_output has scaled it. The price: an fp32
-(V, C) accumulator (155 MB at GPT-2's 50304 x 768) and an fp32 (V, C) product per chunk after
-the first, added to it.
+(V, C) accumulator (155 MB at GPT-2's 50304 x 768), each later chunk's product added to it a
+slice of 8192 rows at a time (an fp32 (8192, C) product in flight), and the fp32 grad_x.
 
 R = the largest power of two with R * V * itemsize <= LOGITS_BUDGET_BYTES (256 MiB), at least 1
 and at most M: 2048 rows in bf16 at V = 50304, 1024 in fp32. Peak extra memory is R * V * s for
@@ -48,6 +48,7 @@ from kernels.losses import check_targets, check_vocab_size, cross_entropy_rows, 
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of logits
 GRAD_SCALE = 2.0**14  # the logits buffer holds (softmax - onehot) * GRAD_SCALE (see Precision above)
+ACC_SLICE_ROWS = 8192  # rows of grad_W added at a time (an fp32 (8192, C) product: 25 MB at C = 768)
 
 
 # ----------------------------------------------------------------------------- host launchers
@@ -84,6 +85,14 @@ def _mm_fp32(a, b, out=None):
     return torch.mm(a.float(), b.float(), out=out)
 
 
+def _add_mm_fp32(acc, a, b):
+    """acc (fp32) += a @ b as _mm_fp32 computes it, ACC_SLICE_ROWS rows of a at a time, so the
+    fp32 product in flight is (ACC_SLICE_ROWS, C), not another (V, C)."""
+    for r0 in range(0, a.shape[0], ACC_SLICE_ROWS):
+        acc[r0 : r0 + ACC_SLICE_ROWS].add_(_mm_fp32(a[r0 : r0 + ACC_SLICE_ROWS], b))
+    return acc
+
+
 def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size=None):
     """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (x's shape) or None, dW
     (V, C) or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk,
@@ -114,7 +123,7 @@ def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, v
             if grad_x:
                 _mm_fp32(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
             if grad_w:  # (V, r) @ (r, C), summed over the chunks in fp32
-                dw = _mm_fp32(logits.t(), x_c) if dw is None else dw.add_(_mm_fp32(logits.t(), x_c))
+                dw = _mm_fp32(logits.t(), x_c) if dw is None else _add_mm_fp32(dw, logits.t(), x_c)
     if grad_w and dw is None:  # no rows
         dw = torch.zeros((V, C), dtype=torch.float32, device=x.device)
     unscale = 1.0 / (kept * GRAD_SCALE)
