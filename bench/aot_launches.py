@@ -30,8 +30,9 @@ from kernels import losses, normalization
 F32, I64 = torch.float32, torch.int64
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# GPT-2 124M: B x T = 16 x 1024 rows of C = 768, 12 heads, a 4C MLP, V = 50304 (padded).
+# GPT-2 124M: B x T = 16 x 1024 rows of C = 768, 12 heads, a 4C MLP, V = 50304 (50257 padded).
 B, T, C, V = 16, 1024, 768, 50304
+GPT2_VOCAB = 50257
 ROWS = B * T
 # Attention: one entry per variant (head dim, dropout); every kernel of the forward and backward
 # is compiled for each. A new variant of the kernels (a flag of kernels.flash_attention._flags)
@@ -120,12 +121,13 @@ def linear_gelu_launches(dtype):
 
 def cross_entropy_launches(dtype):
     """tritongpt::cross_entropy (forward, backward) and the row kernel of linear_cross_entropy,
-    which writes the gradient in place, over V = 50304 columns."""
+    which writes the gradient in place, over V = 50304 columns of which GPT-2's 50257 are classes."""
     dt = DTYPES[dtype]
     block_v, warps = losses._block_v(V)
     fixed = (dict(BLOCK_V=block_v, num_warps=warps),)
     row = dict(
-        logits_ptr=dt, targets_ptr=I64, loss_ptr=F32, lse_ptr=F32, scale_ptr=F32, stride_l=V, V=V, ignore_index=-1
+        logits_ptr=dt, targets_ptr=I64, loss_ptr=F32, lse_ptr=F32, scale_ptr=F32, status_ptr=I64, stride_l=V, V=V,
+        vocab=GPT2_VOCAB, ignore_index=-1,
     )
     yield Launch(
         "cross_entropy", "forward", dtype, losses._cross_entropy_fwd_kernel, row, dict(WRITE_GRAD=False), fixed=fixed
@@ -137,7 +139,7 @@ def cross_entropy_launches(dtype):
     yield Launch(
         "cross_entropy", "backward", dtype, losses._cross_entropy_bwd_kernel,
         dict(logits_ptr=dt, dlogits_ptr=dt, targets_ptr=I64, lse_ptr=F32, scale_ptr=F32, stride_l=V, V=V,
-             ignore_index=-1),
+             vocab=GPT2_VOCAB, ignore_index=-1),
         {}, fixed=fixed,
     )  # fmt: skip
 
