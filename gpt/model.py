@@ -91,9 +91,11 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)), with every LayerNorm that follows a residual
-    add taking that add in: the block gets the stream x and h = ln_1(x) (made by whoever made x),
-    and returns the stream after the attention's add and the MLP's output, which the LayerNorm
-    after it (the next block's ln_1, or ln_f) adds in.
+    add taking that add in: the block gets the stream x and m, what the block before it added
+    (None for the first block), which its ln_1 adds in; it returns the stream after the
+    attention's add and the MLP's output, which the LayerNorm after it (the next block's ln_1, or
+    ln_f) adds in. A block so uses its own parameters only, so that it can be sharded, compiled
+    or recomputed (activation checkpointing) as one unit.
 
     With parallel_residual, x = x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-NeoX), or with shared_ln
     x + attn(ln_1(x)) + mlp(ln_1(x)) and no ln_2 (GPT-J): the block returns x as it came and the
@@ -109,7 +111,9 @@ class Block(nn.Module):
             self.ln_2 = LayerNorm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, h, rope=None, cache=None):
+    def forward(self, x, m=None, rope=None, cache=None):
+        """x, m (B, T, C) -> (x, m) of the stream after this block."""
+        x, h = (x, self.ln_1(x)) if m is None else self.ln_1(x, m)  # the previous block's add, and ln_1 of it
         if not self.parallel:
             x, h = self.ln_2(x, self.attn(h, rope, cache))  # x + attn(ln_1(x)), and ln_2 of it
             return x, self.mlp(h)
@@ -219,12 +223,10 @@ class GPT(nn.Module):
         else:  # rotary: the positions turn q and k inside each attention
             rope = rotary_tables(pos, self.config.rotary_dim, self.config.rotary_base)
         x = self.transformer.drop(x)
-        blocks = self.transformer.h
-        h = blocks[0].ln_1(x)
-        for i, block in enumerate(blocks):
-            x, m = block(x, h, rope, None if caches is None else caches[i])
-            after = blocks[i + 1].ln_1 if i + 1 < len(blocks) else self.transformer.ln_f
-            x, h = after(x, m)  # the MLP's residual add and the LayerNorm after it
+        m = None
+        for i, block in enumerate(self.transformer.h):
+            x, m = block(x, m, rope, None if caches is None else caches[i])
+        x, h = self.transformer.ln_f(x, m)  # the last block's residual add and the LayerNorm after it
         return h
 
     def _logits(self, x):
