@@ -15,6 +15,7 @@ import numbers
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from gpt.backends import OPS, sdpa, unsupported
 from gpt.config import GPTConfig
@@ -168,6 +169,9 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self._lm_head_loss = OPS[config.backend]["lm_head_loss"]
+        # Activation checkpointing (a training choice, not part of the model): each block keeps only
+        # its inputs in the forward and runs again in the backward to remake what it needs there.
+        self.activation_checkpointing = False
 
         # GPT-2 init: N(0, 0.02), with the residual projections scaled by 1/sqrt(2 * n_layer)
         self.apply(self._init_weights)
@@ -224,8 +228,12 @@ class GPT(nn.Module):
             rope = rotary_tables(pos, self.config.rotary_dim, self.config.rotary_base)
         x = self.transformer.drop(x)
         m = None
+        recompute = self.activation_checkpointing and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x, m = block(x, m, rope, None if caches is None else caches[i])
+            if recompute:  # non-reentrant; the RNG state is replayed, so dropout draws the same masks again
+                x, m = checkpoint(block, x, m, rope, use_reentrant=False)
+            else:
+                x, m = block(x, m, rope, None if caches is None else caches[i])
         x, h = self.transformer.ln_f(x, m)  # the last block's residual add and the LayerNorm after it
         return h
 
