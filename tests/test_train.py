@@ -493,6 +493,9 @@ BAD = [
     (dict(dataset="truncated"), "truncated"),
     (dict(dataset="wrong_vocab"), "outside the model's vocabulary"),
     (dict(dataset="short", block_size=200), "'block_size' (200) is too long"),
+    (dict(fsdp="true", dtype="float16"), "'fsdp' is on with dtype float16"),
+    (dict(fsdp_accumulate="never"), "'fsdp_accumulate' must be one of auto, unsharded, sharded"),
+    (dict(fsdp="true", compile_mode="reduce-overhead"), "'compile_mode' is reduce-overhead, whose CUDA graphs"),
 ]
 
 

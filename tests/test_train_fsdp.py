@@ -1,11 +1,182 @@
-"""Beyond one device's memory: activation checkpointing, and the memory estimate by hand."""
+"""Beyond one device's memory, on a CPU with gloo: FSDP against one process, sharded checkpoints
+(exact resume, another number of processes, damage, a full disk, a restart after a killed rank),
+activation checkpointing, and the memory estimate by hand."""
+
+import errno
+import json
+import os
+import shutil
 
 import pytest
 import torch
 
+import train.__main__ as train_command
 from gpt import GPT, GPTConfig
-from test_train import assert_same_weights
-from train import memory
+from test_train import (CRASHING_TRAIN, assert_same_weights, losses, one_thread, shakespeare, small_ds,  # noqa: F401
+                        tiny, torchrun)
+from train import checkpoint, memory
+from train.cli import run_cli
+from train.config import load_config
+from train.loop import train
+
+TOL = 1e-6  # one process against two: the same sums in another order (as test_two_processes_equal_one)
+
+
+def evals(out_dir):
+    """{step: (train loss, val loss)} of the evaluations in out_dir/metrics.jsonl."""
+    records = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    return {r["step"]: (r["train_loss"], r["val_loss"]) for r in records if r.get("event") == "eval"}
+
+
+def norms(out_dir):
+    records = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    return {r["step"]: r["grad_norm"] for r in records if "grad_norm" in r}
+
+
+def sharded_weights(path):
+    """The weights of a checkpoint of either kind, read in this process."""
+    state = checkpoint.read(path)
+    model = GPT(GPTConfig(**state["model_args"]))
+    checkpoint.load_weights(state, model)
+    return model.state_dict()
+
+
+def assert_close(a, b, what):
+    assert sorted(a) == sorted(b), what
+    for k in a:
+        assert abs(a[k] - b[k]) <= TOL if not isinstance(a[k], tuple) else max(map(abs, (a[k][0] - b[k][0], a[k][1] - b[k][1]))) <= TOL, \
+            (what, k, a[k], b[k])
+
+
+def run_ok(args, **kw):
+    r = torchrun(args, **kw)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+# ----------------------------------------------------------------------------- FSDP = one process
+
+COMMON = dict(dropout=0.0)  # dropout draws other masks in each process: none, to compare 1 and 2 processes
+
+
+@pytest.fixture(scope="module")
+def one(small_ds, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("one"))
+    train(load_config(tiny(small_ds, out, **COMMON)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp_two(small_ds, tmp_path_factory):
+    """20 steps on 2 processes, sharded (reducing after each micro-step), each block recomputed in its backward."""
+    out = str(tmp_path_factory.mktemp("fsdp_two"))
+    run_ok(tiny(small_ds, out, fsdp="true", fsdp_accumulate="sharded", activation_checkpointing="true", **COMMON), nproc=2)
+    return out
+
+
+def test_fsdp_equals_one_process(one, fsdp_two):
+    """fp32, the same global batch (2 micro-steps: 2 x 1 or 1 x 2): the losses, gradient norms,
+    evaluations and final weights of FSDP on 2 processes are those of 1 plain process."""
+    assert sorted(losses(fsdp_two)) == list(range(1, 21))
+    assert_close(losses(one), losses(fsdp_two), "loss")
+    assert_close(norms(one), norms(fsdp_two), "grad norm")
+    assert sorted(evals(fsdp_two)) == [0, 10, 20]
+    assert_close(evals(one), evals(fsdp_two), "evaluation")
+    a, b = sharded_weights(f"{one}/ckpt_00000020.pt"), sharded_weights(f"{fsdp_two}/ckpt_00000020")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=TOL)
+    # the layout: each process's shards, DCP's index, meta.pt; best/ its own copy; nothing half-written
+    assert sorted(os.listdir(fsdp_two)) == ["best", "ckpt_00000010", "ckpt_00000020", "metrics.jsonl"]
+    assert sorted(os.listdir(f"{fsdp_two}/ckpt_00000020")) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    assert not os.path.samefile(f"{fsdp_two}/best/__0_0.distcp", f"{fsdp_two}/ckpt_00000020/__0_0.distcp")
+
+
+def test_two_process_checkpoint_resumes_in_one(one, fsdp_two, small_ds, tmp_path, capsys):
+    """The newest checkpoint damaged (a byte of a shard), a half-written one and one without its
+    meta.pt beside it: one FSDP process skips all three, resumes the 2-process run from step 10,
+    resharded, with a note that its RNGs are new, and goes on as the plain process did."""
+    out = str(tmp_path / "run")
+    shutil.copytree(fsdp_two, out)
+    with open(f"{out}/ckpt_00000020/__1_0.distcp", "r+b") as f:
+        f.seek(os.path.getsize(f.name) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x55]))
+    shutil.copytree(f"{out}/ckpt_00000010", f"{out}/ckpt_00000030.tmp")  # a save cut short
+    shutil.copytree(f"{out}/ckpt_00000010", f"{out}/ckpt_00000025")
+    os.remove(f"{out}/ckpt_00000025/meta.pt")
+    train(load_config(tiny(small_ds, out, init_from="resume", fsdp="true", **COMMON)))
+    printed = capsys.readouterr().out
+    assert "ckpt_00000025 is incomplete (no meta.pt)" in printed
+    assert "ckpt_00000020 is damaged (__1_0.distcp no longer matches its checksum)" in printed
+    assert "resuming from" in printed and "ckpt_00000010 (step 10)" in printed
+    assert "the checkpoint was written by 2 processes, now 1: RNGs re-seeded" in printed
+    a, b = losses(one), losses(out)
+    assert_close({s: a[s] for s in range(11, 21)}, {s: b[s] for s in range(11, 21)}, "loss after the resume")
+    assert max(abs(x - y) for x, y in zip(evals(one)[20], evals(out)[20])) <= TOL
+    assert sorted(os.listdir(out)) == ["best", "ckpt_00000020", "ckpt_00000025", "metrics.jsonl"]  # keep_last=2
+
+
+# ----------------------------------------------------------------------------- exact resume and restarts
+
+LONG = dict(max_iters=40, lr_decay_iters=40, gradient_accumulation_steps=4, fsdp="true")  # 2 micro-steps per process
+
+
+@pytest.fixture(scope="module")
+def fsdp_forty(small_ds, tmp_path_factory):
+    """40 steps on 2 processes that never stopped: dropout on (each process's RNG state matters),
+    accumulating unsharded between micro-steps (fsdp_accumulate=auto, which fits here)."""
+    out = str(tmp_path_factory.mktemp("fsdp_forty"))
+    r = run_ok(tiny(small_ds, out, **LONG), nproc=2)
+    assert "memory per process (estimate, FSDP unsharded)" in r.stdout
+    return out
+
+
+def test_fsdp_resume_is_exact(fsdp_forty, small_ds, tmp_path):
+    """20 steps, then resumed to 40, on 2 processes: bit for bit the run that never stopped."""
+    out = str(tmp_path)
+    run_ok(tiny(small_ds, out, **dict(LONG, max_iters=20)), nproc=2)
+    r = run_ok(tiny(small_ds, out, init_from="resume", **LONG), nproc=2)
+    assert f"resuming from {out}/ckpt_00000020 (step 20)" in r.stdout and "re-seeded" not in r.stdout
+    a, b = losses(fsdp_forty), losses(out)
+    assert sorted(b) == list(range(1, 41)) and a == b
+    assert evals(fsdp_forty) == {s: v for s, v in evals(out).items()}
+    assert_same_weights(sharded_weights(f"{fsdp_forty}/ckpt_00000040"), sharded_weights(f"{out}/ckpt_00000040"))
+
+
+def test_killed_fsdp_rank_resumes_from_its_latest_checkpoint(fsdp_forty, small_ds, tmp_path):
+    """Rank 1 killed with SIGKILL before step 25; torchrun restarts both processes, which resume
+    from the sharded checkpoint of step 20 and end bit for bit where the run that never stopped did."""
+    out = str(tmp_path)
+    r = run_ok(["25:1", *tiny(small_ds, out, **LONG)], nproc=2, extra=["--max-restarts=1"], script=CRASHING_TRAIN)
+    assert "dying before step 25 in rank 1" in r.stdout
+    assert f"resuming from {out}/ckpt_00000020 (step 20) after a restart" in r.stdout
+    assert losses(fsdp_forty) == losses(out)
+    assert_same_weights(sharded_weights(f"{fsdp_forty}/ckpt_00000040"), sharded_weights(f"{out}/ckpt_00000040"))
+
+
+def test_full_disk_at_a_sharded_checkpoint_is_one_line(small_ds, tmp_path, capsys, monkeypatch):
+    """DCP's write of step 10 meets a full disk: one line naming the last good checkpoint, a
+    non-zero exit, nothing half-written left, step 5 whole."""
+    real_save = checkpoint.dcp.save
+
+    def save(state, checkpoint_id):
+        if checkpoint_id.endswith("ckpt_00000010.tmp"):
+            os.makedirs(checkpoint_id)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{checkpoint_id}/__0_0.distcp")
+        return real_save(state, checkpoint_id=checkpoint_id)
+
+    monkeypatch.setattr(checkpoint.dcp, "save", save)
+    out = str(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run_cli(train_command.main, tiny(small_ds, out, fsdp="true", max_iters=10, eval_interval=5), train_command.__doc__)
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: could not write {out}/ckpt_00000010 (No space left on device")
+    assert f"the last good checkpoint is {out}/ckpt_00000005" in err
+    assert sorted(os.listdir(out)) == ["best", "ckpt_00000005", "metrics.jsonl"]
+    assert checkpoint.read(f"{out}/ckpt_00000005")["step"] == 5
 
 
 # ----------------------------------------------------------------------------- activation checkpointing

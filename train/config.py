@@ -95,6 +95,10 @@ class TrainConfig:
     cpu_threads: int = 0  # torch's threads when training on a CPU; 0 keeps torch's default
     seed: int = 1337
     join_timeout: float = 300.0  # seconds a process waits for the others to join the process group
+    # beyond one GPU's memory (see train/parallel.py and train/memory.py)
+    fsdp: bool = False  # shard parameters, gradients and AdamW's states over the processes (FSDP2), not DDP's copies
+    fsdp_accumulate: str = "auto"  # between micro-steps FSDP keeps: unsharded (one gather and reduce per step) | sharded (least memory) | auto (unsharded where it fits)
+    activation_checkpointing: bool = False  # each block recomputes its activations in the backward instead of keeping them
     max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
 
     def to_dict(self):
@@ -284,10 +288,14 @@ def validate(cfg, world_size=1):
         "dtype": ("auto", "float32", "bfloat16", "float16"),
         "compile": ("auto", "true", "false"),
         "compile_mode": COMPILE_MODES,
+        "fsdp_accumulate": ("auto", "unsharded", "sharded"),
     }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+    if cfg.fsdp and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+        raise ConfigError(f"config key 'compile_mode' is {cfg.compile_mode}, whose CUDA graphs do not take the weights "
+                          "fsdp gathers anew at each block; use default or max-autotune-no-cudagraphs")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"config key 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
     if not pretrained_source(cfg.init_from) and cfg.init_from not in ("scratch", "resume"):

@@ -6,19 +6,19 @@ evaluation, and the loop that ties them together.
     train(load_config(["shakespeare_char_cpu", "--max_iters=100"]))
 
 Under torchrun each process trains on its share of the global batch (gradient_accumulation_steps
-micro-steps in all, split evenly), DDP averaging the gradients on the last micro-step only.
+micro-steps in all, split evenly), DDP averaging the gradients on the last micro-step only, or
+FSDP sharding the model, its gradients and AdamW's states over the processes (train/parallel.py).
+
+(A little over 400 lines: one set-up serves one process, DDP and FSDP, from scratch, from
+pretrained weights or from a checkpoint of either kind.)
 """
 
-import contextlib
 import math
 import os
-import random
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import kernels
@@ -27,7 +27,7 @@ from gpt import GPT, GPTConfig, pad_vocab
 from gpt.hf import read_config
 from instrument import nvtx
 from instrument.run import run_info
-from train import checkpoint
+from train import checkpoint, memory, parallel, rng
 from train.config import MODEL_KEYS, ConfigError, check_resumed_shape, validate
 from train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from train.health import BadSteps
@@ -64,7 +64,7 @@ class Trainer:
         self._setup_data()
         self.last_good = None  # the newest checkpoint written from a finite state (or resumed from)
         state = self._find_start()
-        self._check_same_start(state)
+        self._agree(-1 if state is None else state["step"], "found different checkpoints to start from (steps)")
         self._setup_model(state)
         self._setup_optimizer(state)
         self._restore_progress(state)
@@ -95,7 +95,8 @@ class Trainer:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.ddp = self.world_size > 1
+        self.ddp = self.world_size > 1  # several processes (DDP, or FSDP)
+        self.fsdp = cfg.fsdp
         self.master = self.rank == 0
         validate(cfg, self.world_size)
         resolve_system(cfg)
@@ -120,7 +121,8 @@ class Trainer:
         overwrite them."""
         cfg = self.cfg
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-        existing = checkpoint.checkpoints(cfg.out_dir) or os.path.isfile(os.path.join(cfg.out_dir, checkpoint.BEST))
+        existing = checkpoint.checkpoints(cfg.out_dir) + checkpoint.bests(cfg.out_dir)
+        self._agree([os.path.basename(p) for p in existing], "see different checkpoints")  # before reading them together
         if cfg.init_from == "resume" or (restarted and existing):
             state, path = checkpoint.load_latest(cfg.out_dir, log=self.log)
             if state is None:
@@ -136,18 +138,16 @@ class Trainer:
             )
         return None
 
-    def _check_same_start(self, state):
-        """Every process must start from the same step: each reads out_dir itself, so across
-        machines out_dir has to be on a file system that all of them see."""
+    def _agree(self, value, what):
+        """Every process must see the same `value`: each reads out_dir itself, so across machines
+        out_dir has to be on a file system that all of them see."""
         if not self.ddp:
             return
-        steps = [None] * self.world_size
-        dist.all_gather_object(steps, -1 if state is None else state["step"])
-        if len(set(steps)) > 1:
-            raise ConfigError(
-                f"config key 'out_dir': the processes found different checkpoints to start from (steps {steps}); "
-                "across machines out_dir must be on a shared file system"
-            )
+        seen = [None] * self.world_size
+        dist.all_gather_object(seen, value)
+        if any(v != seen[0] for v in seen):
+            raise ConfigError(f"config key 'out_dir': the processes {what} ({seen}); "
+                              "across machines out_dir must be on a shared file system")
 
     def _model_config(self, state):
         """The GPTConfig to build: the checkpoint's, the config's own (from scratch), or the pretrained
@@ -172,7 +172,8 @@ class Trainer:
         if state is not None:
             check_resumed_shape(cfg, state["model_args"])
             model = GPT(model_config)
-            model.load_state_dict(state["model"])
+            if "model" in state:  # a single file; a sharded checkpoint's tensors load with the optimizer's
+                model.load_state_dict(state["model"])
         elif cfg.init_from == "scratch":
             model = GPT(model_config)
         else:
@@ -188,7 +189,13 @@ class Trainer:
         for key in MODEL_KEYS:  # the config records the model actually trained
             setattr(cfg, key, getattr(model.config, key))
         self.batches.check_vocab(model.config.real_vocab_size)
-        model.to(self.device)
+        model.activation_checkpointing = cfg.activation_checkpointing
+        report, self.unsharded = memory.plan_run(cfg, model.config, self.world_size)
+        self.log(report)
+        if self.fsdp and state is not None and "model" in state:  # a single file, for sharded processes: name
+            state["optimizer"] = parallel.named_optimizer_state(model, self._optimizer, state["optimizer"])  # its tensors
+        if not self.fsdp:
+            model.to(self.device)  # FSDP moves each block's shards there as it shards it
         kernels.raise_on_bad_targets(self.device)  # makes the kernels' record of bad targets before any graph capture
         self.raw_model = model
         compiled = cfg.compile == "true"  # resolved from auto by resolve_system
@@ -197,26 +204,30 @@ class Trainer:
         elif cfg.nvtx:
             nvtx.annotate_model(model)
         if compiled:
-            self.log(f"compiling the model, mode {cfg.compile_mode} (takes a minute)")
-            model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-        self.eval_model = model
-        if self.ddp:
-            model = DDP(model, device_ids=[self.local_rank] if self.device_type == "cuda" else None)
-        self.model = model
+            self.log(f"compiling the {'blocks' if self.fsdp else 'model'}, mode {cfg.compile_mode} (takes a minute)")
+        self.model, self.eval_model = parallel.wrap(model, cfg, self.device_type, self.local_rank, self.world_size,
+                                                    self.unsharded)
+
+    def _optimizer(self, model):
+        cfg = self.cfg
+        return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type)
 
     def _setup_optimizer(self, state):
-        cfg = self.cfg
-        self.optimizer = self.raw_model.configure_optimizers(
-            cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type
-        )
+        self.optimizer = self._optimizer(self.raw_model)
         self.fused = bool(self.optimizer.param_groups[0].get("fused"))
-        if state is not None:
-            fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        if state is None:
+            return
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        if "sharded" in state:  # the weights too: DCP reshards them for this run's processes
+            checkpoint.load_sharded(state["sharded"], self.raw_model, self.optimizer)
+        elif self.fsdp:
+            parallel.load_named_optimizer_state(self.raw_model, self.optimizer, state["optimizer"])
+        else:
             self.optimizer.load_state_dict(state["optimizer"])
-            for group, settings in zip(self.optimizer.param_groups, fresh):
-                group.update(settings)  # this config's and this machine's settings, not the saver's
-            if state.get("scaler") and self.scaler.is_enabled():
-                self.scaler.load_state_dict(state["scaler"])
+        for group, settings in zip(self.optimizer.param_groups, fresh):
+            group.update(settings)  # this config's and this machine's settings, not the saver's
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
 
     def _restore_progress(self, state):
         cfg = self.cfg
@@ -224,22 +235,15 @@ class Trainer:
         self.resumed = state is not None
         if state is None:
             self.start_step, self.best_val_loss = 0, float("inf")
-            seed = cfg.seed + self.rank  # dropout differs between processes
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
+            rng.seed_all(cfg.seed + self.rank)  # dropout differs between processes
             return
         self.start_step = state["step"]
         self.best_val_loss = state.get("best_val_loss", float("inf"))
         data = state.get("data", {})
         if data.get("seed", cfg.seed) != cfg.seed:
             self.log(f"note: data seed changes from {data['seed']} to {cfg.seed}: the batches differ from the first run's")
-        rngs = state.get("rng") or []
-        if len(rngs) == self.world_size:
-            checkpoint.set_rng_state(rngs[self.rank], self.device)
-        else:
-            self.log(f"note: the checkpoint was written by {len(rngs)} processes, now {self.world_size}: RNGs re-seeded")
-            torch.manual_seed(cfg.seed + self.rank + self.start_step)
+        rng.restore(state.get("rng") or [], self.rank, self.world_size, cfg.seed + self.rank + self.start_step,
+                    self.device, self.log)
 
     # ------------------------------------------------------------------------- one step
 
@@ -254,9 +258,7 @@ class Trainer:
         for micro in range(self.micro_steps):
             with nvtx.range("data"):
                 x, y = self.batches.get("train", step, self.rank * self.micro_steps + micro)
-            last = micro == self.micro_steps - 1
-            sync = self.model.no_sync() if self.ddp and not last else contextlib.nullcontext()
-            with sync:
+            with parallel.micro_step(self.model, micro == self.micro_steps - 1, self.unsharded):
                 with nvtx.range("forward"), self.autocast:
                     loss = self.model(x, y)
                 loss_sum += loss.detach().float()
@@ -265,7 +267,7 @@ class Trainer:
         with nvtx.range("optimizer"):
             self.scaler.unscale_(self.optimizer)
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+            norm = parallel.clip_grad_norm(self.raw_model.parameters(), max_norm)  # of every shard under FSDP
             bad = (~torch.isfinite(norm)).long()  # identical in every process: the gradients are averaged
             if self.scaler.is_enabled():
                 # fp16: the scaler skips steps whose gradients overflow and lowers its scale, routinely
@@ -286,20 +288,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self):
-        """Mean loss of each split over eval_iters fixed batches, shared among the processes."""
+        """Mean loss of each split over eval_iters fixed batches, shared among the processes. Under
+        FSDP every process runs as many forwards as the others (each gathers weights with all of
+        them): one left without a batch of its own runs one more whose loss it does not count."""
         self.eval_model.eval()
         out = {}
         for split in ("train", "val"):
             total = torch.zeros((), device=self.device)
-            ks = range(self.rank, self.cfg.eval_iters, self.world_size)
+            ks = list(range(self.rank, self.cfg.eval_iters, self.world_size))
+            if self.fsdp:
+                ks += [None] * (-(-self.cfg.eval_iters // self.world_size) - len(ks))
             for k in tqdm(ks, desc=f"eval {split}", leave=False, disable=None if self.master else True):
-                x, y = self.batches.get(split, EVAL, k)
+                x, y = self.batches.get(split, EVAL, 0 if k is None else k)
                 with self.autocast:
-                    total += self.eval_model(x, y).float()
+                    loss = self.eval_model(x, y).float()
+                total += loss if k is not None else 0.0
             if self.ddp:
                 dist.all_reduce(total)
             out[split] = total.item() / self.cfg.eval_iters
         kernels.raise_on_bad_targets(self.device)  # a target outside the vocabulary made a loss NaN
+        if self.fsdp:
+            parallel.reshard(self.raw_model)
         self.eval_model.train()
         return out
 
@@ -316,43 +325,46 @@ class Trainer:
 
     def finite_state(self, losses):
         """Whether the losses and every weight are finite: only such a state is saved."""
-        weights = torch.stack([torch.isfinite(p).all() for p in self.raw_model.parameters()]).all()
-        return math.isfinite(losses["train"]) and math.isfinite(losses["val"]) and bool(weights)
+        weights = parallel.all_finite(list(self.raw_model.parameters()))  # every process takes part
+        return math.isfinite(losses["train"]) and math.isfinite(losses["val"]) and weights
 
     def save_checkpoint(self, step, val_loss, is_best):
-        """Rank 0 writes the checkpoint; a failure to write it stops every process with one line."""
+        """Rank 0 writes the checkpoint (under FSDP every process its shards); a failure to write
+        it stops every process with one line."""
         cfg = self.cfg
-        rngs = [checkpoint.rng_state(self.device)]
+        rngs = [rng.rng_state(self.device)]
         if self.ddp:
             rngs = [None] * self.world_size
-            dist.all_gather_object(rngs, checkpoint.rng_state(self.device))
+            dist.all_gather_object(rngs, rng.rng_state(self.device))
+        state = {
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "config": cfg.to_dict(),
+            "model_args": {k: v for k, v in self.raw_model.config.to_dict().items() if k not in ("backend", "dropout")},
+            "val_loss": val_loss,
+            "best_val_loss": self.best_val_loss,
+            "skipped_steps": int(self.bad.total),
+            "data": {"seed": cfg.seed, "step": step, "dataset": dataset_dir(cfg),
+                     "dataset_abspath": os.path.abspath(dataset_dir(cfg)), "fingerprint": self.fingerprint},
+            "rng": rngs,
+            "world_size": self.world_size,
+        }
         error = [None]
-        if self.master:
-            state = {
-                "model": self.raw_model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "step": step,
-                "config": cfg.to_dict(),
-                "model_args": {k: v for k, v in self.raw_model.config.to_dict().items() if k not in ("backend", "dropout")},
-                "val_loss": val_loss,
-                "best_val_loss": self.best_val_loss,
-                "skipped_steps": int(self.bad.total),
-                "data": {"seed": cfg.seed, "step": step, "dataset": dataset_dir(cfg),
-                         "dataset_abspath": os.path.abspath(dataset_dir(cfg)), "fingerprint": self.fingerprint},
-                "rng": rngs,
-                "world_size": self.world_size,
-            }
-            try:
+        try:
+            if self.fsdp:
+                path = checkpoint.save_sharded(self.raw_model, self.optimizer, state, cfg.out_dir, cfg.keep_last, is_best)
+            elif self.master:
+                state.update(model=self.raw_model.state_dict(), optimizer=self.optimizer.state_dict())
                 path = checkpoint.save(state, cfg.out_dir, cfg.keep_last, is_best)
+            if self.master:
                 print(f"saved {path}" + (" (best so far)" if is_best else ""), flush=True)
-            except checkpoint.CheckpointError as e:
-                error = [str(e)]
-        if self.ddp:  # every process learns of a failure and stops with rank 0
+        except checkpoint.CheckpointError as e:
+            error = [str(e)]
+        if self.ddp and not self.fsdp:  # every process learns of a failure and stops with rank 0
             dist.broadcast_object_list(error, src=0)
         if error[0]:
             raise checkpoint.CheckpointError(f"{error[0]}; the last good checkpoint is {self.last_good or 'none written yet'}")
-        self.last_good = checkpoint.path_for(cfg.out_dir, step)
+        self.last_good = checkpoint.path_for(cfg.out_dir, step, sharded=self.fsdp)
 
     # ------------------------------------------------------------------------- the loop
 

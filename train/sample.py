@@ -28,7 +28,7 @@ from train.system import autocast, fit_backend, resolve_system
 
 @dataclass
 class SampleConfig:
-    init_from: str = "resume"  # resume (out_dir's newest readable checkpoint) | best | gpt2* | a Hugging Face dir or hub name
+    init_from: str = "resume"  # resume (out_dir's newest readable checkpoint, a file or sharded) | best | gpt2* | a Hugging Face dir or hub name
     out_dir: str = "out"
     dataset: str = ""  # the prepared dataset whose tokenizer to use; default: the checkpoint's
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
@@ -113,7 +113,7 @@ def load_model(cfg):
     if cfg.init_from not in ("resume", "best"):
         return _pretrained(cfg, auto)
     if cfg.init_from == "best":
-        path = f"{cfg.out_dir}/{checkpoint.BEST}"
+        path = (checkpoint.bests(cfg.out_dir) or [f"{cfg.out_dir}/{checkpoint.BEST}"])[0]
         state = checkpoint.read(path)
     else:
         state, path = checkpoint.load_latest(cfg.out_dir, log=lambda m: print(m, file=sys.stderr))
@@ -123,7 +123,7 @@ def load_model(cfg):
     config = GPTConfig(**state["model_args"], dropout=0.0, backend=cfg.backend)
     config = _tokenizer_vocab(config, ds.vocab_size)
     model = GPT(fit_backend(config, auto, lambda m: print(m, file=sys.stderr)))
-    model.load_state_dict(state["model"])
+    checkpoint.load_weights(state, model)
     print(f"sampling from {path} (step {state['step']})", file=sys.stderr)
     return model, ds.encode, ds.decode
 

@@ -39,6 +39,9 @@ def resolve_system(cfg):
         raise ConfigError(f"config key 'device' is {cfg.device!r} but no CUDA device is available (use --device=cpu)")
     if cfg.dtype == "auto":
         cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_gpu else "float32"
+    if getattr(cfg, "fsdp", False) and cfg.dtype == "float16":  # the trainer's key (the sampler has none)
+        raise ConfigError("config key 'fsdp' is on with dtype float16, whose gradient scaler the sharded gradients "
+                          "do not take; use bfloat16 or float32")
     if not on_gpu and cfg.dtype == "float16":
         raise ConfigError("config key 'dtype' is float16, which needs a GPU (its gradient scaler); use float32 or bfloat16")
     if on_gpu and cfg.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
@@ -71,7 +74,8 @@ def fit_backend(model_config, auto, log=print):
 
 def setup_device(cfg, local_rank, ddp):
     """Point this process at its device (cuda:LOCAL_RANK under DDP), set torch's CPU threads or
-    TF32 matmuls, and join the process group under DDP. Returns the device type, cuda or cpu."""
+    TF32 matmuls, and join the process group under DDP; a lone process that shards its model
+    (fsdp) makes a group of its own. Returns the device type, cuda or cpu."""
     if ddp and cfg.device.startswith("cuda"):
         cfg.device = f"cuda:{local_rank}"
     device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
@@ -81,8 +85,11 @@ def setup_device(cfg, local_rank, ddp):
         torch.cuda.set_device(cfg.device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    backend = "nccl" if device_type == "cuda" else "gloo"
     if ddp:
-        join_process_group("nccl" if device_type == "cuda" else "gloo", cfg.join_timeout)
+        join_process_group(backend, cfg.join_timeout)
+    elif getattr(cfg, "fsdp", False):
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return device_type
 
 
