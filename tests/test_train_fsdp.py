@@ -1,6 +1,7 @@
 """Beyond one device's memory, on a CPU with gloo: FSDP against one process, sharded checkpoints
 (exact resume, another number of processes, damage, a full disk, a restart after a killed rank),
-activation checkpointing, and the memory estimate by hand."""
+their conversion to a single file and a Hugging Face directory, activation checkpointing, and the
+memory estimate by hand."""
 
 import errno
 import json
@@ -17,7 +18,9 @@ from test_train import (CRASHING_TRAIN, assert_same_weights, losses, one_thread,
 from train import checkpoint, memory
 from train.cli import run_cli
 from train.config import load_config
+from train.convert import ConvertConfig, convert
 from train.loop import train
+from train.sample import SampleConfig, sample
 
 TOL = 1e-6  # one process against two: the same sums in another order (as test_two_processes_equal_one)
 
@@ -177,6 +180,36 @@ def test_full_disk_at_a_sharded_checkpoint_is_one_line(small_ds, tmp_path, capsy
     assert f"the last good checkpoint is {out}/ckpt_00000005" in err
     assert sorted(os.listdir(out)) == ["best", "ckpt_00000005", "metrics.jsonl"]
     assert checkpoint.read(f"{out}/ckpt_00000005")["step"] == 5
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def test_convert_to_a_single_file_and_hugging_face(fsdp_two, small_ds, tmp_path):
+    """The sharded checkpoint of 2 processes as the trainer's single file (which samples, and
+    resumes in one plain process) and as a Hugging Face directory (which transformers loads, with
+    the same logits)."""
+    transformers = pytest.importorskip("transformers")
+    one_file, hf = str(tmp_path / "run" / "ckpt_00000020.pt"), str(tmp_path / "hf")
+    assert convert(ConvertConfig(out_dir=fsdp_two, to_file=one_file, to_hf=hf)) == [one_file, hf]
+    state = checkpoint.read(one_file)
+    assert state["step"] == 20 and len(state["rng"]) == 2 and state["optimizer"]["state"]
+    assert_same_weights(state["model"], sharded_weights(f"{fsdp_two}/ckpt_00000020"))
+    text = sample(SampleConfig(out_dir=str(tmp_path / "run"), num_samples=1, max_new_tokens=8, start="A"))[0]
+    assert text.startswith("A") and len(text) == 9
+    train(load_config(tiny(small_ds, str(tmp_path / "run"), init_from="resume", max_iters=22, eval_interval=22, **COMMON)))
+    assert checkpoint.read(str(tmp_path / "run" / "ckpt_00000022.pt"))["step"] == 22
+    ours = GPT(GPTConfig(**state["model_args"]))
+    ours.load_state_dict(state["model"])
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(hf)
+    idx = torch.randint(0, state["model_args"]["real_vocab_size"], (2, 16))
+    with torch.no_grad():
+        want = ours(idx)[..., : state["model_args"]["real_vocab_size"]]
+        got = theirs(idx).logits[..., : state["model_args"]["real_vocab_size"]]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # a second conversion never writes over the first
+    with pytest.raises(ValueError, match="already exists"):
+        convert(ConvertConfig(out_dir=fsdp_two, to_file=one_file))
 
 
 # ----------------------------------------------------------------------------- activation checkpointing
