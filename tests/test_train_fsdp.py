@@ -7,11 +7,14 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import train.__main__ as train_command
+from conftest import ROOT
 from gpt import GPT, GPTConfig
 from test_train import (CRASHING_TRAIN, assert_same_weights, losses, one_thread, shakespeare, small_ds,  # noqa: F401
                         tiny, torchrun)
@@ -272,3 +275,12 @@ def test_memory_estimate_by_hand():
     gptj = memory.model_config(*memory.MODELS[-2][1:])
     assert "--fsdp=true --activation_checkpointing=true would fit" in memory.report(gptj, 8, T, 8, "bfloat16",
                                                                                     memory.Options(), 80e9, "80 GB")
+
+
+def test_readme_memory_table_is_the_codes():
+    r = subprocess.run([sys.executable, "-m", "train.memory"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    table = memory.table()
+    assert table in r.stdout
+    assert table in (ROOT / "README.md").read_text(encoding="utf-8")
