@@ -32,13 +32,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 try:
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-except ImportError:  # torch before 2.6
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch before 2.6 had them under private names
     from torch.distributed._composable.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    from torch.distributed._tensor import DTensor
 
 # A block returns a view (a Linear's output): FSDP2 warns that an in-place op on it would skip its
 # hook. The model never changes a block's output in place (the next LayerNorm adds it out of place).
