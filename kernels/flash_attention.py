@@ -52,7 +52,7 @@ from kernels.common import (
 )
 from kernels.flash_attention_kernels import _attn_bwd_delta_kernel, _attn_bwd_kernel, _attn_fwd_kernel
 
-HEAD_DIMS = (16, 32, 64, 128)
+MAX_HEAD_DIM = 256  # any head dim up to it; padded to BLOCK_D, a power of two >= 16, in the kernels
 MAX_T_DROPOUT = 46340  # row * T + col must fit the int32 Philox counter
 LOG2E = 1.4426950408889634
 
@@ -66,7 +66,7 @@ LOG2E = 1.4426950408889634
 # registers on sm_90 with Triton 3.9 or 3.6 (dropout's in-kernel Philox draws take a tile's worth
 # of registers of their own). `python -m bench.aot` compiles every pair, tests/test_aot.py holds
 # them to it.
-TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "DROPOUT"]
+TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "WINDOWED", "ROTARY", "DROPOUT"]
 FWD_TILES = {  # (BLOCK_M, BLOCK_N, warps, stages): (head dim without dropout, with dropout)
     (128, 64, 4, 3): (64, 0),
     (128, 64, 8, 3): (128, 128),
@@ -96,7 +96,7 @@ def _head_dims_of(tiles, rows, cols):
     with or without DROPOUT."""
 
     def prune(configs, named_args, **kwargs):
-        d, dropout = kwargs["HEAD_DIM"], bool(kwargs["DROPOUT"])
+        d, dropout = kwargs["BLOCK_D"], bool(kwargs["DROPOUT"])
         return [
             c for c in configs
             if d <= tiles[(c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages)][dropout]
@@ -130,7 +130,7 @@ _attn_bwd_tuned = triton.autotune(
 )(_attn_bwd_kernel)
 
 
-def _check(q, k, v, dropout_p):
+def _check(q, k, v, dropout_p, causal=True, window=0, cos=None, sin=None):
     """Shapes, dtypes, devices and options the kernels take; a ValueError naming what is wrong.
     Needs no data, so the fake implementations run it too."""
     check_tensors("attention", q=q, k=k, v=v)
@@ -145,8 +145,8 @@ def _check(q, k, v, dropout_p):
     check_one_dtype("attention", q=q, k=k, v=v)
     check_device("attention", q=q, k=k, v=v)
     B, H, T, D = q.shape
-    if D not in HEAD_DIMS:
-        raise ValueError(f"attention: head dim {D} is not supported; use one of {HEAD_DIMS}")
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"attention: head dim {D} is not supported; the kernels take 1 to {MAX_HEAD_DIM}")
     if B * H * T == 0:
         raise ValueError(f"attention: B, H and T must be >= 1, got shape {tuple(q.shape)}")
     if max(q.stride(2), k.stride(2), v.stride(2), H * D) * T >= 2**31:  # in-tile offsets are int32
@@ -155,6 +155,24 @@ def _check(q, k, v, dropout_p):
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p!r}")
     if dropout_p > 0.0 and T > MAX_T_DROPOUT:
         raise ValueError(f"attention: dropout supports T up to {MAX_T_DROPOUT}, got {T}")
+    if window < 0:
+        raise ValueError(f"attention: window must be an int >= 0 (0: no window), got {window!r}")
+    if window and not causal:
+        raise ValueError("attention: a window needs causal=True (it is the causal local attention of GPT-Neo)")
+    if (cos is None) != (sin is None):
+        raise ValueError("attention: rotary needs both cos and sin tables (or neither)")
+    if cos is not None:
+        if cos.dim() != 2 or cos.shape != sin.shape:
+            raise ValueError(
+                f"attention: rotary cos and sin must be (T, R/2) tables of one shape, got {tuple(cos.shape)} and {tuple(sin.shape)}"
+            )
+        if cos.shape[0] != T or not 1 <= cos.shape[1] <= D // 2:
+            raise ValueError(
+                f"attention: rotary cos and sin must be (T, R/2) = ({T}, 1..{D // 2}) for T={T} and head dim {D} "
+                f"(R the rotated dims, even, at most D), got {tuple(cos.shape)}"
+            )
+        if cos.dtype != torch.float32 or sin.dtype != torch.float32 or cos.device != q.device or sin.device != q.device:
+            raise ValueError(f"attention: rotary cos and sin must be fp32 on {q.device}, got {cos.dtype}, {sin.dtype} on {cos.device}")
 
 
 def _split(qkv):
@@ -170,14 +188,28 @@ def _empty_bhtd(B, H, T, D, like, dtype=None):
     return torch.empty((B, T, H, D), dtype=dtype or like.dtype, device=like.device).transpose(1, 2)
 
 
-def _flags(q, causal, dropout_p):
+def block_d(D):
+    """The tile width of head dim D: the next power of two, at least 16 (tl.dot's smallest)."""
+    return max(16, triton.next_power_of_2(D))
+
+
+def _flags(q, causal, dropout_p, window, rotary):
     """The kernels' specialization: tl.constexpr flags, and T's bucket for the autotune key."""
     T, D = q.shape[2], q.shape[3]
     return dict(
-        HEAD_DIM=D, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
+        HEAD_DIM=D, BLOCK_D=block_d(D), CAUSAL=bool(causal), WINDOWED=window > 0, ROTARY=rotary is not None,
+        INTERLEAVED=bool(rotary is not None and rotary[2]), DROPOUT=dropout_p > 0.0,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",  # fp16/bf16 ignore it
         T_BUCKET=min(triton.next_power_of_2(T), 8192),
     )
+
+
+def _options(q, scale, window, cos, sin, interleaved):
+    """(sm_scale, window, rotary) as the launchers take them: the scale (1/sqrt(D) by default),
+    the window (0 when it covers every position anyway), rotary (cos, sin, interleaved) or None."""
+    T, D = q.shape[2], q.shape[3]
+    sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    return sm_scale, (window if window < T else 0), (None if cos is None else (cos, sin, bool(interleaved)))
 
 
 def _autotuned(q):
@@ -185,38 +217,43 @@ def _autotuned(q):
     return AUTOTUNE and q.dtype != torch.float32
 
 
-def _one_config(q, small, fp32):
+def _one_config(q, flags, small, fp32):
     """The config of a launch that is not autotuned: fp32's own on a GPU, else the small one."""
     return fp32 if q.dtype == torch.float32 and not interpreted() else small
 
 
-def attention_fwd(q, k, v, causal, dropout_p, seed, o=None):
+def attention_fwd(q, k, v, causal, dropout_p, seed, o=None, scale=None, window=0, cos=None, sin=None, interleaved=False):
     """q, k, v (B, H, T, D) -> o (B, H, T, D), laid out (B, T, H, D) unless given, and lse (B, H,
-    T) fp32 (log2 units). seed: a (1,) int64 tensor on q's device (read only with dropout)."""
-    _check(q, k, v, dropout_p)
+    T) fp32 (log2 units). seed: a (1,) int64 tensor on q's device (read only with dropout).
+    scale, window, cos, sin, interleaved: as attention() takes them."""
+    _check(q, k, v, dropout_p, causal, window, cos, sin)
     B, H, T, D = q.shape
     if dropout_p > 0.0 and seed is None:
         raise ValueError("attention: dropout needs a seed tensor")
     o = _empty_bhtd(B, H, T, D, q) if o is None else o
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    sm_scale = 1.0 / math.sqrt(D)
+    sm_scale, window, rotary = _options(q, scale, window, cos, sin, interleaved)
+    cos, sin = (cos, sin) if rotary is not None else (lse, lse)
     args = (
-        q, k, v, o, lse, seed if seed is not None else lse, q.stride(), k.stride(), v.stride(), o.stride(),
-        H, T, sm_scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p),
+        q, k, v, o, lse, seed if seed is not None else lse, cos, sin, q.stride(), k.stride(), v.stride(), o.stride(),
+        H, T, sm_scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p), window, 2 * cos.shape[-1] if rotary else 0,
     )
+    flags = _flags(q, causal, dropout_p, window, rotary)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
     with device_guard(q):
         if _autotuned(q):
-            _attn_fwd_tuned[grid](*args, **_flags(q, causal, dropout_p))
+            _attn_fwd_tuned[grid](*args, **flags)
         else:
-            _attn_fwd_kernel[grid](*args, **_flags(q, causal, dropout_p), **_one_config(q, SMALL_FWD, FP32_FWD))
+            _attn_fwd_kernel[grid](*args, **flags, **_one_config(q, flags, SMALL_FWD, FP32_FWD))
     return o, lse
 
 
-def attention_bwd(do, q, k, v, o, lse, causal, dropout_p, seed, grads=None):
+def attention_bwd(
+    do, q, k, v, o, lse, causal, dropout_p, seed, grads=None, scale=None, window=0, cos=None, sin=None, interleaved=False
+):
     """The forward's inputs, o, lse and seed, and dO (B, H, T, D) -> dq, dk, dv (B, H, T, D), laid
     out (B, T, H, D) each unless `grads` gives them (one layout for the three)."""
-    _check(q, k, v, dropout_p)
+    _check(q, k, v, dropout_p, causal, window, cos, sin)
     if do.shape != q.shape or do.device != q.device:
         raise ValueError(f"attention: grad_output must be {tuple(q.shape)} on {q.device}, got {tuple(do.shape)} on {do.device}")
     if do.stride(2) * q.shape[2] >= 2**31:
@@ -228,24 +265,24 @@ def attention_bwd(do, q, k, v, o, lse, causal, dropout_p, seed, grads=None):
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     dq, dk, dv = grads if grads is not None else (_empty_bhtd(B, H, T, D, q) for _ in range(3))
     assert dq.stride() == dk.stride() == dv.stride(), "dq, dk, dv share one layout"
-    sm_scale = 1.0 / math.sqrt(D)
+    sm_scale, window, rotary = _options(q, scale, window, cos, sin, interleaved)
+    cos, sin = (cos, sin) if rotary is not None else (lse, lse)
     args = (
-        q, k, v, do, dq, dk, dv, lse, delta, seed if seed is not None else lse,
+        q, k, v, do, dq, dk, dv, lse, delta, seed if seed is not None else lse, cos, sin,
         q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(),
-        H, T, sm_scale * LOG2E, sm_scale, dropout_p, 1.0 / (1.0 - dropout_p),
+        H, T, sm_scale * LOG2E, sm_scale, dropout_p, 1.0 / (1.0 - dropout_p), window, 2 * cos.shape[-1] if rotary else 0,
     )
+    flags = _flags(q, causal, dropout_p, window, rotary)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_BIG"]), B * H)  # noqa: E731
     with device_guard(q):
         _attn_bwd_delta_kernel[(triton.cdiv(T, DELTA_BLOCK_M), B * H)](
-            o, do, delta, o.stride(), do.stride(), H, T, HEAD_DIM=D, BLOCK_M=DELTA_BLOCK_M
+            o, do, delta, o.stride(), do.stride(), H, T, HEAD_DIM=D, BLOCK_D=flags["BLOCK_D"], BLOCK_M=DELTA_BLOCK_M
         )
         for dkdv in (True, False):  # dK and dV, then dQ
             if _autotuned(q):
-                _attn_bwd_tuned[grid](*args, **_flags(q, causal, dropout_p), DKDV=dkdv)
+                _attn_bwd_tuned[grid](*args, **flags, DKDV=dkdv)
             else:
-                _attn_bwd_kernel[grid](
-                    *args, **_flags(q, causal, dropout_p), DKDV=dkdv, **_one_config(q, SMALL_BWD, FP32_BWD)
-                )
+                _attn_bwd_kernel[grid](*args, **flags, DKDV=dkdv, **_one_config(q, flags, SMALL_BWD, FP32_BWD))
     return dq, dk, dv
 
 
@@ -267,17 +304,19 @@ def _interpreter_fp32(*ts):
 
 @torch.library.custom_op(f"{NAMESPACE}::attention", mutates_args=())
 def _attention_op(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor]
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor],
+    scale: Optional[float] = None, window: int = 0, cos: Optional[Tensor] = None, sin: Optional[Tensor] = None,
+    interleaved: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    o, lse = attention_fwd(*_interpreter_fp32(q, k, v), causal, dropout_p, seed)
+    o, lse = attention_fwd(*_interpreter_fp32(q, k, v), causal, dropout_p, seed, None, scale, window, cos, sin, interleaved)
     if o.dtype != q.dtype:
         o = _empty_bhtd(*q.shape, q).copy_(o)
     return o, lse
 
 
 @_attention_op.register_fake
-def _(q, k, v, causal, dropout_p, seed):
-    _check(q, k, v, dropout_p)
+def _(q, k, v, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False):
+    _check(q, k, v, dropout_p, causal, window, cos, sin)
     B, H, T, D = q.shape
     return _empty_bhtd(B, H, T, D, q), q.new_empty((B, H, T), dtype=torch.float32)
 
@@ -285,67 +324,81 @@ def _(q, k, v, causal, dropout_p, seed):
 @torch.library.custom_op(f"{NAMESPACE}::attention_backward", mutates_args=())
 def _attention_backward_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, causal: bool, dropout_p: float,
-    seed: Optional[Tensor],
+    seed: Optional[Tensor], scale: Optional[float] = None, window: int = 0, cos: Optional[Tensor] = None,
+    sin: Optional[Tensor] = None, interleaved: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    grads = attention_bwd(*_interpreter_fp32(do, q, k, v, o), lse, causal, dropout_p, seed)
+    grads = attention_bwd(
+        *_interpreter_fp32(do, q, k, v, o), lse, causal, dropout_p, seed, None, scale, window, cos, sin, interleaved
+    )
     if grads[0].dtype != q.dtype:
         grads = tuple(_empty_bhtd(*q.shape, q).copy_(g) for g in grads)
     return grads
 
 
 @_attention_backward_op.register_fake
-def _(do, q, k, v, o, lse, causal, dropout_p, seed):
+def _(do, q, k, v, o, lse, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False):
     return tuple(_empty_bhtd(*q.shape, q) for _ in range(3))
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, causal, dropout_p, seed = inputs
+    q, k, v, causal, dropout_p, seed, scale, window, cos, sin, interleaved = inputs
     _, lse = output
-    ctx.save_for_backward(q, k, v, output[0], lse, seed)
-    ctx.causal, ctx.dropout_p = causal, dropout_p
+    ctx.save_for_backward(q, k, v, output[0], lse, seed, cos, sin)
+    ctx.options = causal, dropout_p, scale, window, interleaved
     ctx.mark_non_differentiable(lse)
     ctx.set_materialize_grads(False)
 
 
 def _attention_backward(ctx, do, _dlse):
-    q, k, v, o, lse, seed = ctx.saved_tensors
+    q, k, v, o, lse, seed, cos, sin = ctx.saved_tensors
     if do is None:
-        return None, None, None, None, None, None
-    dq, dk, dv = torch.ops.tritongpt.attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.dropout_p, seed)
-    return dq, dk, dv, None, None, None
+        return (None,) * 11
+    causal, dropout_p, scale, window, interleaved = ctx.options
+    dq, dk, dv = torch.ops.tritongpt.attention_backward(
+        do, q, k, v, o, lse, causal, dropout_p, seed, scale, window, cos, sin, interleaved
+    )
+    return (dq, dk, dv) + (None,) * 8
 
 
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::attention_qkv", mutates_args=())
-def _attention_qkv_op(qkv: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def _attention_qkv_op(
+    qkv: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor], scale: Optional[float] = None,
+    window: int = 0, cos: Optional[Tensor] = None, sin: Optional[Tensor] = None, interleaved: bool = False,
+) -> tuple[Tensor, Tensor]:
     B, T, _, H, D = qkv.shape
     o = torch.empty((B, T, H, D), dtype=qkv.dtype, device=qkv.device)  # what c_proj reads as (B, T, C)
     (qkv32,) = _interpreter_fp32(qkv)
     o32 = o if qkv32 is qkv else torch.empty((B, T, H, D), dtype=torch.float32, device=qkv.device)
-    _, lse = attention_fwd(*_split(qkv32), causal, dropout_p, seed, o=o32.transpose(1, 2))
+    _, lse = attention_fwd(
+        *_split(qkv32), causal, dropout_p, seed, o32.transpose(1, 2), scale, window, cos, sin, interleaved
+    )
     if o32 is not o:
         o.copy_(o32)
     return o, lse
 
 
 @_attention_qkv_op.register_fake
-def _(qkv, causal, dropout_p, seed):
-    _check(*_split(qkv), dropout_p)
+def _(qkv, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False):
+    _check(*_split(qkv), dropout_p, causal, window, cos, sin)
     B, T, _, H, D = qkv.shape
     return qkv.new_empty((B, T, H, D)), qkv.new_empty((B, H, T), dtype=torch.float32)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::attention_qkv_backward", mutates_args=())
 def _attention_qkv_backward_op(
-    do: Tensor, qkv: Tensor, o: Tensor, lse: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor]
+    do: Tensor, qkv: Tensor, o: Tensor, lse: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor],
+    scale: Optional[float] = None, window: int = 0, cos: Optional[Tensor] = None, sin: Optional[Tensor] = None,
+    interleaved: bool = False,
 ) -> Tensor:
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)  # c_attn's output gradient
     do, qkv32, o = _interpreter_fp32(do, qkv, o)
     dqkv32 = dqkv if qkv32 is qkv else torch.empty(qkv.shape, dtype=torch.float32, device=qkv.device)
     attention_bwd(
-        do.transpose(1, 2), *_split(qkv32), o.transpose(1, 2), lse, causal, dropout_p, seed, grads=_split(dqkv32)
+        do.transpose(1, 2), *_split(qkv32), o.transpose(1, 2), lse, causal, dropout_p, seed, _split(dqkv32),
+        scale, window, cos, sin, interleaved,
     )
     if dqkv32 is not dqkv:
         dqkv.copy_(dqkv32)
@@ -353,24 +406,28 @@ def _attention_qkv_backward_op(
 
 
 @_attention_qkv_backward_op.register_fake
-def _(do, qkv, o, lse, causal, dropout_p, seed):
+def _(do, qkv, o, lse, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False):
     return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
 
 
 def _attention_qkv_setup(ctx, inputs, output):
-    qkv, causal, dropout_p, seed = inputs
+    qkv, causal, dropout_p, seed, scale, window, cos, sin, interleaved = inputs
     o, lse = output
-    ctx.save_for_backward(qkv, o, lse, seed)
-    ctx.causal, ctx.dropout_p = causal, dropout_p
+    ctx.save_for_backward(qkv, o, lse, seed, cos, sin)
+    ctx.options = causal, dropout_p, scale, window, interleaved
     ctx.mark_non_differentiable(lse)
     ctx.set_materialize_grads(False)
 
 
 def _attention_qkv_backward(ctx, do, _dlse):
-    qkv, o, lse, seed = ctx.saved_tensors
+    qkv, o, lse, seed, cos, sin = ctx.saved_tensors
     if do is None:
-        return None, None, None, None
-    return torch.ops.tritongpt.attention_qkv_backward(do, qkv, o, lse, ctx.causal, ctx.dropout_p, seed), None, None, None
+        return (None,) * 9
+    causal, dropout_p, scale, window, interleaved = ctx.options
+    dqkv = torch.ops.tritongpt.attention_qkv_backward(
+        do, qkv, o, lse, causal, dropout_p, seed, scale, window, cos, sin, interleaved
+    )
+    return (dqkv,) + (None,) * 8
 
 
 _attention_qkv_op.register_autograd(_attention_qkv_backward, setup_context=_attention_qkv_setup)
@@ -385,26 +442,53 @@ def draw_seed(device):
     return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
 
 
-def attention(q, k, v, causal=True, dropout_p=0.0):
-    """softmax(q k^T / sqrt(D), causal) v with dropout on the probabilities, as
-    F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p).
+def _rotary_args(rotary, device):
+    """rotary (cos, sin, interleaved) or None -> (cos, sin, interleaved) as the ops take them, the
+    tables fp32 and contiguous (they are small: (T, R/2))."""
+    if rotary is None:
+        return None, None, False
+    if not (isinstance(rotary, (tuple, list)) and len(rotary) == 3):
+        raise ValueError("attention: rotary must be None or (cos, sin, interleaved), cos and sin (T, R/2)")
+    cos, sin, interleaved = rotary
+    check_tensors("attention", cos=cos, sin=sin)
+    return cos.to(device, torch.float32).contiguous(), sin.to(device, torch.float32).contiguous(), bool(interleaved)
 
-    q, k, v: (B, H, T, D), any strides (the views out of c_attn need no copy), D in HEAD_DIMS,
+
+def _scale_window(scale, window):
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise ValueError(f"attention: window must be an int >= 0 (0: no window), got {window!r}")
+    return (None if scale is None else float(scale)), window
+
+
+def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None):
+    """softmax(q k^T * scale, causal) v with dropout on the probabilities, as
+    F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale).
+
+    q, k, v: (B, H, T, D), any strides (the views out of c_attn need no copy), D from 1 to 256,
     fp32 / fp16 / bf16; under torch.autocast they are cast to autocast's dtype, as SDPA would be.
-    Returns (B, H, T, D) in their dtype, laid out as (B, T, H, D)."""
+    scale: None (1 / sqrt(D)) or the softmax scale (GPT-Neo's 1.0). window: 0, or (causal only)
+    the positions each query sees, itself included (GPT-Neo's local attention). rotary: None, or
+    (cos, sin, interleaved) with cos, sin (T, R/2) as kernels.reference.rotary takes them: q and k
+    turned inside the kernels before the scores (GPT-NeoX's halves, or GPT-J's interleaved pairs;
+    the first R of the D dims). Returns (B, H, T, D) in their dtype, laid out as (B, T, H, D)."""
     q, k, v = autocast_inputs(q, k, v)
     check_tensors("attention", q=q, k=k, v=v)
     dropout_p = float(dropout_p)
+    scale, window = _scale_window(scale, window)
     seed = draw_seed(q.device) if 0.0 < dropout_p < 1.0 else None
-    return torch.ops.tritongpt.attention(q, k, v, bool(causal), dropout_p, seed)[0]
+    rope = _rotary_args(rotary, q.device)
+    return torch.ops.tritongpt.attention(q, k, v, bool(causal), dropout_p, seed, scale, window, *rope)[0]
 
 
-def attention_qkv(qkv, causal=True, dropout_p=0.0):
+def attention_qkv(qkv, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None):
     """attention() of the fused projection: qkv (B, T, 3, H, D), c_attn's (B, T, 3 * C) output
     viewed so, -> y (B, T, H, D) contiguous (c_proj's (B, T, C) input as a view). The backward
-    writes one (B, T, 3, H, D) gradient: no copy to split q, k, v or to join their gradients."""
+    writes one (B, T, 3, H, D) gradient: no copy to split q, k, v or to join their gradients.
+    scale, window, rotary: as attention() takes them."""
     (qkv,) = autocast_inputs(qkv)
     check_tensors("attention_qkv", qkv=qkv)
     dropout_p = float(dropout_p)
+    scale, window = _scale_window(scale, window)
     seed = draw_seed(qkv.device) if 0.0 < dropout_p < 1.0 else None
-    return torch.ops.tritongpt.attention_qkv(qkv, bool(causal), dropout_p, seed)[0]
+    rope = _rotary_args(rotary, qkv.device)
+    return torch.ops.tritongpt.attention_qkv(qkv, bool(causal), dropout_p, seed, scale, window, *rope)[0]

@@ -1,22 +1,30 @@
 """The Triton kernels of flash attention (FlashAttention-2): the forward, and the backward's
 delta pass and its dK/dV and dQ loops. Their host launchers, the torch.library ops and the public
 functions are in flash_attention.py, which says what the algorithm is; this file holds the jit
-code alone, read top to bottom: the tile helpers, the forward, then the backward.
+code alone, read top to bottom: the tile helpers (loads, rotary, the ranges of tiles each
+program visits), the forward, then the backward.
 
 Every kernel takes each (B, H, T, D) tensor as a pointer plus its four strides, so q, k, v may be
 views of one (B, T, 3, H, D) projection and o, dq, dk, dv any layout (the ops use (B, T, H, D)).
 The dropout seed is read on the device from a (1,) int64 tensor: no host value per launch, so a
 step that uses dropout can be captured in a CUDA graph.
+
+A head dim D that is not a power of two runs in tiles of BLOCK_D = the next one: the columns at
+and past D load as zeros and are never stored (when D == BLOCK_D the column masks are not even
+compiled). Rotary turns q and k as their tiles are loaded (each tile is read a second time at
+its partner columns: cheap, the lines are in cache) and turns dq, dk back by the transposed
+rotation before they are stored: no rotated copy of q or k ever exists in memory.
 """
 
 import triton
 import triton.language as tl
 
-# Inside the kernels two tuples travel together:
+# Inside the kernels three tuples travel together:
 #   a matrix: one head's (T, D) slice of q, k, v, o, dO or a gradient,
-#             (pointer to its row 0, stride of T, stride of D, offs_d = arange(D));
-#   head:     what every tile of one (batch, head) shares, (T, qk_scale, seed, bh, p, 1 / (1 - p)),
-#             seed the value read from seed_ptr (0 without dropout).
+#             (pointer to its row 0, stride of T, stride of D, offs_d = arange(BLOCK_D));
+#   head:     what every tile of one (batch, head) shares, (T, qk_scale, seed, bh, p, 1 / (1 - p),
+#             window), seed the value read from seed_ptr (0 without dropout);
+#   rope:     the rotary tables and the column maps of a tile (see _rope), used when ROTARY.
 
 
 @triton.jit
@@ -35,81 +43,177 @@ def _matrix(ptr, strides, b, h, offs_d):
 
 @triton.jit
 def _ptrs(mat, rows):
-    """(BLOCK, D) pointers to the rows `rows` (BLOCK,) of a matrix."""
+    """(BLOCK, BLOCK_D) pointers to the rows `rows` (BLOCK,) of a matrix."""
     base, stride_t, stride_d, offs_d = mat
     return base + rows[:, None] * stride_t + offs_d[None, :] * stride_d
 
 
 @triton.jit
-def _load(mat, rows, T):
-    """The (BLOCK, D) tile of a matrix at `rows`; rows past T read as zeros."""
-    return tl.load(_ptrs(mat, rows), mask=rows[:, None] < T, other=0.0)
+def _mask(rows, offs_d, T, HEAD_DIM: tl.constexpr):
+    """(BLOCK, BLOCK_D): the rows inside T, and the columns inside the head dim when it is padded."""
+    mask = rows[:, None] < T
+    if HEAD_DIM != offs_d.shape[0]:
+        mask = mask & (offs_d[None, :] < HEAD_DIM)
+    return mask
 
 
 @triton.jit
-def _load_kv(kv, rows, T, MASKED: tl.constexpr):
-    """The (BLOCK, D) tiles at `rows` of kv = (k, v matrices); rows past T read as zeros if MASKED."""
-    k_mat, v_mat = kv
-    k_ptrs, v_ptrs = _ptrs(k_mat, rows), _ptrs(v_mat, rows)
+def _load(mat, rows, T, HEAD_DIM: tl.constexpr):
+    """The (BLOCK, BLOCK_D) tile of a matrix at `rows`; rows past T and columns past D read as zeros."""
+    return tl.load(_ptrs(mat, rows), mask=_mask(rows, mat[3], T, HEAD_DIM), other=0.0)
+
+
+@triton.jit
+def _store(mat, rows, x, T, HEAD_DIM: tl.constexpr):
+    """Stores the (BLOCK, BLOCK_D) tile x at `rows` of a matrix, in its dtype, inside T and D."""
+    tl.store(_ptrs(mat, rows), x.to(mat[0].dtype.element_ty), mask=_mask(rows, mat[3], T, HEAD_DIM))
+
+
+@triton.jit
+def _rope(cos_ptr, sin_ptr, rot_dim, offs_d, INTERLEAVED: tl.constexpr):
+    """The rotary of a tile's columns: pair (the table column of each), partner (the other dim of
+    its pair), sign (-1 on a pair's first dim, +1 on its second) and turned (dim < rot_dim).
+    A pair (a, b) turns to (a cos - b sin, b cos + a sin): x[d] cos + sign * x[partner] sin."""
+    half = rot_dim // 2
+    if INTERLEAVED:  # GPT-J: dims (2i, 2i + 1)
+        pair = offs_d // 2
+        partner = offs_d ^ 1
+        first = (offs_d % 2) == 0
+    else:  # GPT-NeoX: dims (i, i + R/2)
+        first = offs_d < half
+        pair = tl.where(first, offs_d, offs_d - half)
+        partner = tl.where(first, offs_d + half, offs_d - half)
+    turned = offs_d < rot_dim
+    partner = tl.where(turned, partner, offs_d)
+    sign = tl.where(first, -1.0, 1.0)
+    return cos_ptr, sin_ptr, half, pair, partner, sign, turned
+
+
+@triton.jit
+def _angles(rope, rows, T):
+    """(BLOCK, BLOCK_D) fp32 cos and signed sin of the positions `rows` at each column; 1 and 0
+    on the columns that are not turned and on the rows past T."""
+    cos_ptr, sin_ptr, half, pair, _, sign, turned = rope
+    inside = (rows[:, None] < T) & turned[None, :]
+    offs = rows[:, None] * half + pair[None, :]
+    c = tl.load(cos_ptr + offs, mask=inside, other=1.0)
+    s = tl.load(sin_ptr + offs, mask=inside, other=0.0) * sign[None, :]
+    return c, s
+
+
+@triton.jit
+def _load_turned(mat, rows, T, rope, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr):
+    """_load, then the rotary of the positions `rows` (the tile's dtype; computed in fp32).
+    MASKED=False: every row is inside T (and D is not padded), so only the partner read is masked."""
     if MASKED:
-        k = tl.load(k_ptrs, mask=rows[:, None] < T, other=0.0)
-        v = tl.load(v_ptrs, mask=rows[:, None] < T, other=0.0)
+        x = _load(mat, rows, T, HEAD_DIM)
     else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
-    return k, v
+        x = tl.load(_ptrs(mat, rows))
+    base, stride_t, stride_d, offs_d = mat
+    partner, turned = rope[4], rope[6]
+    xp = tl.load(
+        base + rows[:, None] * stride_t + partner[None, :] * stride_d,
+        mask=(rows[:, None] < T) & turned[None, :], other=0.0,
+    )
+    c, s = _angles(rope, rows, T)
+    return (x.to(tl.float32) * c + xp.to(tl.float32) * s).to(x.dtype)
 
 
 @triton.jit
-def _key_range(start_m, T, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    """Key tiles of the query tile at start_m: [0, lo) need no mask, [lo, hi) are masked."""
+def _turn_back(g, rows, T, rope):
+    """The transposed rotary of an fp32 (BLOCK, BLOCK_D) gradient: the gradient of the unturned
+    tile from that of the turned one, g[d] cos - sign * g[partner] sin."""
+    partner = tl.broadcast_to(rope[4][None, :], g.shape)
+    c, s = _angles(rope, rows, T)
+    return g * c - tl.gather(g, partner, axis=1) * s
+
+
+@triton.jit
+def _key_range(start_m, T, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+               WINDOWED: tl.constexpr):
+    """Key tiles of the query tile at start_m: [w_lo, w_mid) cross the window's start (masked),
+    [w_mid, lo) need no mask, [lo, hi) are masked (the diagonal; the ragged tail at T). The tiles
+    before w_lo (wholly outside the window) and past hi (above the diagonal) are never visited.
+    Without a window w_lo = w_mid = 0."""
     if CAUSAL:
         lo = (start_m // BLOCK_N) * BLOCK_N  # tiles ending at or before the tile's first row
         hi = tl.minimum(start_m + BLOCK_M, T)  # nothing above the diagonal
     else:
         lo = (T // BLOCK_N) * BLOCK_N  # only the ragged tail is masked
         hi = T
-    return lo, hi
+    w_lo = 0
+    w_mid = 0
+    if WINDOWED:  # the first row sees keys from start_m - window + 1, the last from start_m + BLOCK_M - window
+        w_lo = (tl.maximum(start_m - window + 1, 0) // BLOCK_N) * BLOCK_N
+        w_mid = tl.cdiv(tl.maximum(start_m + BLOCK_M - window, 0), BLOCK_N) * BLOCK_N
+        w_mid = tl.minimum(tl.maximum(w_mid, w_lo), lo)
+    return w_lo, w_mid, lo, hi
 
 
 @triton.jit
-def _query_range(start_n, T, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+def _query_range(start_n, T, window, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr,
+                 WINDOWED: tl.constexpr):
     """Query tiles that see the key tile at start_n: [lo, mid) cross the diagonal (masked),
-    [mid, T) lie wholly below it."""
+    [mid, w_mid) lie wholly below it and inside the window, [w_mid, w_hi) cross the window's end
+    (masked); none past w_hi. Without a window w_mid = w_hi = T."""
     if CAUSAL:
         lo = (start_n // BLOCK_M) * BLOCK_M  # the tile holding row start_n
         mid = tl.minimum(tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M, T)
     else:
-        lo, mid = 0, 0
-    return lo, mid
+        lo = 0
+        mid = 0
+    w_mid = T
+    w_hi = T
+    if WINDOWED:  # the tile's last key is seen up to query start_n + BLOCK_N - 2 + window
+        w_hi = tl.minimum(start_n + BLOCK_N + window - 1, T)
+        w_mid = tl.minimum(tl.maximum(((start_n + window) // BLOCK_M) * BLOCK_M, mid), w_hi)
+    return lo, mid, w_mid, w_hi
 
 
 @triton.jit
-def _visible(offs_m, offs_n, T, CAUSAL: tl.constexpr):
-    """(BLOCK_M, BLOCK_N): which keys each query attends to (inside T; at or before it if causal)."""
+def _visible(offs_m, offs_n, T, window, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
+    """(BLOCK_M, BLOCK_N): which keys each query attends to (inside T; at or before it if causal;
+    less than `window` positions before it if WINDOWED)."""
     visible = offs_n[None, :] < T
     if CAUSAL:
         visible = visible & (offs_n[None, :] <= offs_m[:, None])
+    if WINDOWED:
+        visible = visible & (offs_m[:, None] - offs_n[None, :] < window)
     return visible
 
 
 @triton.jit
 def _fwd_tiles(
-    acc, l_i, m_i, q, offs_m, kv, lo, hi, head,
-    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    acc, l_i, m_i, q, offs_m, kv, lo, hi, head, rope,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+    WINDOWED: tl.constexpr, ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """The online softmax of the query tile q (BLOCK_M, D) at rows offs_m over the key tiles
-    [lo, hi) of kv = (k, v matrices): acc (BLOCK_M, D) += p v; l, m (BLOCK_M,) its sum and max."""
-    T, qk_scale, seed, bh, dropout_p, _ = head
+    """The online softmax of the query tile q (BLOCK_M, BLOCK_D) at rows offs_m over the key
+    tiles [lo, hi) of kv = (k, v matrices): acc (BLOCK_M, BLOCK_D) += p v; l, m (BLOCK_M,) its
+    sum and max."""
+    T, qk_scale, seed, bh, dropout_p, _, window = head
+    k_mat, v_mat = kv
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v = _load_kv(kv, offs_n, T, MASKED=MASKED)  # (BLOCK_N, D) each
+        if ROTARY:
+            k = _load_turned(k_mat, offs_n, T, rope, HEAD_DIM, MASKED=MASKED or HEAD_DIM != k_mat[3].shape[0])
+        elif MASKED or HEAD_DIM != k_mat[3].shape[0]:
+            k = _load(k_mat, offs_n, T, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+        else:
+            k = tl.load(_ptrs(k_mat, offs_n))
+        if MASKED or HEAD_DIM != v_mat[3].shape[0]:
+            v = _load(v_mat, offs_n, T, HEAD_DIM)
+        else:
+            v = tl.load(_ptrs(v_mat, offs_n))
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
-            s = tl.where(_visible(offs_m, offs_n, T, CAUSAL), s, float("-inf"))
+            s = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
+        m_use = m_new
+        if MASKED and WINDOWED:  # a row may not have seen any key yet: keep its sums at 0, not NaN
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)  # the softmax's denominator counts dropped entries too
         if DROPOUT:
             p = tl.where(_keep(seed, bh, offs_m[:, None], offs_n[None, :], T, dropout_p), p, 0.0)
@@ -124,9 +228,11 @@ def _attn_fwd_kernel(
     o_ptr,  # (B, H, T, D) output
     lse_ptr,  # (B * H, T) fp32: log2-sum-exp2 of each row's scaled scores
     seed_ptr,  # (1,) int64: the dropout seed (read only when DROPOUT)
+    cos_ptr, sin_ptr,  # (T, rot_dim / 2) fp32 each: the rotary tables (read only when ROTARY)
     q_strides, k_strides, v_strides, o_strides,  # (stride of B, of H, of T, of D) each
-    H, T, qk_scale, dropout_p, drop_scale, T_BUCKET,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    H, T, qk_scale, dropout_p, drop_scale, window, rot_dim, T_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
+    ROTARY: tl.constexpr, INTERLEAVED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # the last query tiles see the most keys: start them first, so the grid ends on light ones
@@ -134,32 +240,43 @@ def _attn_fwd_kernel(
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
     kv = (_matrix(k_ptr, k_strides, b, h, offs_d), _matrix(v_ptr, v_strides, b, h, offs_d))
     seed = 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
-    head = (T, qk_scale, seed, bh, dropout_p, drop_scale)
-    q = _load(_matrix(q_ptr, q_strides, b, h, offs_d), offs_m, T)  # (BLOCK_M, D)
+    head = (T, qk_scale, seed, bh, dropout_p, drop_scale, window)
+    rope = _rope(cos_ptr, sin_ptr, rot_dim, offs_d, INTERLEAVED)
+    q_mat = _matrix(q_ptr, q_strides, b, h, offs_d)
+    if ROTARY:
+        q = _load_turned(q_mat, offs_m, T, rope, HEAD_DIM, MASKED=True)  # (BLOCK_M, BLOCK_D)
+    else:
+        q = _load(q_mat, offs_m, T, HEAD_DIM)
 
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    lo, hi = _key_range(start_m, T, BLOCK_M, BLOCK_N, CAUSAL)
+    w_lo, w_mid, lo, hi = _key_range(start_m, T, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
+    if WINDOWED:
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, offs_m, kv, w_lo, w_mid, head, rope, MASKED=True, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+        )
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, offs_m, kv, 0, lo, head,
-        MASKED=False, BLOCK_N=BLOCK_N, CAUSAL=CAUSAL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+        acc, l_i, m_i, q, offs_m, kv, w_mid, lo, head, rope, MASKED=False, BLOCK_N=BLOCK_N,
+        HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
     )
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, offs_m, kv, lo, hi, head,
-        MASKED=True, BLOCK_N=BLOCK_N, CAUSAL=CAUSAL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+        acc, l_i, m_i, q, offs_m, kv, lo, hi, head, rope, MASKED=True, BLOCK_N=BLOCK_N,
+        HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
     )
 
     if DROPOUT:
         acc = acc * drop_scale
+    if WINDOWED:  # the rows past T may have seen no key at all
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_i[:, None]
-    o_ptrs = _ptrs(_matrix(o_ptr, o_strides, b, h, offs_d), offs_m)
-    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < T)
+    _store(_matrix(o_ptr, o_strides, b, h, offs_d), offs_m, o, T, HEAD_DIM)
     tl.store(lse_ptr + bh * T + offs_m, m_i + tl.log2(l_i), mask=offs_m < T)
 
 
@@ -168,38 +285,45 @@ def _attn_bwd_delta_kernel(
     o_ptr, do_ptr,  # (B, H, T, D) each
     delta_ptr,  # (B * H, T) fp32 output: rowsum(dO * O)
     o_strides, do_strides,  # (stride of B, of H, of T, of D) each
-    H, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    H, T, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    o_and_do = (_matrix(o_ptr, o_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d))
-    o, do = _load_kv(o_and_do, offs_m, T, MASKED=True)  # (BLOCK_M, D) each
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load(_matrix(o_ptr, o_strides, b, h, offs_d), offs_m, T, HEAD_DIM)  # (BLOCK_M, BLOCK_D)
+    do = _load(_matrix(do_ptr, do_strides, b, h, offs_d), offs_m, T, HEAD_DIM)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
     tl.store(delta_ptr + bh * T + offs_m, delta, mask=offs_m < T)
 
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, k, v, offs_n, queries, lo, hi, head,
-    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    dk, dv, k, v, offs_n, queries, lo, hi, head, rope,
+    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOWED: tl.constexpr,
+    ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """dK, dV (BLOCK_N, D) of the key tile k, v at rows offs_n, summed over the query tiles
+    """dK, dV (BLOCK_N, BLOCK_D) of the key tile k, v at rows offs_n, summed over the query tiles
     [lo, hi) of queries = (q matrix, dO matrix, lse row, delta row); MASKED: the causal
-    diagonal. All transposed: rows are keys, columns queries."""
+    diagonal, or the window's end. All transposed: rows are keys, columns queries."""
     q_mat, do_mat, lse_row, delta_row = queries
-    T, qk_scale, seed, bh, dropout_p, drop_scale = head
+    T, qk_scale, seed, bh, dropout_p, drop_scale, window = head
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < T  # the ragged tail of queries loads as zeros and adds nothing
-        q = _load(q_mat, offs_m, T)  # (BLOCK_M, D)
-        do = _load(do_mat, offs_m, T)
+        if ROTARY:
+            q = _load_turned(q_mat, offs_m, T, rope, HEAD_DIM, MASKED=True)  # (BLOCK_M, BLOCK_D)
+        else:
+            q = _load(q_mat, offs_m, T, HEAD_DIM)
+        do = _load(do_mat, offs_m, T, HEAD_DIM)
         lse = tl.load(lse_row + offs_m, mask=rows, other=0.0)  # (BLOCK_M,)
         delta = tl.load(delta_row + offs_m, mask=rows, other=0.0)
         pT = tl.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
-        if MASKED:  # query row >= key column
-            pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+        if MASKED:  # query row >= key column (and within the window)
+            visible = offs_m[None, :] >= offs_n[:, None]
+            if WINDOWED:
+                visible = visible & (offs_m[None, :] - offs_n[:, None] < window)
+            pT = tl.where(visible, pT, 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # dL/d(dropped P), transposed
         if DROPOUT:
             keepT = _keep(seed, bh, offs_m[None, :], offs_n[:, None], T, dropout_p)
@@ -214,18 +338,29 @@ def _dkdv_tiles(
 
 @triton.jit
 def _dq_tiles(
-    dq, q, do, lse, delta, offs_m, kv, lo, hi, head,
-    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    dq, q, do, lse, delta, offs_m, kv, lo, hi, head, rope,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+    WINDOWED: tl.constexpr, ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """dQ (BLOCK_M, D) of the query tile q, do (BLOCK_M, D), lse, delta (BLOCK_M,) at rows
-    offs_m, summed over the key tiles [lo, hi) of kv = (k, v matrices)."""
-    T, qk_scale, seed, bh, dropout_p, drop_scale = head
+    """dQ (BLOCK_M, BLOCK_D) of the query tile q, do (BLOCK_M, BLOCK_D), lse, delta (BLOCK_M,) at
+    rows offs_m, summed over the key tiles [lo, hi) of kv = (k, v matrices)."""
+    T, qk_scale, seed, bh, dropout_p, drop_scale, window = head
+    k_mat, v_mat = kv
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v = _load_kv(kv, offs_n, T, MASKED=MASKED)  # (BLOCK_N, D) each
+        if ROTARY:
+            k = _load_turned(k_mat, offs_n, T, rope, HEAD_DIM, MASKED=MASKED or HEAD_DIM != k_mat[3].shape[0])
+        elif MASKED or HEAD_DIM != k_mat[3].shape[0]:
+            k = _load(k_mat, offs_n, T, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+        else:
+            k = tl.load(_ptrs(k_mat, offs_n))
+        if MASKED or HEAD_DIM != v_mat[3].shape[0]:
+            v = _load(v_mat, offs_n, T, HEAD_DIM)
+        else:
+            v = tl.load(_ptrs(v_mat, offs_n))
         p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
         if MASKED:
-            p = tl.where(_visible(offs_m, offs_n, T, CAUSAL), p, 0.0)
+            p = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # dL/d(dropped P)
         if DROPOUT:
             dp = tl.where(_keep(seed, bh, offs_m[:, None], offs_n[None, :], T, dropout_p), dp * drop_scale, 0.0)
@@ -240,64 +375,87 @@ def _attn_bwd_kernel(
     dq_ptr, dk_ptr, dv_ptr,  # (B, H, T, D) outputs, strides g_strides
     lse_ptr, delta_ptr,  # (B * H, T) fp32
     seed_ptr,  # (1,) int64: the forward's dropout seed (read only when DROPOUT)
+    cos_ptr, sin_ptr,  # (T, rot_dim / 2) fp32 each: the rotary tables (read only when ROTARY)
     q_strides, k_strides, v_strides, do_strides, g_strides,  # (stride of B, of H, of T, of D) each
-    H, T, qk_scale, sm_scale, dropout_p, drop_scale, T_BUCKET,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    H, T, qk_scale, sm_scale, dropout_p, drop_scale, window, rot_dim, T_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
+    ROTARY: tl.constexpr, INTERLEAVED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
     DKDV: tl.constexpr, BLOCK_BIG: tl.constexpr, BLOCK_SMALL: tl.constexpr,
 ):
     """A program holds BLOCK_BIG rows [start, start + BLOCK_BIG) and streams BLOCK_SMALL tiles
     of the other side past them. DKDV: dK and dV of those keys, over the query tiles that see
     them. Otherwise: dQ of those queries, over the key tiles they see. (Two launches rather than
-    one kernel doing both: fused, the two halves' registers add up and spill.)"""
+    one kernel doing both: fused, the two halves' registers add up and spill.) With rotary the
+    scores are those of the turned q and k, so dq and dk come out turned: turned back at the end."""
     start = tl.program_id(0) * BLOCK_BIG  # heaviest first: the first key tiles, the last query tiles
     if not DKDV:
         start = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_BIG
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     offs_big = start + tl.arange(0, BLOCK_BIG)
-    offs_d = tl.arange(0, HEAD_DIM)
-    inside = offs_big[:, None] < T
+    offs_d = tl.arange(0, BLOCK_D)
     q_mat, k_mat = _matrix(q_ptr, q_strides, b, h, offs_d), _matrix(k_ptr, k_strides, b, h, offs_d)
     v_mat, do_mat = _matrix(v_ptr, v_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d)
     lse_row, delta_row = lse_ptr + bh * T, delta_ptr + bh * T
     seed = 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
-    head = (T, qk_scale, seed, bh, dropout_p, drop_scale)
-    stride_gb, stride_gh, stride_gt, stride_gd = g_strides  # dq, dk, dv: one layout, one offset
-    g = b * stride_gb + h * stride_gh + offs_big[:, None] * stride_gt + offs_d[None, :] * stride_gd
+    head = (T, qk_scale, seed, bh, dropout_p, drop_scale, window)
+    rope = _rope(cos_ptr, sin_ptr, rot_dim, offs_d, INTERLEAVED)
 
     if DKDV:
-        k = _load(k_mat, offs_big, T)  # (BLOCK_BIG, D)
-        v = _load(v_mat, offs_big, T)
-        dk = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
+        if ROTARY:
+            k = _load_turned(k_mat, offs_big, T, rope, HEAD_DIM, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
+        else:
+            k = _load(k_mat, offs_big, T, HEAD_DIM)
+        v = _load(v_mat, offs_big, T, HEAD_DIM)
+        dk = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
         queries = (q_mat, do_mat, lse_row, delta_row)
-        lo, mid = _query_range(start, T, BLOCK_BIG, BLOCK_SMALL, CAUSAL)
+        lo, mid, w_mid, w_hi = _query_range(start, T, window, BLOCK_BIG, BLOCK_SMALL, CAUSAL, WINDOWED)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, offs_big, queries, lo, mid, head,
-            MASKED=True, BLOCK_M=BLOCK_SMALL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            dk, dv, k, v, offs_big, queries, lo, mid, head, rope, MASKED=True, BLOCK_M=BLOCK_SMALL,
+            HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, offs_big, queries, mid, T, head,
-            MASKED=False, BLOCK_M=BLOCK_SMALL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            dk, dv, k, v, offs_big, queries, mid, w_mid, head, rope, MASKED=False, BLOCK_M=BLOCK_SMALL,
+            HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
-        tl.store(dk_ptr + g, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=inside)
-        tl.store(dv_ptr + g, dv.to(dv_ptr.dtype.element_ty), mask=inside)
+        if WINDOWED:
+            dk, dv = _dkdv_tiles(
+                dk, dv, k, v, offs_big, queries, w_mid, w_hi, head, rope, MASKED=True, BLOCK_M=BLOCK_SMALL,
+                HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            )
+        dk = dk * sm_scale
+        if ROTARY:
+            dk = _turn_back(dk, offs_big, T, rope)
+        _store(_matrix(dk_ptr, g_strides, b, h, offs_d), offs_big, dk, T, HEAD_DIM)
+        _store(_matrix(dv_ptr, g_strides, b, h, offs_d), offs_big, dv, T, HEAD_DIM)
     else:
-        q = _load(q_mat, offs_big, T)  # (BLOCK_BIG, D)
-        do = _load(do_mat, offs_big, T)
+        if ROTARY:
+            q = _load_turned(q_mat, offs_big, T, rope, HEAD_DIM, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
+        else:
+            q = _load(q_mat, offs_big, T, HEAD_DIM)
+        do = _load(do_mat, offs_big, T, HEAD_DIM)
         lse = tl.load(lse_row + offs_big, mask=offs_big < T, other=0.0)  # (BLOCK_BIG,)
         delta = tl.load(delta_row + offs_big, mask=offs_big < T, other=0.0)
-        dq = tl.zeros([BLOCK_BIG, HEAD_DIM], dtype=tl.float32)
+        dq = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
         kv = (k_mat, v_mat)
-        lo, hi = _key_range(start, T, BLOCK_BIG, BLOCK_SMALL, CAUSAL)
+        w_lo, w_mid, lo, hi = _key_range(start, T, window, BLOCK_BIG, BLOCK_SMALL, CAUSAL, WINDOWED)
+        if WINDOWED:
+            dq = _dq_tiles(
+                dq, q, do, lse, delta, offs_big, kv, w_lo, w_mid, head, rope, MASKED=True, BLOCK_N=BLOCK_SMALL,
+                HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            )
         dq = _dq_tiles(
-            dq, q, do, lse, delta, offs_big, kv, 0, lo, head,
-            MASKED=False, BLOCK_N=BLOCK_SMALL, CAUSAL=CAUSAL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            dq, q, do, lse, delta, offs_big, kv, w_mid, lo, head, rope, MASKED=False, BLOCK_N=BLOCK_SMALL,
+            HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         dq = _dq_tiles(
-            dq, q, do, lse, delta, offs_big, kv, lo, hi, head,
-            MASKED=True, BLOCK_N=BLOCK_SMALL, CAUSAL=CAUSAL, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            dq, q, do, lse, delta, offs_big, kv, lo, hi, head, rope, MASKED=True, BLOCK_N=BLOCK_SMALL,
+            HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
-        tl.store(dq_ptr + g, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=inside)
+        dq = dq * sm_scale
+        if ROTARY:
+            dq = _turn_back(dq, offs_big, T, rope)
+        _store(_matrix(dq_ptr, g_strides, b, h, offs_d), offs_big, dq, T, HEAD_DIM)

@@ -87,11 +87,12 @@ def attention_mask(T, S, window=0, device=None):
     return keep
 
 
-def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=False, scale=None, window=0):
+def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=False, scale=None, window=0, rotary=None):
     """softmax(q k^T * scale [causal]) v over q, k, v (B, H, T, D); scale defaults to 1 / sqrt(D).
 
     With window > 0 (causal only), each query sees only the last `window` positions, its own
     included (attention_mask above). The T queries are the last T of the S keys' positions.
+    rotary: None, or (cos, sin, interleaved) of rotary() below, which turns q and k first.
     Dropout on the attention probabilities: either drawn here with probability `dropout_p`, or
     given as `dropout_mask` (B, H, T, S) of kept positions (the mask a kernel used, for tests);
     kept probabilities are scaled by 1 / (1 - dropout_p).
@@ -100,6 +101,9 @@ def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=Fal
         raise ValueError("attention: a window needs causal=True")
     dtype = q.dtype
     q, k, v = _up(q, upcast), _up(k, upcast), _up(v, upcast)
+    if rotary is not None:  # rotary() takes (..., T, H, D): the heads moved behind T and back
+        cos, sin, interleaved = rotary
+        q, k = (rotary_bhtd(t, cos, sin, interleaved) for t in (q, k))
     T, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     att = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
@@ -135,3 +139,8 @@ def rotary(x, cos, sin, interleaved=False, upcast=False):
     turned = torch.stack((a2, b2), dim=-1).flatten(-2) if interleaved else torch.cat((a2, b2), dim=-1)
     y = torch.cat((turned, rest), dim=-1)
     return y.to(dtype) if upcast else y
+
+
+def rotary_bhtd(x, cos, sin, interleaved=False, upcast=False):
+    """rotary() of x (B, H, T, D), the layout attention takes."""
+    return rotary(x.transpose(1, 2), cos, sin, interleaved, upcast).transpose(1, 2)

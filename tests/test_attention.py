@@ -61,13 +61,100 @@ def test_non_causal():
     check_parity(lambda *a: kernels.attention(*a, causal=False), *qkv(2, 3, 100, 32, torch.float32), causal=False)
 
 
+# ----------------------------------------------------------------------------- the families' options:
+# any head dim, a scale, a sliding window, rotary. Under the interpreter the tiles are 64 x 32
+# (forward and backward): T = 70 straddles two query tiles and three key tiles.
+
+
+def tables(T, R, base=10000.0):
+    """Rotary (cos, sin), each (T, R/2) fp32, as the model makes them."""
+    angles = torch.arange(T, device=DEVICE).float()[:, None] * base ** (-torch.arange(0, R, 2, device=DEVICE).float() / R)
+    return angles.cos(), angles.sin()
+
+
+def check_options(B, H, T, D, dtype, **kw):
+    """check_parity of kernels.attention with the options kw (scale, window, rotary)."""
+    check_parity(lambda *a: kernels.attention(*a, **kw), *qkv(B, H, T, D, dtype), **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [24, 80, 96])
+def test_head_dims_padded_to_a_power_of_two(D, dtype):
+    """GPT-NeoX's and Pythia's head dims (80, 96) and a small model's (24): tiles of the next
+    power of two, the columns past D masked."""
+    check_parity(kernels.attention, *qkv(1, 2, 70, D, dtype))
+
+
+@pytest.mark.parametrize("D", [8, 160, 256])
+def test_head_dims_small_and_past_128(D):
+    """The smallest tile width (16) and the two past 128 (GPT-J's 256)."""
+    check_parity(kernels.attention, *qkv(1, 2, 20, D, torch.float32))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_scale(scale):
+    """A softmax scale of one's own (GPT-Neo's unscaled scores: 1.0)."""
+    check_options(1, 2, 70, 32, torch.float32, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "T, window", [(70, 1), (70, 5), (70, 40), (130, 45), (70, 70), (70, 256)],
+    ids=["1", "below-a-tile", "two-tiles", "several-tiles", "T", "past-T"],
+)
+def test_sliding_window(T, window, dtype):
+    """Causal local attention: query i sees keys i - window + 1 .. i. The key tiles wholly
+    outside the window are skipped and the ones across its start masked, in the forward and in
+    both loops of the backward (a tile skipped wrongly, or not masked, breaks parity)."""
+    check_options(1, 1 if T > 100 else 2, T, 32, dtype, window=window)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["halves", "interleaved"])
+@pytest.mark.parametrize("D, R", [(32, 32), (80, 20), (24, 8)], ids=["full", "partial-80", "partial-24"])
+def test_rotary(D, R, interleaved, dtype):
+    """q and k turned inside the kernels (forward, and the backward's recomputation, dq and dk
+    turned back): GPT-NeoX's halves and GPT-J's interleaved pairs, on all of D or its first R."""
+    check_options(1, 2, 45, D, dtype, rotary=(*tables(45, R), interleaved))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["halves", "interleaved"])
+def test_everything_at_once_with_dropout(interleaved, dtype):
+    """Head dim 80, partial rotary, a window, a scale and dropout: the backward regenerates the
+    forward's mask (the reference is given the mask the kernels drew)."""
+    B, H, T, D, p, seed = 1, 2, 70, 80, 0.2, 777
+    cos, sin = tables(T, 32)
+    options = dict(scale=0.2, window=23, rotary=(cos, sin, interleaved))
+    check_parity(
+        lambda *a: torch.ops.tritongpt.attention(*a, True, p, seed_tensor(seed, DEVICE), 0.2, 23, cos, sin, interleaved)[0],
+        *qkv(B, H, T, D, dtype), dropout_p=p, dropout_mask=dropout_mask(seed, B, H, T, p, DEVICE), **options,
+    )
+
+
+def test_attention_qkv_with_options_equals_attention_of_the_views():
+    """attention_qkv with a window, rotary and a scale: exactly attention() of its q, k, v views."""
+    B, T, H, D = 1, 40, 2, 24
+    x = torch.randn(B, T, 3, H, D, device=DEVICE)
+    do = torch.randn(B, T, H, D, device=DEVICE)
+    options = dict(scale=0.5, window=9, rotary=(*tables(T, 16), True))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = kernels.attention_qkv(a, **options)
+    y.backward(do)
+    y_views = kernels.attention(*b.permute(2, 0, 3, 1, 4), **options)
+    y_views.backward(do.transpose(1, 2))
+    assert torch.equal(y, y_views.transpose(1, 2))
+    assert torch.equal(a.grad, b.grad)
+
+
 def test_autotune_lists_are_pruned_by_head_dim_and_dropout():
     """Each tile is tried only where it compiled without spilling (FWD_TILES, BWD_TILES): all of
-    them at GPT-2's head dim 64 without dropout, some at every head dim with or without it."""
+    them at GPT-2's head dim 64 without dropout, some at every tile width (BLOCK_D, the head dim
+    padded to a power of two) with or without it."""
     for tuned in (fa._attn_fwd_tuned, fa._attn_bwd_tuned):
         kept = {
-            (d, dropout): tuned.early_config_prune(tuned.configs, {}, HEAD_DIM=d, DROPOUT=dropout)
-            for d in fa.HEAD_DIMS for dropout in (False, True)
+            (d, dropout): tuned.early_config_prune(tuned.configs, {}, BLOCK_D=d, DROPOUT=dropout)
+            for d in (16, 32, 64, 128, 256) for dropout in (False, True)
         }
         assert kept[(64, False)] == tuned.configs
         assert all(kept.values())
@@ -263,7 +350,7 @@ def _bad(**kw):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (_bad(q=torch.randn(1, 2, 8, 48), k=torch.randn(1, 2, 8, 48), v=torch.randn(1, 2, 8, 48)), "head dim 48"),
+        (_bad(q=torch.randn(1, 2, 8, 264), k=torch.randn(1, 2, 8, 264), v=torch.randn(1, 2, 8, 264)), "head dim 264"),
         (_bad(k=torch.randn(1, 2, 9, 32)), "one shape"),
         (_bad(v=torch.randn(2, 8, 32)), r"v must be a \(B, H, T, D\)"),
         (_bad(k=torch.randn(1, 2, 8, 32, dtype=torch.float16)), "share one of"),
@@ -276,6 +363,27 @@ def test_errors_name_the_problem(args, match):
     args = {n: t.to(DEVICE) if t.device.type != "meta" else t for n, t in args.items()}
     with pytest.raises(ValueError, match=match):
         kernels.attention(args["q"], args["k"], args["v"])
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(window=-1), "window must be an int >= 0"),
+        (dict(window=4, causal=False), "window needs causal=True"),
+        (dict(rotary=(torch.ones(8, 4), torch.ones(8, 3), False)), "cos and sin must be .* of one shape"),
+        (dict(rotary=(torch.ones(7, 4), torch.ones(7, 4), False)), r"must be \(T, R/2\) = \(8, 1..16\)"),
+        (dict(rotary=(torch.ones(8, 17), torch.ones(8, 17), False)), r"R the rotated dims, even, at most D"),
+        (dict(rotary=(torch.ones(8, 4), False)), r"rotary must be None or \(cos, sin, interleaved\)"),
+    ],
+    ids=["negative-window", "window-not-causal", "cos-sin-mismatch", "tables-not-T", "rotary-past-D", "rotary-not-a-triple"],
+)
+def test_option_errors(kw, match):
+    if "rotary" in kw and len(kw["rotary"]) == 3:
+        cos, sin, inter = kw["rotary"]
+        kw = dict(kw, rotary=(cos.to(DEVICE), sin.to(DEVICE), inter))
+    q = torch.randn(1, 2, 8, 32, device=DEVICE)
+    with pytest.raises(ValueError, match=match):
+        kernels.attention(q, q, q, **kw)
 
 
 @pytest.mark.parametrize("p, T, match", [(1.0, 8, r"dropout_p must be in \[0, 1\)"), (0.1, 46341, "T up to 46340")])
