@@ -37,11 +37,20 @@ ROWS = B * T
 # Attention: one entry per variant (head dim, dropout); every kernel of the forward and backward
 # is compiled for each. A new variant of the kernels (a flag of kernels.flash_attention._flags)
 # is one more entry here.
+# The families' options: GPT-Neo's window (256, at its 125M's head dim 64), Pythia-2.8B's head
+# dim 80 with a quarter of it turned by rotary (GPT-NeoX's halves), GPT-J's head dim 256 with 64
+# dims turned (interleaved pairs).
 ATTENTION = [
     dict(head_dim=64, dropout_p=0.0),
     dict(head_dim=64, dropout_p=0.1),
     dict(head_dim=128, dropout_p=0.0),
     dict(head_dim=128, dropout_p=0.1),
+    dict(head_dim=64, dropout_p=0.0, window=256),
+    dict(head_dim=64, dropout_p=0.1, window=256),
+    dict(head_dim=80, dropout_p=0.0, rotary_dim=20),
+    dict(head_dim=80, dropout_p=0.1, rotary_dim=20),
+    dict(head_dim=256, dropout_p=0.0, rotary_dim=64, interleaved=True),
+    dict(head_dim=256, dropout_p=0.1, rotary_dim=64, interleaved=True),
 ]
 
 
@@ -150,27 +159,30 @@ def attention_launches(dtype):
     the forward, the backward's delta pass and both launches of its main kernel."""
     dt = DTYPES[dtype]
     for entry in ATTENTION:
-        D, p = entry["head_dim"], entry["dropout_p"]
+        D, p, window, R = entry["head_dim"], entry["dropout_p"], entry.get("window", 0), entry.get("rotary_dim", 0)
         H = C // D
         q = types.SimpleNamespace(shape=(B, H, T, D), dtype=dt)  # what the host helpers read
-        flags = fa._flags(q, True, p)
+        rotary = (None, None, entry.get("interleaved", False)) if R else None
+        flags = fa._flags(q, True, p, window, rotary)
         tuned = fa._autotuned(q)
         qkv = (T * 3 * H * D, D, 3 * H * D, 1)  # strides of q, k, v, dq, dk, dv seen as (B, H, T, D)
         out = (T * H * D, D, H * D, 1)  # strides of o and dO, (B, T, H, D) seen as (B, H, T, D)
         seed = I64 if p > 0 else F32  # without dropout the host passes lse in the seed's place
-        scalars = dict(H=H, T=T, qk_scale=fa.LOG2E / D**0.5, dropout_p=p, drop_scale=1.0 / (1.0 - p))
-        what = f"D={D}" + (f", dropout {p}" if p > 0 else "")
+        scalars = dict(H=H, T=T, qk_scale=fa.LOG2E / D**0.5, dropout_p=p, drop_scale=1.0 / (1.0 - p), window=window,
+                       rot_dim=R, cos_ptr=F32, sin_ptr=F32)  # without rotary the host passes lse for the tables
+        what = f"D={D}" + (f", dropout {p}" if p > 0 else "") + (f", window {window}" if window else "")
+        what += (f", rotary {R}" + (" interleaved" if entry.get("interleaved") else "")) if R else ""
         yield Launch(
             "attention", "forward, " + what, dtype, fak._attn_fwd_kernel,
             dict(q_ptr=dt, k_ptr=dt, v_ptr=dt, o_ptr=dt, lse_ptr=F32, seed_ptr=seed,
                  q_strides=qkv, k_strides=qkv, v_strides=qkv, o_strides=out, **scalars),
             flags, tuned=fa._attn_fwd_tuned if tuned else None,
-            fixed=(fa._one_config(q, fa.SMALL_FWD, fa.FP32_FWD),),
+            fixed=(fa._one_config(q, flags, fa.SMALL_FWD, fa.FP32_FWD),),
         )  # fmt: skip
         yield Launch(
             "attention", "backward delta, " + what, dtype, fak._attn_bwd_delta_kernel,
             dict(o_ptr=dt, do_ptr=dt, delta_ptr=F32, o_strides=out, do_strides=out, H=H, T=T),
-            dict(HEAD_DIM=D, BLOCK_M=fa.DELTA_BLOCK_M), fixed=({},),
+            dict(HEAD_DIM=D, BLOCK_D=flags["BLOCK_D"], BLOCK_M=fa.DELTA_BLOCK_M), fixed=({},),
         )
         for dkdv in (True, False):
             yield Launch(
@@ -179,7 +191,7 @@ def attention_launches(dtype):
                      delta_ptr=F32, seed_ptr=seed, q_strides=qkv, k_strides=qkv, v_strides=qkv, do_strides=out,
                      g_strides=qkv, sm_scale=1.0 / D**0.5, **scalars),
                 {**flags, "DKDV": dkdv}, tuned=fa._attn_bwd_tuned if tuned else None,
-                fixed=(fa._one_config(q, fa.SMALL_BWD, fa.FP32_BWD),),
+                fixed=(fa._one_config(q, flags, fa.SMALL_BWD, fa.FP32_BWD),),
             )  # fmt: skip
 
 

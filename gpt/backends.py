@@ -64,8 +64,7 @@ def _triton_mlp_up(x, fc, approximate):
 
 
 def _triton_attention(qkv, dropout_p, scale=None, window=0, rotary=None):
-    # unsupported() refuses a scale, a window and rotary for this backend when the model is built
-    return kernels.attention_qkv(qkv, causal=True, dropout_p=dropout_p)
+    return kernels.attention_qkv(qkv, causal=True, dropout_p=dropout_p, scale=scale, window=window, rotary=rotary)
 
 
 def _triton_lm_head_loss(x, lm_head, targets, vocab_size):
@@ -81,23 +80,12 @@ OPS = {
                    attention=_triton_attention, lm_head_loss=_triton_lm_head_loss),
 }
 
-TRITON_HEAD_DIMS = (16, 32, 64, 128)  # what kernels.attention_qkv compiles for
-
-
 def unsupported(config):
     """The options of `config` that its backend cannot run yet, each named with what it lacks;
     [] when the backend runs them all. The torch backend runs every option."""
     if config.backend != "triton":
         return []
     missing = []
-    if config.position_embedding == "rotary":
-        missing.append("position_embedding='rotary' (rotary embeddings in the attention kernel)")
-    if not config.scaled_attention:
-        missing.append("scaled_attention=False (a softmax scale other than 1/sqrt(head dim) in the attention kernel)")
-    if config.window_size:
-        missing.append(f"window_size={config.window_size} (a sliding window in the attention kernel)")
-    if config.head_dim not in TRITON_HEAD_DIMS:
-        missing.append(f"head dim n_embd / n_head = {config.head_dim} (the attention kernel takes {TRITON_HEAD_DIMS})")
     if config.gelu == "exact":
         missing.append("gelu='exact' (the exact erf GELU in linear_gelu)")
     return missing

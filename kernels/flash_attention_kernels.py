@@ -24,7 +24,7 @@ import triton.language as tl
 #             (pointer to its row 0, stride of T, stride of D, offs_d = arange(BLOCK_D));
 #   head:     what every tile of one (batch, head) shares, (T, qk_scale, seed, bh, p, 1 / (1 - p),
 #             window), seed the value read from seed_ptr (0 without dropout);
-#   rope:     the rotary tables and the column maps of a tile (see _rope), used when ROTARY.
+#   tables:   the rotary tables, (cos_ptr, sin_ptr, R / 2), read only when ROTARY.
 
 
 @triton.jit
@@ -70,62 +70,53 @@ def _store(mat, rows, x, T, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _rope(cos_ptr, sin_ptr, rot_dim, offs_d, INTERLEAVED: tl.constexpr):
-    """The rotary of a tile's columns: pair (the table column of each), partner (the other dim of
-    its pair), sign (-1 on a pair's first dim, +1 on its second) and turned (dim < rot_dim).
-    A pair (a, b) turns to (a cos - b sin, b cos + a sin): x[d] cos + sign * x[partner] sin."""
+def _rotary_cols(rot_dim, offs_d, INTERLEAVED: tl.constexpr):
+    """The order in which q and k tiles hold their columns under rotary: each rotated pair side
+    by side, (2i, 2i + 1) in the tile. GPT-J's pairs are so already; GPT-NeoX's pairs (i, i + R/2)
+    are loaded so (tile column 2i holds dim i, 2i + 1 dim i + R/2). The scores are dot products
+    over the columns, which one order for q and k leaves as they are; dq and dk are stored back
+    through the same order."""
+    if INTERLEAVED:
+        return offs_d
     half = rot_dim // 2
-    if INTERLEAVED:  # GPT-J: dims (2i, 2i + 1)
-        pair = offs_d // 2
-        partner = offs_d ^ 1
-        first = (offs_d % 2) == 0
-    else:  # GPT-NeoX: dims (i, i + R/2)
-        first = offs_d < half
-        pair = tl.where(first, offs_d, offs_d - half)
-        partner = tl.where(first, offs_d + half, offs_d - half)
-    turned = offs_d < rot_dim
-    partner = tl.where(turned, partner, offs_d)
-    sign = tl.where(first, -1.0, 1.0)
-    return cos_ptr, sin_ptr, half, pair, partner, sign, turned
+    return tl.where(offs_d < rot_dim, (offs_d // 2) + (offs_d % 2) * half, offs_d)
 
 
 @triton.jit
-def _angles(rope, rows, T):
-    """(BLOCK, BLOCK_D) fp32 cos and signed sin of the positions `rows` at each column; 1 and 0
-    on the columns that are not turned and on the rows past T."""
-    cos_ptr, sin_ptr, half, pair, _, sign, turned = rope
-    inside = (rows[:, None] < T) & turned[None, :]
-    offs = rows[:, None] * half + pair[None, :]
-    c = tl.load(cos_ptr + offs, mask=inside, other=1.0)
-    s = tl.load(sin_ptr + offs, mask=inside, other=0.0) * sign[None, :]
-    return c, s
+def _angles(tables, rows, T, BLOCK_D: tl.constexpr):
+    """(BLOCK, BLOCK_D / 2) fp32 cos and sin of the positions `rows` for each pair of a tile; 1
+    and 0 for the pairs that are not turned (past R / 2) and for the rows past T."""
+    cos_ptr, sin_ptr, half = tables
+    pairs = tl.arange(0, BLOCK_D // 2)
+    inside = (rows[:, None] < T) & (pairs[None, :] < half)
+    offs = rows[:, None] * half + pairs[None, :]
+    return tl.load(cos_ptr + offs, mask=inside, other=1.0), tl.load(sin_ptr + offs, mask=inside, other=0.0)
 
 
 @triton.jit
-def _load_turned(mat, rows, T, rope, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr):
-    """_load, then the rotary of the positions `rows` (the tile's dtype; computed in fp32).
-    MASKED=False: every row is inside T (and D is not padded), so only the partner read is masked."""
-    if MASKED:
+def _turn(x, rows, T, tables, SIGN: tl.constexpr):
+    """Each pair (a, b) of x's columns (2i, 2i + 1), x (BLOCK, BLOCK_D), turned by the angle of
+    its row's position (SIGN=1: a cos - b sin, b cos + a sin) or back (SIGN=-1, the transpose),
+    in fp32, returned in x's dtype. All in registers: a split and a join of the tile."""
+    c, s = _angles(tables, rows, T, x.shape[1])  # (BLOCK, BLOCK_D / 2)
+    if SIGN < 0:
+        s = -s
+    a, b = tl.split(tl.reshape(x.to(tl.float32), (x.shape[0], x.shape[1] // 2, 2)))
+    turned = tl.join(a * c - b * s, b * c + a * s)  # (BLOCK, BLOCK_D / 2, 2)
+    return tl.reshape(turned, (x.shape[0], x.shape[1])).to(x.dtype)
+
+
+@triton.jit
+def _load_qk(mat, rows, T, tables, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr, MASKED: tl.constexpr):
+    """The (BLOCK, BLOCK_D) tile of q or k at `rows`, turned by rotary if ROTARY; MASKED=False:
+    every row is inside T (then only a padded D is masked)."""
+    if MASKED or HEAD_DIM != mat[3].shape[0]:
         x = _load(mat, rows, T, HEAD_DIM)
     else:
         x = tl.load(_ptrs(mat, rows))
-    base, stride_t, stride_d, offs_d = mat
-    partner, turned = rope[4], rope[6]
-    xp = tl.load(
-        base + rows[:, None] * stride_t + partner[None, :] * stride_d,
-        mask=(rows[:, None] < T) & turned[None, :], other=0.0,
-    )
-    c, s = _angles(rope, rows, T)
-    return (x.to(tl.float32) * c + xp.to(tl.float32) * s).to(x.dtype)
-
-
-@triton.jit
-def _turn_back(g, rows, T, rope):
-    """The transposed rotary of an fp32 (BLOCK, BLOCK_D) gradient: the gradient of the unturned
-    tile from that of the turned one, g[d] cos - sign * g[partner] sin."""
-    partner = tl.broadcast_to(rope[4][None, :], g.shape)
-    c, s = _angles(rope, rows, T)
-    return g * c - tl.gather(g, partner, axis=1) * s
+    if ROTARY:
+        x = _turn(x, rows, T, tables, SIGN=1)
+    return x
 
 
 @triton.jit
@@ -184,7 +175,7 @@ def _visible(offs_m, offs_n, T, window, CAUSAL: tl.constexpr, WINDOWED: tl.const
 
 @triton.jit
 def _fwd_tiles(
-    acc, l_i, m_i, q, offs_m, kv, lo, hi, head, rope,
+    acc, l_i, m_i, q, offs_m, kv, lo, hi, head, tables,
     MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
     WINDOWED: tl.constexpr, ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -195,12 +186,7 @@ def _fwd_tiles(
     k_mat, v_mat = kv
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if ROTARY:
-            k = _load_turned(k_mat, offs_n, T, rope, HEAD_DIM, MASKED=MASKED or HEAD_DIM != k_mat[3].shape[0])
-        elif MASKED or HEAD_DIM != k_mat[3].shape[0]:
-            k = _load(k_mat, offs_n, T, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
-        else:
-            k = tl.load(_ptrs(k_mat, offs_n))
+        k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED)  # (BLOCK_N, BLOCK_D)
         if MASKED or HEAD_DIM != v_mat[3].shape[0]:
             v = _load(v_mat, offs_n, T, HEAD_DIM)
         else:
@@ -241,17 +227,17 @@ def _attn_fwd_kernel(
     b, h = bh // H, bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    kv = (_matrix(k_ptr, k_strides, b, h, offs_d), _matrix(v_ptr, v_strides, b, h, offs_d))
+    qk_cols = offs_d  # the tile order of q's and k's columns (_rotary_cols)
+    if ROTARY:
+        qk_cols = _rotary_cols(rot_dim, offs_d, INTERLEAVED)
+    q_mat = _matrix(q_ptr, q_strides, b, h, qk_cols)
+    kv = (_matrix(k_ptr, k_strides, b, h, qk_cols), _matrix(v_ptr, v_strides, b, h, offs_d))
     seed = 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
     head = (T, qk_scale, seed, bh, dropout_p, drop_scale, window)
-    rope = _rope(cos_ptr, sin_ptr, rot_dim, offs_d, INTERLEAVED)
-    q_mat = _matrix(q_ptr, q_strides, b, h, offs_d)
-    if ROTARY:
-        q = _load_turned(q_mat, offs_m, T, rope, HEAD_DIM, MASKED=True)  # (BLOCK_M, BLOCK_D)
-    else:
-        q = _load(q_mat, offs_m, T, HEAD_DIM)
+    tables = (cos_ptr, sin_ptr, rot_dim // 2)
+    q = _load_qk(q_mat, offs_m, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_M, BLOCK_D)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -259,15 +245,15 @@ def _attn_fwd_kernel(
     w_lo, w_mid, lo, hi = _key_range(start_m, T, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
     if WINDOWED:
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, offs_m, kv, w_lo, w_mid, head, rope, MASKED=True, BLOCK_N=BLOCK_N,
+            acc, l_i, m_i, q, offs_m, kv, w_lo, w_mid, head, tables, MASKED=True, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, offs_m, kv, w_mid, lo, head, rope, MASKED=False, BLOCK_N=BLOCK_N,
+        acc, l_i, m_i, q, offs_m, kv, w_mid, lo, head, tables, MASKED=False, BLOCK_N=BLOCK_N,
         HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
     )
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, offs_m, kv, lo, hi, head, rope, MASKED=True, BLOCK_N=BLOCK_N,
+        acc, l_i, m_i, q, offs_m, kv, lo, hi, head, tables, MASKED=True, BLOCK_N=BLOCK_N,
         HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
     )
 
@@ -299,7 +285,7 @@ def _attn_bwd_delta_kernel(
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, k, v, offs_n, queries, lo, hi, head, rope,
+    dk, dv, k, v, offs_n, queries, lo, hi, head, tables,
     MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOWED: tl.constexpr,
     ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -311,10 +297,7 @@ def _dkdv_tiles(
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < T  # the ragged tail of queries loads as zeros and adds nothing
-        if ROTARY:
-            q = _load_turned(q_mat, offs_m, T, rope, HEAD_DIM, MASKED=True)  # (BLOCK_M, BLOCK_D)
-        else:
-            q = _load(q_mat, offs_m, T, HEAD_DIM)
+        q = _load_qk(q_mat, offs_m, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_M, BLOCK_D)
         do = _load(do_mat, offs_m, T, HEAD_DIM)
         lse = tl.load(lse_row + offs_m, mask=rows, other=0.0)  # (BLOCK_M,)
         delta = tl.load(delta_row + offs_m, mask=rows, other=0.0)
@@ -338,7 +321,7 @@ def _dkdv_tiles(
 
 @triton.jit
 def _dq_tiles(
-    dq, q, do, lse, delta, offs_m, kv, lo, hi, head, rope,
+    dq, q, do, lse, delta, offs_m, kv, lo, hi, head, tables,
     MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
     WINDOWED: tl.constexpr, ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -348,12 +331,7 @@ def _dq_tiles(
     k_mat, v_mat = kv
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if ROTARY:
-            k = _load_turned(k_mat, offs_n, T, rope, HEAD_DIM, MASKED=MASKED or HEAD_DIM != k_mat[3].shape[0])
-        elif MASKED or HEAD_DIM != k_mat[3].shape[0]:
-            k = _load(k_mat, offs_n, T, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
-        else:
-            k = tl.load(_ptrs(k_mat, offs_n))
+        k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED)  # (BLOCK_N, BLOCK_D)
         if MASKED or HEAD_DIM != v_mat[3].shape[0]:
             v = _load(v_mat, offs_n, T, HEAD_DIM)
         else:
@@ -394,48 +372,45 @@ def _attn_bwd_kernel(
     b, h = bh // H, bh % H
     offs_big = start + tl.arange(0, BLOCK_BIG)
     offs_d = tl.arange(0, BLOCK_D)
-    q_mat, k_mat = _matrix(q_ptr, q_strides, b, h, offs_d), _matrix(k_ptr, k_strides, b, h, offs_d)
+    qk_cols = offs_d  # the tile order of q's and k's columns, and of dq's and dk's (_rotary_cols)
+    if ROTARY:
+        qk_cols = _rotary_cols(rot_dim, offs_d, INTERLEAVED)
+    q_mat, k_mat = _matrix(q_ptr, q_strides, b, h, qk_cols), _matrix(k_ptr, k_strides, b, h, qk_cols)
     v_mat, do_mat = _matrix(v_ptr, v_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d)
     lse_row, delta_row = lse_ptr + bh * T, delta_ptr + bh * T
     seed = 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
     head = (T, qk_scale, seed, bh, dropout_p, drop_scale, window)
-    rope = _rope(cos_ptr, sin_ptr, rot_dim, offs_d, INTERLEAVED)
+    tables = (cos_ptr, sin_ptr, rot_dim // 2)
 
     if DKDV:
-        if ROTARY:
-            k = _load_turned(k_mat, offs_big, T, rope, HEAD_DIM, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
-        else:
-            k = _load(k_mat, offs_big, T, HEAD_DIM)
+        k = _load_qk(k_mat, offs_big, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
         v = _load(v_mat, offs_big, T, HEAD_DIM)
         dk = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
         queries = (q_mat, do_mat, lse_row, delta_row)
         lo, mid, w_mid, w_hi = _query_range(start, T, window, BLOCK_BIG, BLOCK_SMALL, CAUSAL, WINDOWED)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, offs_big, queries, lo, mid, head, rope, MASKED=True, BLOCK_M=BLOCK_SMALL,
+            dk, dv, k, v, offs_big, queries, lo, mid, head, tables, MASKED=True, BLOCK_M=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, offs_big, queries, mid, w_mid, head, rope, MASKED=False, BLOCK_M=BLOCK_SMALL,
+            dk, dv, k, v, offs_big, queries, mid, w_mid, head, tables, MASKED=False, BLOCK_M=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         if WINDOWED:
             dk, dv = _dkdv_tiles(
-                dk, dv, k, v, offs_big, queries, w_mid, w_hi, head, rope, MASKED=True, BLOCK_M=BLOCK_SMALL,
+                dk, dv, k, v, offs_big, queries, w_mid, w_hi, head, tables, MASKED=True, BLOCK_M=BLOCK_SMALL,
                 HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
             )
         dk = dk * sm_scale
         if ROTARY:
-            dk = _turn_back(dk, offs_big, T, rope)
-        _store(_matrix(dk_ptr, g_strides, b, h, offs_d), offs_big, dk, T, HEAD_DIM)
+            dk = _turn(dk, offs_big, T, tables, SIGN=-1)
+        _store(_matrix(dk_ptr, g_strides, b, h, qk_cols), offs_big, dk, T, HEAD_DIM)
         _store(_matrix(dv_ptr, g_strides, b, h, offs_d), offs_big, dv, T, HEAD_DIM)
     else:
-        if ROTARY:
-            q = _load_turned(q_mat, offs_big, T, rope, HEAD_DIM, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
-        else:
-            q = _load(q_mat, offs_big, T, HEAD_DIM)
+        q = _load_qk(q_mat, offs_big, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
         do = _load(do_mat, offs_big, T, HEAD_DIM)
         lse = tl.load(lse_row + offs_big, mask=offs_big < T, other=0.0)  # (BLOCK_BIG,)
         delta = tl.load(delta_row + offs_big, mask=offs_big < T, other=0.0)
@@ -444,18 +419,18 @@ def _attn_bwd_kernel(
         w_lo, w_mid, lo, hi = _key_range(start, T, window, BLOCK_BIG, BLOCK_SMALL, CAUSAL, WINDOWED)
         if WINDOWED:
             dq = _dq_tiles(
-                dq, q, do, lse, delta, offs_big, kv, w_lo, w_mid, head, rope, MASKED=True, BLOCK_N=BLOCK_SMALL,
+                dq, q, do, lse, delta, offs_big, kv, w_lo, w_mid, head, tables, MASKED=True, BLOCK_N=BLOCK_SMALL,
                 HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
             )
         dq = _dq_tiles(
-            dq, q, do, lse, delta, offs_big, kv, w_mid, lo, head, rope, MASKED=False, BLOCK_N=BLOCK_SMALL,
+            dq, q, do, lse, delta, offs_big, kv, w_mid, lo, head, tables, MASKED=False, BLOCK_N=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         dq = _dq_tiles(
-            dq, q, do, lse, delta, offs_big, kv, lo, hi, head, rope, MASKED=True, BLOCK_N=BLOCK_SMALL,
+            dq, q, do, lse, delta, offs_big, kv, lo, hi, head, tables, MASKED=True, BLOCK_N=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
         dq = dq * sm_scale
         if ROTARY:
-            dq = _turn_back(dq, offs_big, T, rope)
-        _store(_matrix(dq_ptr, g_strides, b, h, offs_d), offs_big, dq, T, HEAD_DIM)
+            dq = _turn(dq, offs_big, T, tables, SIGN=-1)
+        _store(_matrix(dq_ptr, g_strides, b, h, qk_cols), offs_big, dq, T, HEAD_DIM)

@@ -168,11 +168,6 @@ def test_param_counts(family):
 
 
 TRITON_REFUSED = [
-    (dict(position_embedding="rotary"), "position_embedding='rotary'"),
-    (dict(scaled_attention=False), "scaled_attention=False"),
-    (dict(attention_pattern="global,local", window_size=4), "window_size=4"),
-    (dict(n_head=4, n_embd=96), "head dim n_embd / n_head = 24"),
-    (dict(n_head=2, n_embd=160), "head dim n_embd / n_head = 80"),
     (dict(gelu="exact"), "gelu='exact'"),
 ]
 
@@ -190,17 +185,25 @@ def test_triton_refuses_what_its_kernels_lack_at_construction(kw, named):
 
 
 def test_triton_refusals_are_exactly_these():
-    """The list the kernel features will empty: one line per option."""
+    """The list the kernel features will empty: one line per option (the attention kernels run
+    rotary, unscaled scores, a window and any head dim up to 256)."""
     everything = tiny(n_head=4, n_embd=96, backend="triton", position_embedding="rotary", scaled_attention=False,
                       attention_pattern="local", window_size=3, gelu="exact")
-    assert [m.split(" (")[0] for m in unsupported(everything)] == [
-        "position_embedding='rotary'", "scaled_attention=False", "window_size=3", "head dim n_embd / n_head = 24",
-        "gelu='exact'"]
+    assert [m.split(" (")[0] for m in unsupported(everything)] == ["gelu='exact'"]
 
 
-# the options the triton backend runs today: parallel residual (two LayerNorms or one), untied
-# head with a bias, per-projection biases, another epsilon
+# the options the triton backend runs: parallel residual (two LayerNorms or one), untied head
+# with a bias, per-projection biases, another epsilon; rotary (GPT-NeoX's halves, GPT-J's
+# interleaved pairs, all of the head or part of it), GPT-Neo's window and unscaled scores, head
+# dims that are not a power of two (24, 80)
 TRITON_RUNS = {
+    "rotary_halves_partial_hd24": dict(n_head=4, n_embd=96, position_embedding="rotary", rotary_fraction=0.25),
+    "rotary_halves_full": dict(position_embedding="rotary", rotary_base=500.0),
+    "rotary_interleaved_partial_hd80": dict(n_head=1, n_embd=80, position_embedding="rotary", rotary_fraction=0.25,
+                                            rotary_style="pairs", parallel_residual=True, shared_ln=True),
+    "window_unscaled": dict(attention_pattern="global,local", window_size=5, scaled_attention=False, qkv_bias=False),
+    "window_below_a_tile_and_unscaled_hd24": dict(n_head=4, n_embd=96, attention_pattern="local", window_size=3,
+                                                  scaled_attention=False),
     "parallel_untied": dict(parallel_residual=True, tie_embeddings=False, layer_norm_eps=1e-6),
     "parallel_shared_ln_head_bias": dict(parallel_residual=True, shared_ln=True, tie_embeddings=False, lm_head_bias=True,
                                          qkv_bias=False, attn_proj_bias=False),
@@ -210,7 +213,7 @@ TRITON_RUNS = {
 
 @pytest.mark.parametrize("options", list(TRITON_RUNS))
 def test_backends_agree_on_family_options(options):
-    kw = dict(n_head=2, n_embd=32, **TRITON_RUNS[options])
+    kw = {**dict(n_head=2, n_embd=32), **TRITON_RUNS[options]}
     torch.manual_seed(1)
     a = randomize(GPT(tiny(backend="torch", **kw))).to(DEVICE)
     b = GPT(tiny(backend="triton", **kw)).to(DEVICE)
@@ -374,7 +377,7 @@ def test_hf_unsupported_model_type_and_missing_config(tmp_path):
 
 def test_hf_triton_refusal_comes_before_the_weights(tmp_path):
     _hf("neox").save_pretrained(tmp_path / "m")
-    with pytest.raises(ValueError, match="position_embedding='rotary'"):
+    with pytest.raises(ValueError, match="gelu='exact'"):
         GPT.from_pretrained(str(tmp_path / "m"), backend="triton")
 
 
