@@ -1,13 +1,21 @@
-"""Flash attention (FlashAttention-2) in Triton: causal, forward and backward, with dropout.
+"""Flash attention (FlashAttention-2) in Triton: causal, forward and backward, with dropout, a
+softmax scale, a sliding window and rotary position embeddings.
 
-    y = attention(q, k, v, causal=True, dropout_p=0.0)    # q, k, v (B, H, T, D), any strides
-    y = attention_qkv(qkv, causal=True, dropout_p=0.0)    # qkv (B, T, 3, H, D) -> y (B, T, H, D)
+    y = attention(q, k, v, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None)
+        # q, k, v (B, H, T, D), any strides
+    y = attention_qkv(qkv, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None)
+        # qkv (B, T, 3, H, D) -> y (B, T, H, D)
 
 Forward: one program per (query tile, batch*head). It walks the key tiles with an online softmax
 in fp32 (running max m and sum l, scores in log2 units so exp2 does the work, 1/sqrt(D)*log2(e)
-folded into one multiply) and saves lse = m + log2(l) per row (4 bytes a row). Under the causal
-mask the key tiles wholly above the diagonal are never visited and only the tiles that straddle
-it (and the ragged tail at T) are masked. Nothing of size T x T is ever in memory.
+folded into one multiply; the scale is 1/sqrt(D) unless given, GPT-Neo's is 1.0) and saves
+lse = m + log2(l) per row (4 bytes a row). Under the causal mask the key tiles wholly above the
+diagonal are never visited and only the tiles that straddle it (and the ragged tail at T) are
+masked. With a window (GPT-Neo's local attention: query i sees keys i - window + 1 .. i) the key
+tiles wholly before it are never visited either, and the ones across its start are masked; the
+backward's loops skip the same tiles (the dK/dV program's queries end where the window of its
+last key does, the dQ program's keys start where its first query's window does). A window of T
+or more is no window. Nothing of size T x T is ever in memory.
 
 Backward: the probabilities are recomputed from q, k and the saved lse, not stored. A small
 pass computes delta = rowsum(dO * O); then one kernel, launched twice, computes dK, dV (a program
@@ -22,7 +30,18 @@ as (B, T, H, D) contiguous, which c_proj reads as (B, T, C) without a copy, and 
 writes dq, dk and dv straight into one (B, T, 3, H, D) gradient, which is c_attn's output
 gradient: the split of the projection into q, k, v costs no copy in either direction.
 
-Head dims 16, 32, 64, 128 (16 for small test models); any T >= 1; fp32, fp16, bf16.
+Any head dim from 1 to 256 (GPT-2's 64, Pythia's 80 and GPT-NeoX-20B's 96, GPT-J's 256): the
+kernels run tiles of BLOCK_D = the next power of two (at least 16) and mask the columns past D,
+with no padded copy; at a power of two the masks are not compiled, so GPT-2's kernels are the
+ones they were. Any T >= 1; fp32, fp16, bf16.
+
+Rotary (cos, sin (T, R/2) fp32 tables, GPT-NeoX's halves (i, i + R/2) or GPT-J's interleaved
+pairs (2i, 2i + 1), on the first R of the D dims) is applied inside the kernels: q and k tiles
+are turned in registers as they are loaded (in the forward, and in the backward's recomputation
+of the scores), and dq, dk are turned back by the transposed rotation before they are stored, so
+the rotated q and k never exist in memory. The tiles hold each pair side by side (GPT-NeoX's are
+loaded so: one column order for q and k leaves the scores as they are), which makes a turn a
+split and a join of the tile.
 
 Dropout on the probabilities is drawn inside the kernels by Philox (`tl.rand`) keyed by
 (seed, batch*head) with counter row * T + column, so the backward regenerates the very mask the
@@ -35,6 +54,9 @@ probabilities are scaled by 1 / (1 - p).
 FLOPs (the convention of the benchmarks): forward 4 * B * H * T * T * D, halved when causal
 (two matmuls, QK^T and PV, of 2*T*T*D each); backward 2.5x the forward (five matmuls, one of
 them the recomputed QK^T).
+
+Bad input (a head dim past 256, tables not (T, R/2) with R <= D, a negative window or one without
+the causal mask) is a ValueError naming it, raised before any launch.
 
 The jit kernels are in flash_attention_kernels.py (read it first); this file holds the rest,
 top to bottom: tuning lists, host launchers, the torch.library ops (tritongpt::attention,
@@ -61,27 +83,34 @@ LOG2E = 1.4426950408889634
 # Candidates for Hopper (H100 / H200); each kernel is tuned once per TUNE_KEY (and the inputs'
 # dtype); the first tile sets the grid. Forward: BLOCK_M queries by BLOCK_N keys. Backward: a
 # program keeps BLOCK_BIG keys (then queries) in registers and streams BLOCK_SMALL-row tiles of
-# the other side past them. Each tile is tried only up to the head dims it was compiled clean
-# at: (largest head dim without dropout, with dropout; 0: never) -- past them it spills
-# registers on sm_90 with Triton 3.9 or 3.6 (dropout's in-kernel Philox draws take a tile's worth
-# of registers of their own). `python -m bench.aot` compiles every pair, tests/test_aot.py holds
-# them to it.
+# the other side past them. Each tile is tried only up to the tile widths (BLOCK_D, the head dim
+# padded to a power of two) it was compiled clean at: (largest BLOCK_D without dropout, with
+# dropout, with rotary, with rotary and dropout; 0: never) -- past them it spills registers on
+# sm_90 with Triton 3.9 or 3.6 (dropout's in-kernel Philox draws take a tile's worth of registers
+# of their own, rotary's turns about as many). `python -m bench.aot` compiles every pair,
+# tests/test_aot.py holds them to it. The last tiles of each list are narrow ones for BLOCK_D 256
+# and rotary, where the wide ones spill.
 TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "WINDOWED", "ROTARY", "DROPOUT"]
-FWD_TILES = {  # (BLOCK_M, BLOCK_N, warps, stages): (head dim without dropout, with dropout)
-    (128, 64, 4, 3): (64, 0),
-    (128, 64, 8, 3): (128, 128),
-    (128, 128, 8, 3): (128, 0),
-    (128, 32, 4, 4): (64, 64),
-    (64, 64, 4, 4): (128, 64),
-    (64, 32, 4, 3): (128, 128),
+FWD_TILES = {  # (BLOCK_M, BLOCK_N, warps, stages): (BLOCK_D plain, dropout, rotary, rotary + dropout)
+    (128, 64, 4, 3): (64, 0, 0, 0),
+    (128, 64, 8, 3): (128, 128, 64, 64),
+    (128, 128, 8, 3): (128, 0, 64, 0),
+    (128, 32, 4, 4): (64, 64, 64, 64),
+    (64, 64, 4, 4): (128, 64, 64, 64),
+    (64, 32, 4, 3): (128, 128, 128, 64),
+    (64, 32, 8, 2): (256, 256, 256, 256),
+    (32, 32, 4, 2): (256, 256, 256, 256),
 }
 BWD_TILES = {  # (BLOCK_BIG, BLOCK_SMALL, warps, stages): as FWD_TILES, for both launches
-    (128, 32, 8, 3): (128, 64),
-    (128, 32, 8, 4): (128, 64),
-    (128, 64, 8, 3): (64, 0),
-    (64, 32, 4, 3): (128, 64),
-    (64, 32, 8, 3): (128, 128),
-    (64, 64, 4, 3): (64, 0),
+    (128, 32, 8, 3): (128, 64, 64, 64),
+    (128, 32, 8, 4): (128, 64, 64, 64),
+    (128, 64, 8, 3): (64, 0, 0, 0),
+    (64, 32, 4, 3): (128, 64, 64, 64),
+    (64, 32, 8, 3): (128, 128, 128, 64),
+    (64, 64, 4, 3): (64, 0, 0, 0),
+    (64, 16, 8, 2): (128, 128, 128, 128),
+    (32, 16, 4, 2): (256, 256, 128, 0),
+    (16, 16, 8, 2): (256, 256, 256, 256),
 }
 FWD_CONFIGS = [
     triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in FWD_TILES
@@ -92,14 +121,14 @@ BWD_CONFIGS = [
 
 
 def _head_dims_of(tiles, rows, cols):
-    """The autotuner's early pruning for `tiles`: the configs compiled clean at this HEAD_DIM
-    with or without DROPOUT."""
+    """The autotuner's early pruning for `tiles`: the configs compiled clean at this BLOCK_D with
+    or without DROPOUT and ROTARY."""
 
     def prune(configs, named_args, **kwargs):
-        d, dropout = kwargs["BLOCK_D"], bool(kwargs["DROPOUT"])
+        d, column = kwargs["BLOCK_D"], 2 * bool(kwargs.get("ROTARY")) + bool(kwargs["DROPOUT"])
         return [
             c for c in configs
-            if d <= tiles[(c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages)][dropout]
+            if d <= tiles[(c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages)][column]
         ]
 
     return prune
@@ -114,6 +143,10 @@ def _head_dims_of(tiles, rows, cols):
 # the SMALL ones too.
 SMALL_FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
 SMALL_BWD = dict(BLOCK_BIG=64, BLOCK_SMALL=32, num_warps=8, num_stages=3)
+# ... and, where those spill (rotary; BLOCK_D 256), narrower ones that spilled at none of them
+NARROW_FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+NARROW_BWD = {128: dict(BLOCK_BIG=64, BLOCK_SMALL=16, num_warps=8, num_stages=2),
+              256: dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=8, num_stages=2)}
 FP32_FWD = dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)
 FP32_BWD = dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=4, num_stages=2)
 DELTA_BLOCK_M = 32  # rows of the backward's rowsum(dO * O) pass per program (64 spilled in fp32 with 3.6)
@@ -218,8 +251,13 @@ def _autotuned(q):
 
 
 def _one_config(q, flags, small, fp32):
-    """The config of a launch that is not autotuned: fp32's own on a GPU, else the small one."""
-    return fp32 if q.dtype == torch.float32 and not interpreted() else small
+    """The config of a launch that is not autotuned: fp32's own on a GPU, else the small one,
+    or the narrow one (NARROW_FWD, NARROW_BWD) with rotary or at BLOCK_D 256."""
+    if q.dtype == torch.float32 and not interpreted():
+        return fp32
+    if flags["ROTARY"] or flags["BLOCK_D"] > 128:
+        return NARROW_FWD if small is SMALL_FWD else NARROW_BWD[max(128, flags["BLOCK_D"])]
+    return small
 
 
 def attention_fwd(q, k, v, causal, dropout_p, seed, o=None, scale=None, window=0, cos=None, sin=None, interleaved=False):

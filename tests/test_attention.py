@@ -150,15 +150,17 @@ def test_attention_qkv_with_options_equals_attention_of_the_views():
 def test_autotune_lists_are_pruned_by_head_dim_and_dropout():
     """Each tile is tried only where it compiled without spilling (FWD_TILES, BWD_TILES): all of
     them at GPT-2's head dim 64 without dropout, some at every tile width (BLOCK_D, the head dim
-    padded to a power of two) with or without it."""
+    padded to a power of two) with or without dropout and rotary; fewer with rotary, or at 256."""
     for tuned in (fa._attn_fwd_tuned, fa._attn_bwd_tuned):
         kept = {
-            (d, dropout): tuned.early_config_prune(tuned.configs, {}, BLOCK_D=d, DROPOUT=dropout)
-            for d in (16, 32, 64, 128, 256) for dropout in (False, True)
+            (d, dropout, rotary): tuned.early_config_prune(tuned.configs, {}, BLOCK_D=d, DROPOUT=dropout, ROTARY=rotary)
+            for d in (16, 32, 64, 128, 256) for dropout in (False, True) for rotary in (False, True)
         }
-        assert kept[(64, False)] == tuned.configs
+        assert kept[(64, False, False)] == tuned.configs
         assert all(kept.values())
-        assert len(kept[(128, True)]) < len(kept[(128, False)]) <= len(kept[(64, False)])
+        assert len(kept[(128, True, False)]) < len(kept[(128, False, False)]) <= len(kept[(64, False, False)])
+        assert len(kept[(128, False, True)]) < len(kept[(128, False, False)])
+        assert len(kept[(256, False, False)]) < len(kept[(128, False, False)])
 
 
 @pytest.mark.gpu

@@ -69,6 +69,18 @@ def _cases():
         cases.append(("attention_backward", (torch.randn_like(o), *saved)))
         o, lse = ops.attention_qkv(qkv, True, p, seed)
         cases.append(("attention_qkv_backward", (torch.randn_like(o), qkv.detach(), o.detach(), lse, True, p, seed)))
+    # the families' options: head dim 24 (a padded tile), a scale, a window, rotary on part of the head
+    qkv = _leaf(1, 20, 3, 2, 24)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    angles = torch.arange(20, device=DEVICE).float()[:, None] * torch.rand(4, device=DEVICE)
+    for p, seed, options in ((0.0, None, (0.5, 7, angles.cos(), angles.sin(), False)),
+                             (0.2, seed_tensor(5, DEVICE), (None, 0, angles.cos(), angles.sin(), True))):
+        cases += [("attention", (q, k, v, True, p, seed, *options)), ("attention_qkv", (qkv, True, p, seed, *options))]
+        o, lse = ops.attention(q, k, v, True, p, seed, *options)
+        saved = (q.detach(), k.detach(), v.detach(), o.detach(), lse, True, p, seed, *options)
+        cases.append(("attention_backward", (torch.randn_like(o), *saved)))
+        o, lse = ops.attention_qkv(qkv, True, p, seed, *options)
+        cases.append(("attention_qkv_backward", (torch.randn_like(o), qkv.detach(), o.detach(), lse, True, p, seed, *options)))
     return cases
 
 
@@ -149,6 +161,21 @@ def test_compiled_equals_eager_aot_eager(bias, autocast):
         assert torch.equal(grads[name], grads_c[name]), name
     with torch.no_grad():
         assert torch.equal(model(idx), compiled(idx))
+
+
+@pytest.mark.parametrize("style", ["halves", "pairs"])
+def test_family_options_compile_in_one_graph(style):
+    """Rotary (its tables made inside the graph), a window on alternate layers, unscaled scores,
+    head dim 24: one graph with aot_eager, loss and every gradient bit for bit as eager."""
+    model = tiny(n_head=4, n_embd=96, position_embedding="rotary", rotary_fraction=0.5, rotary_style=style,
+                 attention_pattern="global,local", window_size=5, scaled_attention=False)
+    idx, targets = _batch()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss, grads = _loss_and_grads(model, model, idx, targets)
+    loss_c, grads_c = _loss_and_grads(model, compiled, idx, targets)
+    assert torch.equal(loss, loss_c)
+    for name in grads:
+        assert torch.equal(grads[name], grads_c[name]), name
 
 
 def test_compiled_equals_eager_inductor():
