@@ -149,6 +149,8 @@ NARROW_BWD = {128: dict(BLOCK_BIG=64, BLOCK_SMALL=16, num_warps=8, num_stages=2)
               256: dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=8, num_stages=2)}
 FP32_FWD = dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)
 FP32_BWD = dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=4, num_stages=2)
+FP32_NARROW_FWD = dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=2)  # rotary; BLOCK_D 256
+FP32_NARROW_BWD = dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=8, num_stages=2)
 DELTA_BLOCK_M = 32  # rows of the backward's rowsum(dO * O) pass per program (64 spilled in fp32 with 3.6)
 
 
@@ -221,16 +223,17 @@ def _empty_bhtd(B, H, T, D, like, dtype=None):
     return torch.empty((B, T, H, D), dtype=dtype or like.dtype, device=like.device).transpose(1, 2)
 
 
-def block_d(D):
-    """The tile width of head dim D: the next power of two, at least 16 (tl.dot's smallest)."""
-    return max(16, triton.next_power_of_2(D))
+def block_d(D, rotary=False):
+    """The tile width of head dim D: the next power of two, at least 16 (tl.dot's smallest), 32
+    with rotary (whose q and k tiles are two halves)."""
+    return max(32 if rotary else 16, triton.next_power_of_2(D))
 
 
 def _flags(q, causal, dropout_p, window, rotary):
     """The kernels' specialization: tl.constexpr flags, and T's bucket for the autotune key."""
     T, D = q.shape[2], q.shape[3]
     return dict(
-        HEAD_DIM=D, BLOCK_D=block_d(D), CAUSAL=bool(causal), WINDOWED=window > 0, ROTARY=rotary is not None,
+        HEAD_DIM=D, BLOCK_D=block_d(D, rotary is not None), CAUSAL=bool(causal), WINDOWED=window > 0, ROTARY=rotary is not None,
         INTERLEAVED=bool(rotary is not None and rotary[2]), DROPOUT=dropout_p > 0.0,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",  # fp16/bf16 ignore it
         T_BUCKET=min(triton.next_power_of_2(T), 8192),
@@ -251,12 +254,14 @@ def _autotuned(q):
 
 
 def _one_config(q, flags, small, fp32):
-    """The config of a launch that is not autotuned: fp32's own on a GPU, else the small one,
-    or the narrow one (NARROW_FWD, NARROW_BWD) with rotary or at BLOCK_D 256."""
+    """The config of a launch that is not autotuned: fp32's own on a GPU, else the small one; the
+    narrow ones instead with rotary or at BLOCK_D 256. small, fp32: the forward's or the backward's."""
+    forward = small is SMALL_FWD
+    narrow = flags["ROTARY"] or flags["BLOCK_D"] > 128
     if q.dtype == torch.float32 and not interpreted():
-        return fp32
-    if flags["ROTARY"] or flags["BLOCK_D"] > 128:
-        return NARROW_FWD if small is SMALL_FWD else NARROW_BWD[max(128, flags["BLOCK_D"])]
+        return (FP32_NARROW_FWD if forward else FP32_NARROW_BWD) if narrow else fp32
+    if narrow:
+        return NARROW_FWD if forward else NARROW_BWD[max(128, flags["BLOCK_D"])]
     return small
 
 

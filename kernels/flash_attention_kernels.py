@@ -70,53 +70,114 @@ def _store(mat, rows, x, T, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _rotary_cols(rot_dim, offs_d, INTERLEAVED: tl.constexpr):
-    """The order in which q and k tiles hold their columns under rotary: each rotated pair side
-    by side, (2i, 2i + 1) in the tile. GPT-J's pairs are so already; GPT-NeoX's pairs (i, i + R/2)
-    are loaded so (tile column 2i holds dim i, 2i + 1 dim i + R/2). The scores are dot products
-    over the columns, which one order for q and k leaves as they are; dq and dk are stored back
-    through the same order."""
-    if INTERLEAVED:
-        return offs_d
-    half = rot_dim // 2
-    return tl.where(offs_d < rot_dim, (offs_d // 2) + (offs_d % 2) * half, offs_d)
-
-
-@triton.jit
-def _angles(tables, rows, T, BLOCK_D: tl.constexpr):
-    """(BLOCK, BLOCK_D / 2) fp32 cos and sin of the positions `rows` for each pair of a tile; 1
-    and 0 for the pairs that are not turned (past R / 2) and for the rows past T."""
-    cos_ptr, sin_ptr, half = tables
-    pairs = tl.arange(0, BLOCK_D // 2)
-    inside = (rows[:, None] < T) & (pairs[None, :] < half)
-    offs = rows[:, None] * half + pairs[None, :]
-    return tl.load(cos_ptr + offs, mask=inside, other=1.0), tl.load(sin_ptr + offs, mask=inside, other=0.0)
+def _rotary_cols(rot_dim, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """Under rotary q and k (and dq, dk) are held as two half tiles (a, b), each (BLOCK,
+    BLOCK_D / 2): column j of a and column j of b are the two dims of pair j, (2j, 2j + 1) for
+    GPT-J, (j, j + R/2) for GPT-NeoX; past R / 2 pairs, the dims that are not turned, two by two.
+    The scores are dot products over the dims, so q a^T + q b^T splits them as any order would.
+    Returns the dims of a's and of b's columns, (BLOCK_D / 2,) each."""
+    j = tl.arange(0, BLOCK_D // 2)
+    a_cols = 2 * j
+    b_cols = 2 * j + 1
+    if not INTERLEAVED:
+        half = rot_dim // 2
+        a_cols = tl.where(j < half, j, a_cols)
+        b_cols = tl.where(j < half, j + half, b_cols)
+    return a_cols, b_cols
 
 
 @triton.jit
 def _turn(x, rows, T, tables, SIGN: tl.constexpr):
-    """Each pair (a, b) of x's columns (2i, 2i + 1), x (BLOCK, BLOCK_D), turned by the angle of
-    its row's position (SIGN=1: a cos - b sin, b cos + a sin) or back (SIGN=-1, the transpose),
-    in fp32, returned in x's dtype. All in registers: a split and a join of the tile."""
-    c, s = _angles(tables, rows, T, x.shape[1])  # (BLOCK, BLOCK_D / 2)
+    """The pairs (a, b) = x of half tiles turned by the angle of each row's position (SIGN=1:
+    a cos - b sin, b cos + a sin) or back (SIGN=-1, the transpose), in fp32, returned in their
+    dtype: elementwise, no data crosses columns. cos and sin are 1 and 0 past R / 2 and T."""
+    a, b = x
+    cos_ptr, sin_ptr, half = tables
+    pairs = tl.arange(0, a.shape[1])
+    inside = (rows[:, None] < T) & (pairs[None, :] < half)
+    offs = rows[:, None] * half + pairs[None, :]
+    c = tl.load(cos_ptr + offs, mask=inside, other=1.0)  # (BLOCK, BLOCK_D / 2) fp32
+    s = tl.load(sin_ptr + offs, mask=inside, other=0.0)
     if SIGN < 0:
         s = -s
-    a, b = tl.split(tl.reshape(x.to(tl.float32), (x.shape[0], x.shape[1] // 2, 2)))
-    turned = tl.join(a * c - b * s, b * c + a * s)  # (BLOCK, BLOCK_D / 2, 2)
-    return tl.reshape(turned, (x.shape[0], x.shape[1])).to(x.dtype)
+    a32, b32 = a.to(tl.float32), b.to(tl.float32)
+    return (a32 * c - b32 * s).to(a.dtype), (b32 * c + a32 * s).to(b.dtype)
+
+
+@triton.jit
+def _qk_matrix(ptr, strides, b, h, offs_d, rot_dim, ROTARY: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """q's or k's head (or dq's, dk's) as a matrix, or under rotary as the pair of matrices of
+    its half tiles (_rotary_cols)."""
+    if ROTARY:
+        a_cols, b_cols = _rotary_cols(rot_dim, offs_d.shape[0], INTERLEAVED)
+        return _matrix(ptr, strides, b, h, a_cols), _matrix(ptr, strides, b, h, b_cols)
+    else:
+        return _matrix(ptr, strides, b, h, offs_d)
 
 
 @triton.jit
 def _load_qk(mat, rows, T, tables, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr, MASKED: tl.constexpr):
-    """The (BLOCK, BLOCK_D) tile of q or k at `rows`, turned by rotary if ROTARY; MASKED=False:
-    every row is inside T (then only a padded D is masked)."""
-    if MASKED or HEAD_DIM != mat[3].shape[0]:
-        x = _load(mat, rows, T, HEAD_DIM)
+    """The (BLOCK, BLOCK_D) tile of q or k at `rows`, or under rotary its half tiles (a, b)
+    turned to their positions. MASKED=False: every row is inside T (then only a padded D is
+    masked)."""
+    if ROTARY:  # half tiles: columns always masked (their dims run to BLOCK_D)
+        a_mat, b_mat = mat
+        a = tl.load(_ptrs(a_mat, rows), mask=(rows[:, None] < T) & (a_mat[3][None, :] < HEAD_DIM), other=0.0)
+        b = tl.load(_ptrs(b_mat, rows), mask=(rows[:, None] < T) & (b_mat[3][None, :] < HEAD_DIM), other=0.0)
+        return _turn((a, b), rows, T, tables, SIGN=1)
+    elif MASKED or HEAD_DIM != mat[3].shape[0]:
+        return _load(mat, rows, T, HEAD_DIM)
     else:
-        x = tl.load(_ptrs(mat, rows))
+        return tl.load(_ptrs(mat, rows))
+
+
+@triton.jit
+def _store_qk(mat, rows, x, T, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
+    """Stores dq or dk (a tile, or under rotary its half tiles) at `rows`, inside T and D."""
     if ROTARY:
-        x = _turn(x, rows, T, tables, SIGN=1)
-    return x
+        for i in tl.static_range(2):
+            m = mat[i]
+            tl.store(_ptrs(m, rows), x[i].to(m[0].dtype.element_ty),
+                     mask=(rows[:, None] < T) & (m[3][None, :] < HEAD_DIM))
+    else:
+        _store(mat, rows, x, T, HEAD_DIM)
+
+
+@triton.jit
+def _scores(x, y, ROTARY: tl.constexpr, DOT_PREC: tl.constexpr):
+    """x y^T of two q or k tiles (or pairs of half tiles): (rows of x, rows of y) fp32."""
+    if ROTARY:
+        s = tl.dot(x[0], tl.trans(y[0]), input_precision=DOT_PREC)
+        return tl.dot(x[1], tl.trans(y[1]), acc=s, input_precision=DOT_PREC)
+    else:
+        return tl.dot(x, tl.trans(y), input_precision=DOT_PREC)
+
+
+@triton.jit
+def _accumulate(acc, p, x, ROTARY: tl.constexpr, DOT_PREC: tl.constexpr):
+    """acc + p x for a q or k tile x (or, under rotary, each half of acc with its half of x)."""
+    if ROTARY:
+        return (tl.dot(p.to(x[0].dtype), x[0], acc=acc[0], input_precision=DOT_PREC),
+                tl.dot(p.to(x[1].dtype), x[1], acc=acc[1], input_precision=DOT_PREC))
+    else:
+        return acc + tl.dot(p.to(x.dtype), x, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _zeros_qk(BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ROTARY: tl.constexpr):
+    """A zero fp32 accumulator of dq or dk: (BLOCK, BLOCK_D), or two halves under rotary."""
+    if ROTARY:
+        return tl.zeros([BLOCK, BLOCK_D // 2], dtype=tl.float32), tl.zeros([BLOCK, BLOCK_D // 2], dtype=tl.float32)
+    else:
+        return tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+
+
+@triton.jit
+def _scaled(x, factor, ROTARY: tl.constexpr):
+    if ROTARY:
+        return x[0] * factor, x[1] * factor
+    else:
+        return x * factor
 
 
 @triton.jit
@@ -191,7 +252,7 @@ def _fwd_tiles(
             v = _load(v_mat, offs_n, T, HEAD_DIM)
         else:
             v = tl.load(_ptrs(v_mat, offs_n))
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        s = _scores(q, k, ROTARY, DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -227,11 +288,8 @@ def _attn_fwd_kernel(
     b, h = bh // H, bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    qk_cols = offs_d  # the tile order of q's and k's columns (_rotary_cols)
-    if ROTARY:
-        qk_cols = _rotary_cols(rot_dim, offs_d, INTERLEAVED)
-    q_mat = _matrix(q_ptr, q_strides, b, h, qk_cols)
-    kv = (_matrix(k_ptr, k_strides, b, h, qk_cols), _matrix(v_ptr, v_strides, b, h, offs_d))
+    q_mat = _qk_matrix(q_ptr, q_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
+    kv = (_qk_matrix(k_ptr, k_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED), _matrix(v_ptr, v_strides, b, h, offs_d))
     seed = 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
@@ -301,7 +359,7 @@ def _dkdv_tiles(
         do = _load(do_mat, offs_m, T, HEAD_DIM)
         lse = tl.load(lse_row + offs_m, mask=rows, other=0.0)  # (BLOCK_M,)
         delta = tl.load(delta_row + offs_m, mask=rows, other=0.0)
-        pT = tl.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
+        pT = tl.exp2(_scores(k, q, ROTARY, DOT_PREC) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
         if MASKED:  # query row >= key column (and within the window)
             visible = offs_m[None, :] >= offs_n[:, None]
             if WINDOWED:
@@ -315,7 +373,7 @@ def _dkdv_tiles(
         else:
             dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PREC)
         dsT = pT * (dpT - delta[None, :])  # dL/dS, S the scaled scores
-        dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PREC)
+        dk = _accumulate(dk, dsT, q, ROTARY, DOT_PREC)
     return dk, dv
 
 
@@ -336,14 +394,14 @@ def _dq_tiles(
             v = _load(v_mat, offs_n, T, HEAD_DIM)
         else:
             v = tl.load(_ptrs(v_mat, offs_n))
-        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(_scores(q, k, ROTARY, DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
         if MASKED:
             p = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # dL/d(dropped P)
         if DROPOUT:
             dp = tl.where(_keep(seed, bh, offs_m[:, None], offs_n[None, :], T, dropout_p), dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])  # dL/dS
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+        dq = _accumulate(dq, ds, k, ROTARY, DOT_PREC)
     return dq
 
 
@@ -372,10 +430,8 @@ def _attn_bwd_kernel(
     b, h = bh // H, bh % H
     offs_big = start + tl.arange(0, BLOCK_BIG)
     offs_d = tl.arange(0, BLOCK_D)
-    qk_cols = offs_d  # the tile order of q's and k's columns, and of dq's and dk's (_rotary_cols)
-    if ROTARY:
-        qk_cols = _rotary_cols(rot_dim, offs_d, INTERLEAVED)
-    q_mat, k_mat = _matrix(q_ptr, q_strides, b, h, qk_cols), _matrix(k_ptr, k_strides, b, h, qk_cols)
+    q_mat = _qk_matrix(q_ptr, q_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
+    k_mat = _qk_matrix(k_ptr, k_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
     v_mat, do_mat = _matrix(v_ptr, v_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d)
     lse_row, delta_row = lse_ptr + bh * T, delta_ptr + bh * T
     seed = 0
@@ -387,7 +443,7 @@ def _attn_bwd_kernel(
     if DKDV:
         k = _load_qk(k_mat, offs_big, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
         v = _load(v_mat, offs_big, T, HEAD_DIM)
-        dk = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
+        dk = _zeros_qk(BLOCK_BIG, BLOCK_D, ROTARY)
         dv = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
         queries = (q_mat, do_mat, lse_row, delta_row)
         lo, mid, w_mid, w_hi = _query_range(start, T, window, BLOCK_BIG, BLOCK_SMALL, CAUSAL, WINDOWED)
@@ -404,17 +460,18 @@ def _attn_bwd_kernel(
                 dk, dv, k, v, offs_big, queries, w_mid, w_hi, head, tables, MASKED=True, BLOCK_M=BLOCK_SMALL,
                 HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
             )
-        dk = dk * sm_scale
-        if ROTARY:
+        dk = _scaled(dk, sm_scale, ROTARY)
+        if ROTARY:  # the gradient of the turned k: turned back
             dk = _turn(dk, offs_big, T, tables, SIGN=-1)
-        _store(_matrix(dk_ptr, g_strides, b, h, qk_cols), offs_big, dk, T, HEAD_DIM)
+        dk_mat = _qk_matrix(dk_ptr, g_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
+        _store_qk(dk_mat, offs_big, dk, T, HEAD_DIM, ROTARY)
         _store(_matrix(dv_ptr, g_strides, b, h, offs_d), offs_big, dv, T, HEAD_DIM)
     else:
         q = _load_qk(q_mat, offs_big, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
         do = _load(do_mat, offs_big, T, HEAD_DIM)
         lse = tl.load(lse_row + offs_big, mask=offs_big < T, other=0.0)  # (BLOCK_BIG,)
         delta = tl.load(delta_row + offs_big, mask=offs_big < T, other=0.0)
-        dq = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
+        dq = _zeros_qk(BLOCK_BIG, BLOCK_D, ROTARY)
         kv = (k_mat, v_mat)
         w_lo, w_mid, lo, hi = _key_range(start, T, window, BLOCK_BIG, BLOCK_SMALL, CAUSAL, WINDOWED)
         if WINDOWED:
@@ -430,7 +487,8 @@ def _attn_bwd_kernel(
             dq, q, do, lse, delta, offs_big, kv, lo, hi, head, tables, MASKED=True, BLOCK_N=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
-        dq = dq * sm_scale
+        dq = _scaled(dq, sm_scale, ROTARY)
         if ROTARY:
             dq = _turn(dq, offs_big, T, tables, SIGN=-1)
-        _store(_matrix(dq_ptr, g_strides, b, h, qk_cols), offs_big, dq, T, HEAD_DIM)
+        dq_mat = _qk_matrix(dq_ptr, g_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
+        _store_qk(dq_mat, offs_big, dq, T, HEAD_DIM, ROTARY)
