@@ -7,8 +7,9 @@
     python -m bench.aot --table                # the README's table, from the committed files
 
 What it compiles: bench/aot_launches.py, every kernel launch of the project at GPT-2 124M's
-shapes (16 x 1024 rows of 768, V = 50304, 12 heads of 64) and attention also at head dim 128,
-with and without dropout; each in bf16, fp16 and fp32, with every config the launch can run:
+shapes (16 x 1024 rows of 768, V = 50304, 12 heads of 64) and attention also at head dim 128 and
+at the other families' options (a window; head dims 80 and 256 with rotary), with and without
+dropout; each in bf16, fp16 and fp32, with every config the launch can run:
 each config of its autotune list that the list's own pruning keeps for those arguments, and
 each fixed config (the host's choice, or the one config that TRITONGPT_AUTOTUNE=0 runs).
 Arguments are specialized as at a real launch (16-byte aligned pointers, the real sizes and

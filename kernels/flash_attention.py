@@ -39,9 +39,9 @@ Rotary (cos, sin (T, R/2) fp32 tables, GPT-NeoX's halves (i, i + R/2) or GPT-J's
 pairs (2i, 2i + 1), on the first R of the D dims) is applied inside the kernels: q and k tiles
 are turned in registers as they are loaded (in the forward, and in the backward's recomputation
 of the scores), and dq, dk are turned back by the transposed rotation before they are stored, so
-the rotated q and k never exist in memory. The tiles hold each pair side by side (GPT-NeoX's are
-loaded so: one column order for q and k leaves the scores as they are), which makes a turn a
-split and a join of the tile.
+the rotated q and k never exist in memory. The tiles are then two halves, column j of each
+holding one dim of pair j (the scores, sums over the dims, do not mind the order), which makes a
+turn elementwise: no data moves between columns.
 
 Dropout on the probabilities is drawn inside the kernels by Philox (`tl.rand`) keyed by
 (seed, batch*head) with counter row * T + column, so the backward regenerates the very mask the
@@ -57,6 +57,9 @@ them the recomputed QK^T).
 
 Bad input (a head dim past 256, tables not (T, R/2) with R <= D, a negative window or one without
 the causal mask) is a ValueError naming it, raised before any launch.
+
+Past 400 lines for a reason: four custom ops (attention and attention_qkv, each with its
+backward) that carry the same options, with their checks and launchers, read best in one file.
 
 The jit kernels are in flash_attention_kernels.py (read it first); this file holds the rest,
 top to bottom: tuning lists, host launchers, the torch.library ops (tritongpt::attention,

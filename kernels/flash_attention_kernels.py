@@ -11,9 +11,14 @@ step that uses dropout can be captured in a CUDA graph.
 
 A head dim D that is not a power of two runs in tiles of BLOCK_D = the next one: the columns at
 and past D load as zeros and are never stored (when D == BLOCK_D the column masks are not even
-compiled). Rotary turns q and k as their tiles are loaded (each tile is read a second time at
-its partner columns: cheap, the lines are in cache) and turns dq, dk back by the transposed
-rotation before they are stored: no rotated copy of q or k ever exists in memory.
+compiled). Rotary turns q and k as their tiles are loaded and turns dq, dk back by the transposed
+rotation before they are stored: no rotated copy of q or k ever exists in memory. Under rotary
+q and k are held as two half tiles (a, b), column j of a and of b the two dims of pair j
+(_rotary_cols): a turn is then elementwise, and the scores and the dq, dk accumulators split
+into the two halves.
+
+Past 400 lines for a reason: the forward and both backward loops share the tile helpers above
+them, and splitting the file would split them from their one reader.
 """
 
 import triton

@@ -113,13 +113,14 @@ def test_finetune_from_hf_directory_of_each_family(family, ds, tmp_path):
 
 
 def test_auto_backend_falls_back_where_triton_cannot_run_the_model():
-    rotary = GPTConfig(n_head=2, n_embd=64, position_embedding="rotary", backend="triton")
+    exact = GPTConfig(n_head=2, n_embd=64, gelu="exact", backend="triton")
     said = []
-    assert fit_backend(rotary, True, said.append).backend == "torch"
-    assert "position_embedding='rotary'" in said[0]
-    with pytest.raises(ConfigError, match="'backend' is triton, which cannot run this model yet: position_embedding"):
-        fit_backend(rotary, False)
-    runs = GPTConfig(n_head=2, n_embd=64, parallel_residual=True, tie_embeddings=False, backend="triton")
+    assert fit_backend(exact, True, said.append).backend == "torch"
+    assert "gelu='exact'" in said[0]
+    with pytest.raises(ConfigError, match="'backend' is triton, which cannot run this model yet: gelu='exact'"):
+        fit_backend(exact, False)
+    runs = GPTConfig(n_head=2, n_embd=64, parallel_residual=True, tie_embeddings=False, position_embedding="rotary",
+                     attention_pattern="global,local", window_size=8, scaled_attention=False, backend="triton")
     assert fit_backend(runs, False) is runs
 
 
