@@ -69,6 +69,21 @@ def _load(mat, rows, T, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _load_kv(kv, rows, T, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr):
+    """The (BLOCK, BLOCK_D) tiles at `rows` of kv = (k, v matrices); rows past T read as zeros if
+    MASKED, columns past D whenever D is padded."""
+    k_mat, v_mat = kv
+    k_ptrs, v_ptrs = _ptrs(k_mat, rows), _ptrs(v_mat, rows)
+    if MASKED or HEAD_DIM != k_mat[3].shape[0]:
+        k = tl.load(k_ptrs, mask=_mask(rows, k_mat[3], T, HEAD_DIM), other=0.0)
+        v = tl.load(v_ptrs, mask=_mask(rows, v_mat[3], T, HEAD_DIM), other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v
+
+
+@triton.jit
 def _store(mat, rows, x, T, HEAD_DIM: tl.constexpr):
     """Stores the (BLOCK, BLOCK_D) tile x at `rows` of a matrix, in its dtype, inside T and D."""
     tl.store(_ptrs(mat, rows), x.to(mat[0].dtype.element_ty), mask=_mask(rows, mat[3], T, HEAD_DIM))
@@ -252,11 +267,11 @@ def _fwd_tiles(
     k_mat, v_mat = kv
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED)  # (BLOCK_N, BLOCK_D)
-        if MASKED or HEAD_DIM != v_mat[3].shape[0]:
+        if ROTARY:
+            k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED)  # (BLOCK_N, BLOCK_D) halves
             v = _load(v_mat, offs_n, T, HEAD_DIM)
         else:
-            v = tl.load(_ptrs(v_mat, offs_n))
+            k, v = _load_kv(kv, offs_n, T, HEAD_DIM, MASKED=MASKED)  # (BLOCK_N, BLOCK_D) each
         s = _scores(q, k, ROTARY, DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), s, float("-inf"))
@@ -340,8 +355,8 @@ def _attn_bwd_delta_kernel(
     b, h = bh // H, bh % H
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load(_matrix(o_ptr, o_strides, b, h, offs_d), offs_m, T, HEAD_DIM)  # (BLOCK_M, BLOCK_D)
-    do = _load(_matrix(do_ptr, do_strides, b, h, offs_d), offs_m, T, HEAD_DIM)
+    o_and_do = (_matrix(o_ptr, o_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d))
+    o, do = _load_kv(o_and_do, offs_m, T, HEAD_DIM, MASKED=True)  # (BLOCK_M, BLOCK_D) each
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
     tl.store(delta_ptr + bh * T + offs_m, delta, mask=offs_m < T)
 
@@ -394,11 +409,11 @@ def _dq_tiles(
     k_mat, v_mat = kv
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED)  # (BLOCK_N, BLOCK_D)
-        if MASKED or HEAD_DIM != v_mat[3].shape[0]:
+        if ROTARY:
+            k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED)  # (BLOCK_N, BLOCK_D) halves
             v = _load(v_mat, offs_n, T, HEAD_DIM)
         else:
-            v = tl.load(_ptrs(v_mat, offs_n))
+            k, v = _load_kv(kv, offs_n, T, HEAD_DIM, MASKED=MASKED)  # (BLOCK_N, BLOCK_D) each
         p = tl.exp2(_scores(q, k, ROTARY, DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
         if MASKED:
             p = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), p, 0.0)
@@ -435,6 +450,7 @@ def _attn_bwd_kernel(
     b, h = bh // H, bh % H
     offs_big = start + tl.arange(0, BLOCK_BIG)
     offs_d = tl.arange(0, BLOCK_D)
+    inside = _mask(offs_big, offs_d, T, HEAD_DIM)
     q_mat = _qk_matrix(q_ptr, q_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
     k_mat = _qk_matrix(k_ptr, k_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
     v_mat, do_mat = _matrix(v_ptr, v_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d)
@@ -444,6 +460,8 @@ def _attn_bwd_kernel(
         seed = tl.load(seed_ptr)
     head = (T, qk_scale, seed, bh, dropout_p, drop_scale, window)
     tables = (cos_ptr, sin_ptr, rot_dim // 2)
+    stride_gb, stride_gh, stride_gt, stride_gd = g_strides  # dq, dk, dv: one layout, one offset
+    g = b * stride_gb + h * stride_gh + offs_big[:, None] * stride_gt + offs_d[None, :] * stride_gd
 
     if DKDV:
         k = _load_qk(k_mat, offs_big, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
@@ -465,12 +483,13 @@ def _attn_bwd_kernel(
                 dk, dv, k, v, offs_big, queries, w_mid, w_hi, head, tables, MASKED=True, BLOCK_M=BLOCK_SMALL,
                 HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
             )
-        dk = _scaled(dk, sm_scale, ROTARY)
         if ROTARY:  # the gradient of the turned k: turned back
-            dk = _turn(dk, offs_big, T, tables, SIGN=-1)
-        dk_mat = _qk_matrix(dk_ptr, g_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
-        _store_qk(dk_mat, offs_big, dk, T, HEAD_DIM, ROTARY)
-        _store(_matrix(dv_ptr, g_strides, b, h, offs_d), offs_big, dv, T, HEAD_DIM)
+            dk = _turn(_scaled(dk, sm_scale, ROTARY), offs_big, T, tables, SIGN=-1)
+            _store_qk(_qk_matrix(dk_ptr, g_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED), offs_big, dk, T, HEAD_DIM, ROTARY)
+            _store(_matrix(dv_ptr, g_strides, b, h, offs_d), offs_big, dv, T, HEAD_DIM)
+        else:
+            tl.store(dk_ptr + g, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=inside)
+            tl.store(dv_ptr + g, dv.to(dv_ptr.dtype.element_ty), mask=inside)
     else:
         q = _load_qk(q_mat, offs_big, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
         do = _load(do_mat, offs_big, T, HEAD_DIM)
@@ -492,8 +511,8 @@ def _attn_bwd_kernel(
             dq, q, do, lse, delta, offs_big, kv, lo, hi, head, tables, MASKED=True, BLOCK_N=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
         )
-        dq = _scaled(dq, sm_scale, ROTARY)
-        if ROTARY:
-            dq = _turn(dq, offs_big, T, tables, SIGN=-1)
-        dq_mat = _qk_matrix(dq_ptr, g_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED)
-        _store_qk(dq_mat, offs_big, dq, T, HEAD_DIM, ROTARY)
+        if ROTARY:  # the gradient of the turned q: turned back
+            dq = _turn(_scaled(dq, sm_scale, ROTARY), offs_big, T, tables, SIGN=-1)
+            _store_qk(_qk_matrix(dq_ptr, g_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED), offs_big, dq, T, HEAD_DIM, ROTARY)
+        else:
+            tl.store(dq_ptr + g, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=inside)
