@@ -152,8 +152,8 @@ NARROW_BWD = {128: dict(BLOCK_BIG=64, BLOCK_SMALL=16, num_warps=8, num_stages=2)
               256: dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=8, num_stages=2)}
 FP32_FWD = dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)
 FP32_BWD = dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=4, num_stages=2)
-FP32_NARROW_FWD = dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=2)  # rotary; a window; BLOCK_D 256
-FP32_NARROW_BWD = dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=8, num_stages=2)
+FP32_NARROW_FWD = dict(BLOCK_M=16, BLOCK_N=16, num_warps=8, num_stages=2)  # rotary; BLOCK_D 256
+FP32_NARROW_BWD = dict(BLOCK_BIG=16, BLOCK_SMALL=16, num_warps=8, num_stages=2)  # and a window
 DELTA_BLOCK_M = 32  # rows of the backward's rowsum(dO * O) pass per program (64 spilled in fp32 with 3.6)
 
 
@@ -258,12 +258,14 @@ def _autotuned(q):
 
 def _one_config(q, flags, small, fp32):
     """The config of a launch that is not autotuned: fp32's own on a GPU, else the small one; the
-    narrow ones instead with rotary or at BLOCK_D 256 (in fp32 with a window too: its dQ spilled
-    on 4 warps). small, fp32: the forward's or the backward's."""
+    narrow ones instead with rotary or at BLOCK_D 256 (and the backward's in fp32 with a window:
+    its dQ spilled on 4 warps). small, fp32: the forward's or the backward's."""
     forward = small is SMALL_FWD
     narrow = flags["ROTARY"] or flags["BLOCK_D"] > 128
     if q.dtype == torch.float32 and not interpreted():
-        return (FP32_NARROW_FWD if forward else FP32_NARROW_BWD) if narrow or flags["WINDOWED"] else fp32
+        if forward:
+            return FP32_NARROW_FWD if narrow else fp32
+        return FP32_NARROW_BWD if narrow or flags["WINDOWED"] else fp32
     if narrow:
         return NARROW_FWD if forward else NARROW_BWD[max(128, flags["BLOCK_D"])]
     return small
