@@ -190,7 +190,7 @@ def attention_launches(dtype):
                 dict(q_ptr=dt, k_ptr=dt, v_ptr=dt, do_ptr=dt, dq_ptr=dt, dk_ptr=dt, dv_ptr=dt, lse_ptr=F32,
                      delta_ptr=F32, seed_ptr=seed, q_strides=qkv, k_strides=qkv, v_strides=qkv, do_strides=out,
                      g_strides=qkv, sm_scale=1.0 / D**0.5, **scalars),
-                {**flags, "DKDV": dkdv}, tuned=fa._attn_bwd_tuned if tuned else None,
+                {**flags, "DKDV": dkdv}, tuned=fa._attn_bwd_tuned if fa._autotuned(q, flags, backward=True) else None,
                 fixed=(fa._one_config(q, flags, fa.SMALL_BWD, fa.FP32_BWD),),
             )  # fmt: skip
 

@@ -91,8 +91,10 @@ LOG2E = 1.4426950408889634
 # dropout, with rotary, with rotary and dropout; 0: never) -- past them it spills registers on
 # sm_90 with Triton 3.9 or 3.6 (dropout's in-kernel Philox draws take a tile's worth of registers
 # of their own, rotary's turns about as many). `python -m bench.aot` compiles every pair,
-# tests/test_aot.py holds them to it. The last tiles of each list are narrow ones for BLOCK_D 256
-# and rotary, where the wide ones spill.
+# tests/test_aot.py holds them to it. The last tiles of each list are narrower ones for rotary
+# (and, in the forward, BLOCK_D 256), where the wide ones spill. The backward at BLOCK_D 256 has
+# no tile here: every tile wgmma can run (64 rows or more) spills there (dK and dV alone are
+# 2 x 64 x 256 fp32), so it runs NARROW_BWD[256], 16 x 16 tiles on mma.sync, untuned.
 TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "WINDOWED", "ROTARY", "DROPOUT"]
 FWD_TILES = {  # (BLOCK_M, BLOCK_N, warps, stages): (BLOCK_D plain, dropout, rotary, rotary + dropout)
     (128, 64, 4, 3): (64, 0, 0, 0),
@@ -102,7 +104,6 @@ FWD_TILES = {  # (BLOCK_M, BLOCK_N, warps, stages): (BLOCK_D plain, dropout, rot
     (64, 64, 4, 4): (128, 64, 64, 64),
     (64, 32, 4, 3): (128, 128, 128, 64),
     (64, 32, 8, 2): (256, 256, 256, 256),
-    (32, 32, 4, 2): (256, 256, 0, 0),
 }
 BWD_TILES = {  # (BLOCK_BIG, BLOCK_SMALL, warps, stages): as FWD_TILES, for both launches
     (128, 32, 8, 3): (128, 64, 64, 64),
@@ -112,8 +113,6 @@ BWD_TILES = {  # (BLOCK_BIG, BLOCK_SMALL, warps, stages): as FWD_TILES, for both
     (64, 32, 8, 3): (128, 128, 128, 64),
     (64, 64, 4, 3): (64, 0, 0, 0),
     (64, 16, 8, 2): (128, 128, 128, 128),
-    (32, 16, 4, 2): (256, 256, 0, 0),
-    (16, 16, 8, 2): (256, 256, 256, 256),
 }
 FWD_CONFIGS = [
     triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in FWD_TILES
@@ -251,9 +250,10 @@ def _options(q, scale, window, cos, sin, interleaved):
     return sm_scale, (window if window < T else 0), (None if cos is None else (cos, sin, bool(interleaved)))
 
 
-def _autotuned(q):
-    """Autotune over the Hopper configs, or run one config (AUTOTUNE off, or fp32)."""
-    return AUTOTUNE and q.dtype != torch.float32
+def _autotuned(q, flags=None, backward=False):
+    """Autotune over the Hopper configs, or run one config (AUTOTUNE off, or fp32; the backward
+    at BLOCK_D 256, which has no tile in BWD_TILES)."""
+    return AUTOTUNE and q.dtype != torch.float32 and not (backward and flags["BLOCK_D"] > 128)
 
 
 def _one_config(q, flags, small, fp32):
@@ -328,7 +328,7 @@ def attention_bwd(
             o, do, delta, o.stride(), do.stride(), H, T, HEAD_DIM=D, BLOCK_D=flags["BLOCK_D"], BLOCK_M=DELTA_BLOCK_M
         )
         for dkdv in (True, False):  # dK and dV, then dQ
-            if _autotuned(q):
+            if _autotuned(q, flags, backward=True):
                 _attn_bwd_tuned[grid](*args, **flags, DKDV=dkdv)
             else:
                 _attn_bwd_kernel[grid](*args, **flags, DKDV=dkdv, **_one_config(q, flags, SMALL_BWD, FP32_BWD))

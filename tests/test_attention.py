@@ -157,10 +157,15 @@ def test_autotune_lists_are_pruned_by_head_dim_and_dropout():
             for d in (16, 32, 64, 128, 256) for dropout in (False, True) for rotary in (False, True)
         }
         assert kept[(64, False, False)] == tuned.configs
-        assert all(kept.values())
+        assert all(configs for (d, _, _), configs in kept.items() if d <= 128 or tuned is fa._attn_fwd_tuned)
         assert len(kept[(128, True, False)]) < len(kept[(128, False, False)]) <= len(kept[(64, False, False)])
         assert len(kept[(128, False, True)]) < len(kept[(128, False, False)])
         assert len(kept[(256, False, False)]) < len(kept[(128, False, False)])
+    # the backward at BLOCK_D 256 has no tuned tile: it runs its narrow config, untuned
+    q = torch.empty(1, 1, 8, 256, dtype=torch.bfloat16)
+    flags = fa._flags(q, True, 0.0, 0, None)
+    assert not fa._autotuned(q, flags, backward=True)
+    assert fa._one_config(q, flags, fa.SMALL_BWD, fa.FP32_BWD) == fa.NARROW_BWD[256]
 
 
 @pytest.mark.gpu
