@@ -94,7 +94,7 @@ def _rotary_cols(rot_dim, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr):
     """Under rotary q and k (and dq, dk) are held as two half tiles (a, b), each (BLOCK,
     BLOCK_D / 2): column j of a and column j of b are the two dims of pair j, (2j, 2j + 1) for
     GPT-J, (j, j + R/2) for GPT-NeoX; past R / 2 pairs, the dims that are not turned, two by two.
-    The scores are dot products over the dims, so q a^T + q b^T splits them as any order would.
+    The scores are sums over the dims, so q k^T = q_a k_a^T + q_b k_b^T whatever the order.
     Returns the dims of a's and of b's columns, (BLOCK_D / 2,) each."""
     j = tl.arange(0, BLOCK_D // 2)
     a_cols = 2 * j
@@ -194,6 +194,7 @@ def _zeros_qk(BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ROTARY: tl.constexpr):
 
 @triton.jit
 def _scaled(x, factor, ROTARY: tl.constexpr):
+    """x * factor for a tile, or each of its halves under rotary."""
     if ROTARY:
         return x[0] * factor, x[1] * factor
     else:
