@@ -60,7 +60,7 @@ def _torch_lm_head_loss(x, lm_head, targets, vocab_size):
 
 
 def _triton_mlp_up(x, fc, approximate):
-    return kernels.linear_gelu(x, fc.weight, fc.bias)  # the tanh GELU (unsupported() refuses "none")
+    return kernels.linear_gelu(x, fc.weight, fc.bias, approximate=approximate)  # "tanh" or "none", as F.gelu
 
 
 def _triton_attention(qkv, dropout_p, scale=None, window=0, rotary=None):
@@ -98,6 +98,4 @@ def unsupported(config):
         missing.append(f"window_size={config.window_size} (a sliding window in the attention kernel)")
     if config.head_dim not in TRITON_HEAD_DIMS:
         missing.append(f"head dim n_embd / n_head = {config.head_dim} (the attention kernel takes {TRITON_HEAD_DIMS})")
-    if config.gelu == "exact":
-        missing.append("gelu='exact' (the exact erf GELU in linear_gelu)")
     return missing
