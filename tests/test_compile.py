@@ -47,7 +47,8 @@ def _cases():
 
     xw, ww, bw = _leaf(2, 7, 24), _leaf(40, 24), _leaf(40)
     for gelu in ("tanh", "none"):
-        cases += [("linear_gelu", (xw, ww, bw, True, gelu)), ("linear_gelu", (xw.detach(), ww.detach(), None, False, gelu))]
+        cases += [("linear_gelu", (xw, ww, bw, True, gelu)),
+                  ("linear_gelu", (xw.detach(), ww.detach(), None, False, gelu))]
         y, h = ops.linear_gelu(xw, ww, bw, True, gelu)
         cases.append(("linear_gelu_backward", (torch.randn_like(y), h.detach(), True, gelu)))
 
