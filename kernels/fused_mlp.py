@@ -183,7 +183,8 @@ def _normal_cdf(h):
 def _gelu(h, EXACT: tl.constexpr):
     """gelu(h): the exact (erf) GELU when EXACT, else the tanh one."""
     if EXACT:
-        y = h * _normal_cdf(h)[0]
+        cdf, _ = _normal_cdf(h)
+        y = h * cdf
     else:
         y = h * _gelu_sigmoid(h)
     return y
