@@ -106,26 +106,30 @@ def layer_norm_launches(dtype):
 
 
 def linear_gelu_launches(dtype):
-    """tritongpt::linear_gelu, GPT-2's c_fc (ROWS x C) @ (4C x C).T: the forward with and without
-    a bias, storing h (training) or not (evaluation), and the backward's elementwise pass."""
+    """tritongpt::linear_gelu, GPT-2's c_fc (ROWS x C) @ (4C x C).T, with the tanh GELU (GPT-2's)
+    and the exact erf GELU (GPT-NeoX's, Cerebras-GPT's): the forward with and without a bias,
+    storing h (training) or not (evaluation), and the backward's elementwise pass."""
     dt = DTYPES[dtype]
     N = 4 * C
-    for bias in (True, False):
-        for store_h in (True, False):
-            what = f"forward, {'bias' if bias else 'no bias'}, {'training' if store_h else 'evaluation'}"
+    for approximate in mlp.APPROXIMATIONS:
+        exact = approximate == "none"
+        gelu = ", exact GELU" if exact else ""
+        for bias in (True, False):
+            for store_h in (True, False):
+                what = f"forward, {'bias' if bias else 'no bias'}, {'training' if store_h else 'evaluation'}{gelu}"
+                yield Launch(
+                    "linear_gelu", what, dtype, _jit(mlp._linear_gelu_fwd_kernel),
+                    dict(x_ptr=dt, w_ptr=dt, b_ptr=dt, y_ptr=dt, h_ptr=dt, M=ROWS, N=N, K=C,
+                         stride_xm=C, stride_xk=1, stride_wn=C, stride_wk=1, M_BUCKET=mlp.rows_bucket(ROWS)),
+                    dict(HAS_BIAS=bias, STORE_H=store_h, EXACT=exact, INPUT_PRECISION=mlp._input_precision(dt)),
+                    tuned=mlp._linear_gelu_fwd_kernel, fixed=(mlp.SINGLE_CONFIG.all_kwargs(),),
+                )  # fmt: skip
             yield Launch(
-                "linear_gelu", what, dtype, _jit(mlp._linear_gelu_fwd_kernel),
-                dict(x_ptr=dt, w_ptr=dt, b_ptr=dt, y_ptr=dt, h_ptr=dt, M=ROWS, N=N, K=C,
-                     stride_xm=C, stride_xk=1, stride_wn=C, stride_wk=1, M_BUCKET=mlp.rows_bucket(ROWS)),
-                dict(HAS_BIAS=bias, STORE_H=store_h, INPUT_PRECISION=mlp._input_precision(dt)),
-                tuned=mlp._linear_gelu_fwd_kernel, fixed=(mlp.SINGLE_CONFIG.all_kwargs(),),
+                "linear_gelu", f"backward (dy * gelu'(h)), {'bias' if bias else 'no bias'}{gelu}", dtype,
+                mlp._linear_gelu_bwd_kernel, dict(dy_ptr=dt, h_ptr=dt, dh_ptr=dt, db_ptr=F32, M=ROWS, N=N),
+                dict(HAS_BIAS=bias, EXACT=exact),
+                fixed=(dict(BLOCK_M=mlp.BWD_BLOCK_M, BLOCK_N=mlp.BWD_BLOCK_N, num_warps=mlp.BWD_WARPS),),
             )  # fmt: skip
-        yield Launch(
-            "linear_gelu", f"backward (dy * gelu'(h)), {'bias' if bias else 'no bias'}", dtype,
-            mlp._linear_gelu_bwd_kernel, dict(dy_ptr=dt, h_ptr=dt, dh_ptr=dt, db_ptr=F32, M=ROWS, N=N),
-            dict(HAS_BIAS=bias),
-            fixed=(dict(BLOCK_M=mlp.BWD_BLOCK_M, BLOCK_N=mlp.BWD_BLOCK_N, num_warps=mlp.BWD_WARPS),),
-        )
 
 
 def cross_entropy_launches(dtype):

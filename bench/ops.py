@@ -17,7 +17,8 @@ What is counted (s = bytes per element of the activations; N rows = B*T tokens):
                                 dout; write one gradient, that of x and of y)
         cross_entropy (N, V):   fwd N*V*s (read logits); bwd 2*N*V*s (read logits, write dlogits)
     matmul-shaped ops, in TFLOP/s against the measured bf16 matmul rate:
-        linear_gelu (N, K)->M:  fwd 2*N*K*M; bwd 4*N*K*M (dx and dW)
+        linear_gelu (N, K)->M:  fwd 2*N*K*M; bwd 4*N*K*M (dx and dW); linear_gelu_exact the same
+                                with the exact erf GELU (GPT-NeoX's), at GPT-2's size only
         linear_cross_entropy (N, C), V: fwd 2*N*C*V; bwd 4*N*C*V (the LM-head matmuls only)
         attention (B, H, T, D) causal: fwd 2*B*H*T^2*D (half of the full square's 4*B*H*T^2*D);
                                 bwd 2.5x fwd
@@ -133,6 +134,14 @@ OPS = {
             dict(N=33, K=16, M=64), _lg_inputs, reference.linear_gelu, kernels.linear_gelu,
             lambda z, s: 2 * z["N"] * z["K"] * z["M"], lambda z, s: 4 * z["N"] * z["K"] * z["M"],
             baselines={"matmul": _matmul_alone},
+        ),
+        Op(
+            "linear_gelu_exact", "TFLOP/s", "fwd 2*N*K*M; bwd 4*N*K*M",
+            {"gpt2": dict(N=8192, K=768, M=3072)},
+            dict(N=33, K=16, M=64), _lg_inputs,
+            lambda x, w, b: reference.linear_gelu(x, w, b, approximate="none"),
+            lambda x, w, b: kernels.linear_gelu(x, w, b, approximate="none"),
+            lambda z, s: 2 * z["N"] * z["K"] * z["M"], lambda z, s: 4 * z["N"] * z["K"] * z["M"],
         ),
         Op(
             "cross_entropy", "GB/s", "fwd N*V*s; bwd 2*N*V*s",

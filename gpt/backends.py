@@ -18,9 +18,6 @@ Both take the same arguments, so a module calls its op without knowing the backe
         q and k before the scores
     lm_head_loss(x, lm_head, targets, vocab_size)     -> mean cross-entropy of lm_head(x) over its
         first vocab_size columns (the rest, a padded vocabulary's, take no probability)
-
-`unsupported(config)` lists what a config asks of its backend that the backend cannot do yet;
-GPT(config) refuses such a config when it is built, naming each option.
 """
 
 import torch.nn.functional as F
@@ -60,7 +57,7 @@ def _torch_lm_head_loss(x, lm_head, targets, vocab_size):
 
 
 def _triton_mlp_up(x, fc, approximate):
-    return kernels.linear_gelu(x, fc.weight, fc.bias)  # the tanh GELU (unsupported() refuses "none")
+    return kernels.linear_gelu(x, fc.weight, fc.bias, approximate=approximate)  # "tanh" or "none", as F.gelu
 
 
 def _triton_attention(qkv, dropout_p, scale=None, window=0, rotary=None):
@@ -79,13 +76,3 @@ OPS = {
     "triton": dict(layer_norm=kernels.layer_norm, add_layer_norm=kernels.add_layer_norm, mlp_up=_triton_mlp_up,
                    attention=_triton_attention, lm_head_loss=_triton_lm_head_loss),
 }
-
-def unsupported(config):
-    """The options of `config` that its backend cannot run yet, each named with what it lacks;
-    [] when the backend runs them all. The torch backend runs every option."""
-    if config.backend != "triton":
-        return []
-    missing = []
-    if config.gelu == "exact":
-        missing.append("gelu='exact' (the exact erf GELU in linear_gelu)")
-    return missing

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from gpt.backends import OPS, sdpa, unsupported
+from gpt.backends import OPS, sdpa
 from gpt.config import GPTConfig
 from gpt.hf import load_hf, save_hf
 from kernels import reference
@@ -150,11 +150,6 @@ class GPT(nn.Module):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise ValueError(f"GPT expects a GPTConfig, got {type(config).__name__}")
-        missing = unsupported(config)
-        if missing:
-            raise ValueError(
-                f"backend={config.backend!r} cannot run this model yet: {'; '.join(missing)}. Use backend='torch'"
-            )
         self.config = config
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.position_embedding == "learned":

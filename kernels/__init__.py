@@ -2,7 +2,7 @@
 
     kernels.layer_norm(x, weight, bias, eps=1e-5)               # bias may be None
     kernels.add_layer_norm(x, y, weight, bias, eps=1e-5)        # (s = x + y, layer_norm(s)), one pass
-    kernels.linear_gelu(x, weight, bias)                         # gelu_tanh(x @ weight.T + bias)
+    kernels.linear_gelu(x, weight, bias, approximate="tanh")     # gelu(x @ weight.T + bias), "tanh" or "none" (erf)
     kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows
     kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)
     kernels.raise_on_bad_targets(device)                         # a ValueError if a target was out of range

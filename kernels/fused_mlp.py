@@ -1,9 +1,16 @@
-"""Fused Linear + bias + GELU: y = gelu_tanh(x @ W.T + b), the first half of GPT-2's MLP.
+"""Fused Linear + bias + GELU: y = gelu(x @ W.T + b), the first half of GPT-2's MLP.
 
 x (..., K), W (N, K) in nn.Linear layout, b (N,) or None; y (..., N) in x's dtype. K = 0 is an
-empty sum, as in F.linear: y = gelu_tanh(b) on every row, dx and dW empty, db from dy as usual.
+empty sum, as in F.linear: y = gelu(b) on every row, dx and dW empty, db from dy as usual.
 
-Forward: one tiled matmul with an fp32 accumulator; the bias and the tanh GELU run in its
+The GELU is F.gelu's, named as F.gelu names it: approximate="tanh" (GPT-2's, the default) or
+"none", the exact h * Phi(h) with Phi(h) = (1 + erf(h / sqrt 2)) / 2 (GPT-NeoX / Pythia,
+Cerebras-GPT). The choice is a constexpr of the kernels, so each GELU compiles to its own code
+and the tanh kernels are what they were before the exact one existed. The erf is our own
+polynomial approximation (_erf_parts below, max abs error ~1e-7 in fp32): the interpreter has no
+libdevice, and the GPU takes the same code so that both paths compute the same thing.
+
+Forward: one tiled matmul with an fp32 accumulator; the bias and the GELU run in its
 epilogue on the accumulator tile, so the pre-activation h = x @ W.T + b never makes a round trip
 through memory before the GELU. Programs are ordered in groups of GROUP_M row blocks, so the
 programs running at the same time share W's column tiles and x's row tiles in L2.
@@ -30,6 +37,9 @@ Precision: products accumulate in fp32 for every input dtype. fp32 inputs on a G
 tensor cores exactly when PyTorch's own matmuls would (torch.backends.cuda.matmul.allow_tf32,
 set by torch.set_float32_matmul_precision("high")), and full fp32 ("ieee") otherwise and
 always under the CPU interpreter, so the kernel agrees with F.linear under either setting.
+
+(Near 500 lines, past our ~400: the tile configs, both GELUs with the erf the exact one needs,
+the two kernels, their launchers and the op registration are one op, read top to bottom.)
 """
 
 import math
@@ -105,6 +115,24 @@ BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 128, 8
 # Globals that jit code reads must be tl.constexpr (the interpreter does not check this; the compiler does).
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 GELU_CUBIC = tl.constexpr(0.044715)
+APPROXIMATIONS = ("tanh", "none")  # F.gelu's names: the tanh GELU, the exact (erf) GELU
+
+# The erf, in two pieces joined at |z| = ERF_SPLIT (coefficients fitted for this file by a
+# weighted least-squares fit iterated towards minimax (Lawson's method) in float64 against
+# mpmath's erf and erfc; max abs error of each piece ~3e-9 before fp32 rounding, ~1.2e-7 (2 ulp)
+# against torch.erf after it):
+#   |z| <  0.75: erf(z) = z * P(z^2), P of degree 5 (its leading terms are the Taylor series')
+#   |z| >= 0.75: erfc(|z|) = t * Q(t) * exp(-z^2), t = 1 / (1 + |z| / 2), Q of degree 4: the form
+#                of Abramowitz & Stegun, Handbook of Mathematical Functions (1964), 7.1.26, with
+#                a higher degree. erfc is small there, so its relative error stays small in the
+#                tails, where 1 - erf would cancel.
+ERF_SPLIT = tl.constexpr(0.75)
+ERF_P0, ERF_P1, ERF_P2 = tl.constexpr(1.128379158), tl.constexpr(-0.3761259153), tl.constexpr(0.1128310933)
+ERF_P3, ERF_P4, ERF_P5 = tl.constexpr(-0.02682387927), tl.constexpr(0.005095397934), tl.constexpr(-0.0006627816146)
+ERF_Q0, ERF_Q1, ERF_Q2 = tl.constexpr(0.274752778), tl.constexpr(0.3472813038), tl.constexpr(0.01667807376)
+ERF_Q3, ERF_Q4 = tl.constexpr(0.5704571021), tl.constexpr(-0.2092588125)
+RSQRT_2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
+RSQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -120,6 +148,62 @@ def _gelu_sigmoid(h):
     return tl.sigmoid(tl.minimum(tl.maximum(two_u, -80.0), 80.0))
 
 
+@triton.jit
+def _erf_parts(z):
+    """(erf(z) by the polynomial, valid where |z| < ERF_SPLIT; erfc(|z|) by the exponential form,
+    valid where |z| >= ERF_SPLIT; exp(-z^2)). Both pieces are computed everywhere (a select, no
+    branch); exp(-z^2) underflows to 0 for |z| > ~9.4, where erfc(|z|) < 1e-39 is 0 in fp32 too."""
+    a = tl.abs(z)
+    z2 = z * z
+    e = tl.exp(-z2)
+    poly = z * (ERF_P0 + z2 * (ERF_P1 + z2 * (ERF_P2 + z2 * (ERF_P3 + z2 * (ERF_P4 + z2 * ERF_P5)))))
+    t = 1.0 / (1.0 + 0.5 * a)
+    erfc = t * (ERF_Q0 + t * (ERF_Q1 + t * (ERF_Q2 + t * (ERF_Q3 + t * ERF_Q4)))) * e
+    return poly, erfc, e
+
+
+@triton.jit
+def _erf(z):
+    """erf(z) in fp32, max abs error ~1e-7 (the pieces of _erf_parts, joined)."""
+    poly, erfc, _ = _erf_parts(z)
+    return tl.where(tl.abs(z) < ERF_SPLIT, poly, tl.where(z < 0, erfc - 1.0, 1.0 - erfc))
+
+
+@triton.jit
+def _normal_cdf(h):
+    """(Phi(h) = (1 + erf(h / sqrt 2)) / 2, exp(-h^2 / 2)), so gelu_exact(h) = h * Phi(h) and its
+    derivative is Phi(h) + h * exp(-h^2 / 2) / sqrt(2 pi). Below -ERF_SPLIT * sqrt 2, Phi is
+    erfc / 2 itself, accurate relative to its (small) size."""
+    z = h * RSQRT_2
+    poly, erfc, e = _erf_parts(z)
+    return tl.where(tl.abs(z) < ERF_SPLIT, 0.5 + 0.5 * poly, tl.where(z < 0, 0.5 * erfc, 1.0 - 0.5 * erfc)), e
+
+
+@triton.jit
+def _gelu(h, EXACT: tl.constexpr):
+    """gelu(h): the exact (erf) GELU when EXACT, else the tanh one."""
+    if EXACT:
+        cdf, _ = _normal_cdf(h)
+        y = h * cdf
+    else:
+        y = h * _gelu_sigmoid(h)
+    return y
+
+
+@triton.jit
+def _gelu_grad(h, EXACT: tl.constexpr):
+    """gelu'(h) for the GELU that _gelu computes."""
+    if EXACT:
+        cdf, e = _normal_cdf(h)
+        grad = cdf + h * e * RSQRT_2PI
+    else:
+        # d/dh [h * s], s = sigmoid(2u): s + h * 2 s (1 - s) * du/dh, du/dh = sqrt(2/pi) (1 + 3 * 0.044715 h^2)
+        s = _gelu_sigmoid(h)
+        du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * h * h)
+        grad = s + 2.0 * h * s * (1.0 - s) * du
+    return grad
+
+
 @triton.autotune(
     configs=CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": configs_that_fit}
 )
@@ -129,7 +213,7 @@ def _linear_gelu_fwd_kernel(
     x_ptr,  # (M, K) input rows, any strides
     w_ptr,  # (N, K) weight in nn.Linear layout, any strides
     b_ptr,  # (N,) bias; unused when HAS_BIAS is False
-    y_ptr,  # (M, N) out: gelu_tanh(h), contiguous
+    y_ptr,  # (M, N) out: gelu(h), contiguous
     h_ptr,  # (M, N) out: pre-activation h = x @ W.T + b, contiguous; unused unless STORE_H
     M, N, K,
     stride_xm, stride_xk,
@@ -137,6 +221,7 @@ def _linear_gelu_fwd_kernel(
     M_BUCKET,  # rows_bucket(M): only the autotune key reads it
     HAS_BIAS: tl.constexpr,
     STORE_H: tl.constexpr,
+    EXACT: tl.constexpr,  # the exact (erf) GELU, else the tanh one
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
@@ -184,7 +269,7 @@ def _linear_gelu_fwd_kernel(
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     y_ptr += corner
     h_ptr += corner
-    tl.store(y_ptr + offs, (acc * _gelu_sigmoid(acc)).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offs, _gelu(acc, EXACT).to(y_ptr.dtype.element_ty), mask=mask)
     if STORE_H:
         tl.store(h_ptr + offs, acc.to(h_ptr.dtype.element_ty), mask=mask)
 
@@ -197,6 +282,7 @@ def _linear_gelu_bwd_kernel(
     db_ptr,  # (cdiv(M, BLOCK_M), N) fp32 out: this program's column sums of dh; unused unless HAS_BIAS
     M, N,
     HAS_BIAS: tl.constexpr,
+    EXACT: tl.constexpr,  # the exact (erf) GELU, else the tanh one
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0).to(tl.int64)
@@ -207,10 +293,7 @@ def _linear_gelu_bwd_kernel(
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # d/dh [h * s], s = sigmoid(2u): s + h * 2 s (1 - s) * du/dh, du/dh = sqrt(2/pi) (1 + 3 * 0.044715 h^2)
-    s = _gelu_sigmoid(h)
-    du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * h * h)
-    dh = dy * (s + 2.0 * h * s * (1.0 - s) * du)
+    dh = dy * _gelu_grad(h, EXACT)
     tl.store(dh_ptr + offs, dh.to(dh_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS:
         # Sum what the matmuls will read (dh in the input dtype), as autograd's db would.
@@ -252,6 +335,14 @@ def _check(x, weight, bias):
         )
 
 
+def _check_approximate(approximate):
+    if approximate not in APPROXIMATIONS:
+        raise ValueError(
+            f"linear_gelu: approximate must be 'tanh' (the tanh GELU) or 'none' (the exact erf GELU), "
+            f"as in F.gelu; got {approximate!r}"
+        )
+
+
 def _input_precision(dtype):
     """tl.dot's input_precision; it only changes fp32 operands (16-bit ones take tensor cores as they are)."""
     if dtype == torch.float32 and (INTERPRET or not torch.backends.cuda.matmul.allow_tf32):
@@ -259,9 +350,10 @@ def _input_precision(dtype):
     return "tf32"
 
 
-def linear_gelu_fwd(x, weight, bias=None, save_h=False):
-    """y = gelu_tanh(x @ weight.T + bias): x (..., K) -> y (..., N); also h (M, N) when save_h."""
+def linear_gelu_fwd(x, weight, bias=None, save_h=False, approximate="tanh"):
+    """y = gelu(x @ weight.T + bias): x (..., K) -> y (..., N); also h (M, N) when save_h."""
     _check(x, weight, bias)
+    _check_approximate(approximate)
     K, N = x.shape[-1], weight.shape[0]
     M = math.prod(x.shape[:-1])
     x2 = x.reshape(M, K)  # (M, K); a view when it can be (M spelled out: -1 is ambiguous when K = 0)
@@ -278,15 +370,17 @@ def linear_gelu_fwd(x, weight, bias=None, save_h=False):
                 x2, weight, bias if bias is not None else y, y, h if save_h else y,
                 M, N, K,
                 x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), rows_bucket(M),
-                HAS_BIAS=bias is not None, STORE_H=save_h, INPUT_PRECISION=_input_precision(x.dtype),
+                HAS_BIAS=bias is not None, STORE_H=save_h, EXACT=approximate == "none",
+                INPUT_PRECISION=_input_precision(x.dtype),
             )  # fmt: skip
     return y.view(*x.shape[:-1], N), h
 
 
-def linear_gelu_bwd(dy, h, has_bias=True):
+def linear_gelu_bwd(dy, h, has_bias=True, approximate="tanh"):
     """The elementwise half of the backward: dy (..., N) and the forward's h (M, N) -> dh =
     dy * gelu'(h) (M, N) in h's dtype and dbias (N,) (None without a bias). The matmuls that
     turn dh into dx and dW are the autograd formula's (below)."""
+    _check_approximate(approximate)
     M, N = h.shape
     if dy.numel() != M * N or dy.shape[-1] != N:
         raise ValueError(f"linear_gelu_bwd: expected dy (..., {N}) with {M} rows to match h {(M, N)}, got {tuple(dy.shape)}")
@@ -299,7 +393,8 @@ def linear_gelu_bwd(dy, h, has_bias=True):
         with device_guard(h):
             _linear_gelu_bwd_kernel[grid](
                 dy2, h.contiguous(), dh, db_part, M, N,
-                HAS_BIAS=has_bias, BLOCK_M=BWD_BLOCK_M, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_WARPS,
+                HAS_BIAS=has_bias, EXACT=approximate == "none",
+                BLOCK_M=BWD_BLOCK_M, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_WARPS,
             )  # fmt: skip
     db = None
     if has_bias:
@@ -308,7 +403,8 @@ def linear_gelu_bwd(dy, h, has_bias=True):
 
 
 # ----------------------------------------------------------------------------- torch.library ops
-# tritongpt::linear_gelu returns (y, h), h an empty (0,) tensor when it is not saved;
+# tritongpt::linear_gelu returns (y, h), h an empty (0,) tensor when it is not saved; both ops
+# take F.gelu's approximate ("tanh" or "none").
 # tritongpt::linear_gelu_backward is the elementwise pass, (dh, db), db empty without a bias.
 # The two gradient matmuls stay plain torch ops in the autograd formula, so torch.compile sees
 # (and schedules) them like any other matmul.
@@ -317,14 +413,17 @@ Tensor = torch.Tensor
 
 
 @torch.library.custom_op(f"{NAMESPACE}::linear_gelu", mutates_args=())
-def _linear_gelu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], save_h: bool) -> tuple[Tensor, Tensor]:
-    y, h = linear_gelu_fwd(x, weight, bias, save_h=save_h)
+def _linear_gelu_op(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], save_h: bool, approximate: str
+) -> tuple[Tensor, Tensor]:
+    y, h = linear_gelu_fwd(x, weight, bias, save_h=save_h, approximate=approximate)
     return y, (h if save_h else torch.empty(0, dtype=x.dtype, device=x.device))
 
 
 @_linear_gelu_op.register_fake
-def _(x, weight, bias, save_h):
+def _(x, weight, bias, save_h, approximate):
     _check(x, weight, bias)
+    _check_approximate(approximate)
     N = weight.shape[0]
     M = math.prod(x.shape[:-1])
     y = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
@@ -332,21 +431,23 @@ def _(x, weight, bias, save_h):
 
 
 @torch.library.custom_op(f"{NAMESPACE}::linear_gelu_backward", mutates_args=())
-def _linear_gelu_backward_op(dy: Tensor, h: Tensor, has_bias: bool) -> tuple[Tensor, Tensor]:
-    dh, db = linear_gelu_bwd(dy, h, has_bias)
+def _linear_gelu_backward_op(dy: Tensor, h: Tensor, has_bias: bool, approximate: str) -> tuple[Tensor, Tensor]:
+    dh, db = linear_gelu_bwd(dy, h, has_bias, approximate)
     return dh, (db if has_bias else torch.empty(0, dtype=h.dtype, device=h.device))
 
 
 @_linear_gelu_backward_op.register_fake
-def _(dy, h, has_bias):
+def _(dy, h, has_bias, approximate):
+    _check_approximate(approximate)
     return torch.empty_like(h, memory_format=torch.contiguous_format), h.new_empty((h.shape[1],) if has_bias else (0,))
 
 
 def _linear_gelu_setup(ctx, inputs, output):
-    x, weight, bias, _ = inputs
+    x, weight, bias, _, approximate = inputs
     _, h = output
     ctx.save_for_backward(x, weight, h)
     ctx.has_bias = bias is not None
+    ctx.approximate = approximate
     ctx.mark_non_differentiable(h)
     ctx.set_materialize_grads(False)  # no zero-filled (M, N) gradient for h
 
@@ -357,11 +458,11 @@ def _linear_gelu_backward(ctx, dy, _dh):
     x, weight, h = ctx.saved_tensors
     need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
     if dy is None:
-        return None, None, None, None
-    dh, db = torch.ops.tritongpt.linear_gelu_backward(dy, h, ctx.has_bias and need_db)
+        return None, None, None, None, None
+    dh, db = torch.ops.tritongpt.linear_gelu_backward(dy, h, ctx.has_bias and need_db, ctx.approximate)
     dx = (dh @ weight).view(x.shape) if need_dx else None  # (M, N) @ (N, K)
     dw = dh.t() @ x.reshape(h.shape[0], x.shape[-1]) if need_dw else None  # (N, M) @ (M, K)
-    return dx, dw, (db if ctx.has_bias and need_db else None), None
+    return dx, dw, (db if ctx.has_bias and need_db else None), None, None
 
 
 _linear_gelu_op.register_autograd(_linear_gelu_backward, setup_context=_linear_gelu_setup)
@@ -370,13 +471,15 @@ _linear_gelu_op.register_autograd(_linear_gelu_backward, setup_context=_linear_g
 # ----------------------------------------------------------------------------- public function
 
 
-def linear_gelu(x, weight, bias=None):
-    """gelu_tanh(x @ weight.T + bias) for x (..., K), weight (N, K), bias (N,) or None.
+def linear_gelu(x, weight, bias=None, approximate="tanh"):
+    """gelu(x @ weight.T + bias) for x (..., K), weight (N, K), bias (N,) or None; approximate is
+    F.gelu's: "tanh" (the tanh GELU, GPT-2's) or "none" (the exact erf GELU).
 
     Under torch.autocast the inputs are cast to the autocast dtype, as F.linear would be; the
     gradients come back in each input's own dtype (the casts are part of the autograd graph)."""
     x, weight, bias = autocast_inputs(x, weight, bias)
     check_tensors("linear_gelu", x=x, weight=weight, bias=bias)
+    _check_approximate(approximate)
     # h is saved (and written) only when a backward will need it
     save_h = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return torch.ops.tritongpt.linear_gelu(x, weight, bias, save_h)[0]
+    return torch.ops.tritongpt.linear_gelu(x, weight, bias, save_h, approximate)[0]

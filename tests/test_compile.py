@@ -46,9 +46,11 @@ def _cases():
               ("add_layer_norm_backward", (grads[0], None, s.detach(), w.detach(), None, mean, rstd, torch.float32, torch.float32))]
 
     xw, ww, bw = _leaf(2, 7, 24), _leaf(40, 24), _leaf(40)
-    cases += [("linear_gelu", (xw, ww, bw, True)), ("linear_gelu", (xw.detach(), ww.detach(), None, False))]
-    y, h = ops.linear_gelu(xw, ww, bw, True)
-    cases.append(("linear_gelu_backward", (torch.randn_like(y), h.detach(), True)))
+    for gelu in ("tanh", "none"):
+        cases += [("linear_gelu", (xw, ww, bw, True, gelu)),
+                  ("linear_gelu", (xw.detach(), ww.detach(), None, False, gelu))]
+        y, h = ops.linear_gelu(xw, ww, bw, True, gelu)
+        cases.append(("linear_gelu_backward", (torch.randn_like(y), h.detach(), True, gelu)))
 
     logits, targets = _leaf(2, 9, 50), torch.randint(0, 45, (2, 9), device=DEVICE)  # classes: 45 or all 50
     targets[0, :3] = -1

@@ -13,7 +13,6 @@ import torch
 
 from conftest import DEVICE, assert_parity
 from gpt import GPT, GPTConfig
-from gpt.backends import unsupported
 from gpt.flops import matmul_params, num_params
 from kernels import reference
 
@@ -167,35 +166,10 @@ def test_param_counts(family):
 # ----------------------------------------------------------------------------- backends
 
 
-TRITON_REFUSED = [
-    (dict(gelu="exact"), "gelu='exact'"),
-]
-
-
-@pytest.mark.parametrize("kw, named", TRITON_REFUSED)
-def test_triton_refuses_what_its_kernels_lack_at_construction(kw, named):
-    """What the kernels cannot do yet is refused when the model is built, naming the option;
-    the torch backend runs it."""
-    base = dict(n_head=2, n_embd=64)  # head dim 32: the triton kernels take it
-    base.update(kw)
-    with pytest.raises(ValueError, match=f"cannot run this model yet: .*{named.replace('(', '.').replace(')', '.')}"):
-        GPT(tiny(**base, backend="triton"))
-    assert unsupported(tiny(**base, backend="torch")) == []
-    GPT(tiny(**base))
-
-
-def test_triton_refusals_are_exactly_these():
-    """The list the kernel features will empty: one line per option (the attention kernels run
-    rotary, unscaled scores, a window and any head dim up to 256)."""
-    everything = tiny(n_head=4, n_embd=96, backend="triton", position_embedding="rotary", scaled_attention=False,
-                      attention_pattern="local", window_size=3, gelu="exact")
-    assert [m.split(" (")[0] for m in unsupported(everything)] == ["gelu='exact'"]
-
-
-# the options the triton backend runs: parallel residual (two LayerNorms or one), untied head
-# with a bias, per-projection biases, another epsilon; rotary (GPT-NeoX's halves, GPT-J's
-# interleaved pairs, all of the head or part of it), GPT-Neo's window and unscaled scores, head
-# dims that are not a power of two (24, 80)
+# the options the triton backend runs, each against the torch backend: parallel residual (two
+# LayerNorms or one), untied head with a bias, per-projection biases, another epsilon, the exact
+# GELU; rotary (GPT-NeoX's halves, GPT-J's interleaved pairs, all of the head or part of it),
+# GPT-Neo's window and unscaled scores, head dims that are not a power of two (24, 80)
 TRITON_RUNS = {
     "rotary_halves_partial_hd24": dict(n_head=4, n_embd=96, position_embedding="rotary", rotary_fraction=0.25),
     "rotary_halves_full": dict(position_embedding="rotary", rotary_base=500.0),
@@ -208,6 +182,7 @@ TRITON_RUNS = {
     "parallel_shared_ln_head_bias": dict(parallel_residual=True, shared_ln=True, tie_embeddings=False, lm_head_bias=True,
                                          qkv_bias=False, attn_proj_bias=False),
     "no_qkv_bias": dict(qkv_bias=False),
+    "exact_gelu": dict(gelu="exact", layer_norm_eps=1e-6),
 }
 
 
@@ -375,10 +350,13 @@ def test_hf_unsupported_model_type_and_missing_config(tmp_path):
         GPT.from_pretrained("tritongpt-tests/no-such-model")
 
 
-def test_hf_triton_refusal_comes_before_the_weights(tmp_path):
-    _hf("neox").save_pretrained(tmp_path / "m")
-    with pytest.raises(ValueError, match="gelu='exact'"):
-        GPT.from_pretrained(str(tmp_path / "m"), backend="triton")
+def test_hf_family_on_the_triton_backend(tmp_path):
+    """A Pythia-shaped model (partial rotary, parallel residual, exact GELU, head dim 24) loads on
+    the triton backend and gives transformers' logits."""
+    hf = _hf("neox")
+    hf.save_pretrained(tmp_path / "m")
+    ours = GPT.from_pretrained(str(tmp_path / "m"), backend="triton").eval()
+    assert _max_diff(ours, hf, torch.randint(0, V, (1, 40))) < 1e-4
 
 
 def test_export_refuses_what_the_family_cannot_hold(tmp_path):

@@ -1,19 +1,24 @@
-"""kernels.linear_gelu (kernels/fused_mlp.py): gelu_tanh(x @ W.T + b) forward and dx, dW, db
-against the reference."""
+"""kernels.linear_gelu (kernels/fused_mlp.py): gelu(x @ W.T + b) forward and dx, dW, db against
+the reference, with the tanh GELU (the default) and the exact erf GELU (approximate="none"), and
+the kernels' own erf against torch.erf."""
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import kernels
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
 from kernels import reference
 from kernels.fused_mlp import (
     AUTOTUNE,
+    APPROXIMATIONS,
     CONFIGS,
     HOPPER_CONFIGS,
     INTERPRET,
     SHARED_MEMORY_BYTES,
     SINGLE_CONFIG,
+    _erf,
     configs_that_fit,
     linear_gelu_bwd,
     linear_gelu_fwd,
@@ -44,11 +49,11 @@ def run(fn, x, w, b, dy):
     return [y] + [t.grad for t in ins if t is not None]
 
 
-def check(x, w, b, dy):
+def check(x, w, b, dy, approximate="tanh"):
     """The parity rule for y, dx, dW (and db): kernel vs the fp32 reference vs the reference in x's dtype."""
-    out = run(kernels.linear_gelu, x, w, b, dy)
-    ref = run(lambda *a: reference.linear_gelu(*a, upcast=True), x, w, b, dy)
-    pt = run(lambda *a: reference.linear_gelu(*a, upcast=False), x, w, b, dy)
+    out = run(lambda *a: kernels.linear_gelu(*a, approximate=approximate), x, w, b, dy)
+    ref = run(lambda *a: reference.linear_gelu(*a, upcast=True, approximate=approximate), x, w, b, dy)
+    pt = run(lambda *a: reference.linear_gelu(*a, upcast=False, approximate=approximate), x, w, b, dy)
     for name, o, r, p in zip(["y", "dx", "dW", "db"], out, ref, pt):
         assert o.dtype == r.dtype, f"{name}: dtype {o.dtype} != {r.dtype}"
         assert_parity(o, r, p, name)
@@ -84,6 +89,68 @@ def test_leading_shapes(dtype):
 def test_large_preactivations_saturate_cleanly(dtype):
     """|h| up to ~20: GELU -> relu, its derivative -> step, with no overflow to NaN or inf."""
     check(*make(67, 64, 80, dtype, scale=8.0))
+
+
+# ----------------------------------------------------------------------------- the exact (erf) GELU
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M, K, N", [(3, 1000, 127), (127, 768, 1), (127, 127, 127)])
+def test_exact_gelu_parity(M, K, N, dtype):
+    check(*make(M, K, N, dtype), approximate="none")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_exact_gelu_no_bias_and_large_preactivations(dtype):
+    """|h| up to ~20 reaches both pieces of the erf and its tails (Phi -> 0 and 1, phi -> 0)."""
+    x, w, b, dy = make(67, 64, 80, dtype, scale=8.0)
+    check(x, w, None, dy, approximate="none")
+    check(x, w, b, dy, approximate="none")
+
+
+@triton.jit
+def _erf_kernel(z_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    z = tl.load(z_ptr + offs, mask=offs < n, other=0.0)
+    tl.store(out_ptr + offs, _erf(z), mask=offs < n)
+
+
+def test_erf_matches_torch_erf_to_fp32_accuracy():
+    """The kernels' erf (no libdevice under the interpreter: a polynomial approximation on both
+    paths) against torch.erf in fp64 on every fp32 point of a dense grid over [-10, 10], plus
+    the join of its two pieces at |z| = 0.75 and tiny |z|: within ~2 ulp of 1."""
+    grid = torch.linspace(-10, 10, 400_001, dtype=torch.float64)
+    join = 0.75 + torch.linspace(-1e-3, 1e-3, 2001, dtype=torch.float64)
+    tiny = torch.logspace(-30, -1, 300, dtype=torch.float64)
+    z = torch.cat([grid, join, -join, tiny, -tiny]).float().to(DEVICE)
+    out = torch.empty_like(z)
+    BLOCK = 8192
+    _erf_kernel[(triton.cdiv(z.numel(), BLOCK),)](z, out, z.numel(), BLOCK=BLOCK)
+    want = torch.erf(z.double())
+    err = (out.double() - want).abs()
+    assert err.max().item() <= 2e-7, f"erf: max abs error {err.max().item():.2e} at z = {z[err.argmax()].item()}"
+    assert torch.all(out.abs() <= 1) and torch.all(torch.sign(out) == torch.sign(z))
+
+
+def test_approximate_tanh_is_the_default():
+    x, w, b, _ = make(20, 32, 48, torch.float32)
+    assert torch.equal(kernels.linear_gelu(x, w, b, approximate="tanh"), kernels.linear_gelu(x, w, b))
+    assert not torch.equal(kernels.linear_gelu(x, w, b, approximate="none"), kernels.linear_gelu(x, w, b))
+
+
+@pytest.mark.parametrize("approximate", ["erf", "exact", "", None])
+def test_bad_approximate_raises_value_error(approximate):
+    x, w, b, dy = make(4, 8, 6, torch.float32)
+    match = f"approximate must be 'tanh' .* or 'none' .*got {approximate!r}"
+    with pytest.raises(ValueError, match=match):
+        kernels.linear_gelu(x, w, b, approximate=approximate)
+    with pytest.raises(ValueError, match=match):
+        linear_gelu_fwd(x, w, b, approximate=approximate)
+    with pytest.raises(ValueError, match=match):
+        linear_gelu_bwd(dy, linear_gelu_fwd(x, w, b, save_h=True)[1], approximate=approximate)
+
+
+# ----------------------------------------------------------------------------- strides, autocast, edges
 
 
 def test_non_contiguous_inputs():
@@ -157,13 +224,14 @@ def test_zero_rows():
     assert x.grad.shape == (0, 16) and torch.all(w.grad == 0) and torch.all(b.grad == 0)
 
 
+@pytest.mark.parametrize("approximate", APPROXIMATIONS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_zero_inner_dim_gives_gelu_of_the_bias(bias):
+def test_zero_inner_dim_gives_gelu_of_the_bias(bias, approximate):
     """K = 0: the pre-activation is the bias (or 0), so y = gelu(b) on every row; dx and dW are
     empty, db sums dy * gelu'(b) over the rows: the reference's answer, forward and backward."""
     x, w, b, dy = make(5, 0, 7, torch.float32, bias=bias, lead=(2, 5))
-    out = run(kernels.linear_gelu, x, w, b, dy)
-    ref = run(reference.linear_gelu, x, w, b, dy)
+    out = run(lambda *a: kernels.linear_gelu(*a, approximate=approximate), x, w, b, dy)
+    ref = run(lambda *a: reference.linear_gelu(*a, approximate=approximate), x, w, b, dy)
     assert out[0].shape == (2, 5, 7) and out[1].shape == (2, 5, 0) and out[2].shape == (7, 0)
     for name, o, r in zip(["y", "dx", "dW", "db"], out, ref):
         assert_parity(o, r, r, name)
@@ -219,9 +287,10 @@ def test_autotune_key_buckets_rows_and_the_list_is_pruned_to_what_fits():
 
 
 @pytest.mark.gpu
-def test_gpt2_mlp_size_bf16():
+@pytest.mark.parametrize("approximate", APPROXIMATIONS)
+def test_gpt2_mlp_size_bf16(approximate):
     """GPT-2 124M's c_fc at B*T = 16384: (16384, 768) @ (3072, 768).T in bf16, forward and backward."""
-    check(*make(16384, 768, 3072, torch.bfloat16))
+    check(*make(16384, 768, 3072, torch.bfloat16), approximate=approximate)
 
 
 @pytest.mark.gpu

@@ -14,7 +14,6 @@ from train.cli import run_cli
 from train.config import FAMILY_KEYS, ConfigError, TrainConfig, load_config
 from train.loop import train
 from train.sample import SampleConfig, sample
-from train.system import fit_backend
 
 transformers = pytest.importorskip("transformers")
 
@@ -110,18 +109,6 @@ def test_finetune_from_hf_directory_of_each_family(family, ds, tmp_path):
     assert text.startswith("fox") and len(text) == 11
     with pytest.raises(ConfigError, match="has no tokenizer that transformers reads"):
         sample(SampleConfig(init_from=hf_dir, num_samples=1, max_new_tokens=8, start="fox"))
-
-
-def test_auto_backend_falls_back_where_triton_cannot_run_the_model():
-    exact = GPTConfig(n_head=2, n_embd=64, gelu="exact", backend="triton")
-    said = []
-    assert fit_backend(exact, True, said.append).backend == "torch"
-    assert "gelu='exact'" in said[0]
-    with pytest.raises(ConfigError, match="'backend' is triton, which cannot run this model yet: gelu='exact'"):
-        fit_backend(exact, False)
-    runs = GPTConfig(n_head=2, n_embd=64, parallel_residual=True, tie_embeddings=False, position_embedding="rotary",
-                     attention_pattern="global,local", window_size=8, scaled_attention=False, backend="triton")
-    assert fit_backend(runs, False) is runs
 
 
 def test_family_keys_default_to_gptconfigs():

@@ -32,7 +32,7 @@ from train.config import MODEL_KEYS, ConfigError, check_resumed_shape, validate
 from train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from train.health import BadSteps
 from train.metrics import Metrics
-from train.system import autocast, fit_backend, resolve_system, setup_device
+from train.system import autocast, resolve_system, setup_device
 
 
 class TrainingStopped(RuntimeError):
@@ -59,7 +59,6 @@ def learning_rate(step, cfg):
 class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.auto_backend = cfg.backend == "auto"  # resolved below; a model triton cannot run yet then runs on torch
         self._setup_processes()
         self._setup_data()
         self.last_good = None  # the newest checkpoint written from a finite state (or resumed from)
@@ -167,7 +166,7 @@ class Trainer:
     def _setup_model(self, state):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
-        model_config = fit_backend(self._model_config(state), self.auto_backend, self.log)
+        model_config = self._model_config(state)
         cfg.backend = model_config.backend
         if state is not None:
             check_resumed_shape(cfg, state["model_args"])

@@ -35,12 +35,11 @@ log lines.
 import argparse
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from gpt import GPTConfig, pad_vocab
-from gpt.backends import unsupported
 from gpt.flops import matmul_params, num_params
 
 GIB = 2**30
@@ -194,9 +193,8 @@ MODELS = [
 
 
 def model_config(T, options):
-    """The GPTConfig of a MODELS row on the backend a GPU would run it on (`auto`)."""
-    config = GPTConfig(block_size=T, **{"vocab_size": pad_vocab(50257), **options}, backend="triton")
-    return config if not unsupported(config) else replace(config, backend="torch")
+    """The GPTConfig of a MODELS row on the backend a GPU runs it on (`auto`: triton)."""
+    return GPTConfig(block_size=T, **{"vocab_size": pad_vocab(50257), **options}, backend="triton")
 
 
 def table(gpu_gib=80, gpus=(1, 8, 16, 64), batch_size=8, dtype="bfloat16"):

@@ -19,11 +19,10 @@ import torch
 
 import prep
 from gpt import GPT, GPTConfig
-from gpt.hf import read_config
 from train import checkpoint
 from train.cli import run_cli
 from train.config import GPT2_PRESETS, ConfigError, load_config, pretrained_source
-from train.system import autocast, fit_backend, resolve_system
+from train.system import autocast, resolve_system
 
 
 @dataclass
@@ -84,11 +83,10 @@ def _hf_tokenizer(name_or_dir):
                       "name a prepared dataset whose tokenizer to use with --dataset")
 
 
-def _pretrained(cfg, auto):
+def _pretrained(cfg):
     """(model, encode, decode) of Hugging Face weights, with their own tokenizer where they have one."""
     try:
-        config = fit_backend(read_config(cfg.init_from, backend=cfg.backend), auto, lambda m: print(m, file=sys.stderr))
-        model = GPT.from_pretrained(cfg.init_from, backend=config.backend)
+        model = GPT.from_pretrained(cfg.init_from, backend=cfg.backend)
     except ValueError as e:
         raise ConfigError(f"config key 'init_from': {e}") from None
     if cfg.dataset:
@@ -108,10 +106,9 @@ def _pretrained(cfg, auto):
 
 def load_model(cfg):
     """(model, encode, decode) as cfg says."""
-    auto = cfg.backend == "auto"
     resolve_system(cfg)
     if cfg.init_from not in ("resume", "best"):
-        return _pretrained(cfg, auto)
+        return _pretrained(cfg)
     if cfg.init_from == "best":
         path = (checkpoint.bests(cfg.out_dir) or [f"{cfg.out_dir}/{checkpoint.BEST}"])[0]
         state = checkpoint.read(path)
@@ -122,7 +119,7 @@ def load_model(cfg):
     ds = _dataset(cfg, state)
     config = GPTConfig(**state["model_args"], dropout=0.0, backend=cfg.backend)
     config = _tokenizer_vocab(config, ds.vocab_size)
-    model = GPT(fit_backend(config, auto, lambda m: print(m, file=sys.stderr)))
+    model = GPT(config)
     checkpoint.load_weights(state, model)
     print(f"sampling from {path} (step {state['step']})", file=sys.stderr)
     return model, ds.encode, ds.decode

@@ -15,14 +15,12 @@ instead of hanging.
 """
 
 import contextlib
-import dataclasses
 import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from gpt.backends import unsupported
 from train.config import ConfigError
 
 PG_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this fails
@@ -56,20 +54,6 @@ def resolve_system(cfg):
 
 class JoinError(RuntimeError):
     """This process could not join the others of its run (under torchrun: of its restart attempt)."""
-
-
-def fit_backend(model_config, auto, log=print):
-    """model_config on a backend that runs it. The triton backend refuses what its kernels lack yet
-    (gpt.backends.unsupported): where the backend was `auto` the model runs on torch instead, said
-    in one line; where triton was asked for by name, a ConfigError naming what is missing."""
-    missing = unsupported(model_config)
-    if not missing:
-        return model_config
-    if auto:
-        log(f"backend: torch, as the triton backend cannot run this model yet ({'; '.join(missing)})")
-        return dataclasses.replace(model_config, backend="torch")
-    raise ConfigError(f"config key 'backend' is {model_config.backend}, which cannot run this model yet: "
-                      f"{'; '.join(missing)}; use --backend=torch")
 
 
 def setup_device(cfg, local_rank, ddp):
