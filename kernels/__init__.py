@@ -8,6 +8,8 @@
     kernels.raise_on_bad_targets(device)                         # a ValueError if a target was out of range
     kernels.attention(q, k, v, causal=True, dropout_p=0.0)       # (B, H, T, D), any strides
     kernels.attention_qkv(qkv, causal=True, dropout_p=0.0)      # (B, T, 3, H, D) -> (B, T, H, D)
+        # both also take scale=None (1/sqrt(D)), window=0 (sliding: the positions a query sees) and
+        # rotary=(cos, sin, interleaved) with tables (T, R/2), R <= D; any head dim D up to 256
 
 One module per op family: normalization.py (layer_norm, add_layer_norm), fused_mlp.py
 (linear_gelu), losses.py (cross_entropy), lm_head.py (linear_cross_entropy), flash_attention.py
