@@ -267,11 +267,11 @@ def test_memory_estimate_by_hand():
     assert ac["activations"] == B * T * L * 2 * C * 2 + B * T * 16 * C * 2
     torch_backend = memory.estimate(GPTConfig(**{**cfg.to_dict(), "backend": "torch"}), B, T, world_size=1)
     assert torch_backend["activations"] - memory.estimate(cfg, B, T, world_size=1)["activations"] == B * T * V * 8
-    # GPT-NeoX 20B does not fit one 80 GB GPU, whatever the options; the trainer says what would
+    # GPT-NeoX 20B does not fit four 80 GB GPUs, whatever the options; the trainer says what would
     name, T, options = memory.MODELS[-1]
     neox = memory.model_config(T, options)
-    lines = memory.report(neox, 8, T, 8, "bfloat16", memory.Options(), 80e9, "80 GB")
-    assert "does NOT fit" in lines and "--fsdp=true --activation_checkpointing=true on 16 processes would" in lines
+    lines = memory.report(neox, 8, T, 4, "bfloat16", memory.Options(), 80e9, "80 GB")
+    assert "does NOT fit" in lines and "--fsdp=true --activation_checkpointing=true on 8 processes would" in lines
     gptj = memory.model_config(*memory.MODELS[-2][1:])
     assert "--fsdp=true --activation_checkpointing=true would fit" in memory.report(gptj, 8, T, 8, "bfloat16",
                                                                                     memory.Options(), 80e9, "80 GB")
