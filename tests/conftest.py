@@ -1,5 +1,6 @@
 """Shared test set-up: the interpreter switch, the parity rule and its tolerances, shared data."""
 
+import glob
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,33 @@ def assert_parity(out, out_ref, out_pt, name="output", atol=None):
     err = (out - out_ref).abs().max().item()
     base = (out_pt - out_ref).abs().max().item()
     assert err <= 2 * base + atol, f"{name}: max error {err:.3e} > 2 * {base:.3e} + {atol:.3e}"
+
+
+def assert_models_agree(a, b, idx, targets):
+    """Model b (under test) against model a (the reference) with the same weights, in fp32: the
+    logits, the loss and every parameter's gradient, by the parity rule."""
+    with torch.no_grad():
+        assert_parity(b(idx), a(idx), a(idx), "logits")
+    la, lb = a(idx, targets), b(idx, targets)
+    la.backward()
+    lb.backward()
+    assert_parity(lb, la, la, "loss")
+    ga, gb = dict(a.named_parameters()), dict(b.named_parameters())
+    for name in ga:
+        assert_parity(gb[name].grad, ga[name].grad, ga[name].grad, name)
+
+
+def child_processes():
+    """{parent pid: [child pids]} of every process, read from /proc (empty where there is none)."""
+    children = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.split("/")[2]))
+    return children
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects: `pytest -m gpu` must see the markers added here

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE, assert_parity
+from conftest import DEVICE, assert_models_agree, assert_parity
 from gpt import GPT, GPTConfig, pad_vocab
 from gpt.flops import flops_per_token, matmul_params
 
@@ -124,15 +124,7 @@ def test_backends_agree_logits_loss_and_gradients(bias):
     idx = torch.randint(0, 97, (2, 23), device=DEVICE)
     targets = torch.randint(0, 97, (2, 23), device=DEVICE)
     targets[0, :4] = -1
-    with torch.no_grad():
-        assert_parity(b(idx), a(idx), a(idx), "logits")
-    la, lb = a(idx, targets), b(idx, targets)
-    la.backward()
-    lb.backward()
-    assert_parity(lb, la, la, "loss")
-    ga, gb = dict(a.named_parameters()), dict(b.named_parameters())
-    for name in ga:
-        assert_parity(gb[name].grad, ga[name].grad, ga[name].grad, name)
+    assert_models_agree(a, b, idx, targets)
 
 
 def test_backends_train_alike():

@@ -1,6 +1,5 @@
 """prep: text -> train.bin / val.bin / meta.json, and back again through prep.load."""
 
-import glob
 import gzip
 import hashlib
 import io
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import child_processes
 
 import prep
 from prep import pipeline
@@ -281,16 +281,7 @@ def _proc_state(pid):
 
 
 def _children(parent):
-    found = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent:
-            found.append(int(stat.split("/")[2]))
-    return found
+    return child_processes().get(parent, [])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -1,7 +1,6 @@
 """The trainer on a CPU: exact resume, N processes = 1 process, restarts under torchrun, corrupt
 checkpoints, non-finite losses, bad configs and data, and a short Shakespeare run that learns."""
 
-import glob
 import functools
 import json
 import os
@@ -23,7 +22,7 @@ import prep
 import train.__main__ as train_command
 import train.loop as train_loop
 import train.sample as sample_command
-from conftest import ROOT
+from conftest import ROOT, child_processes
 from gpt import GPT, pad_vocab
 from train import checkpoint
 from train.cli import run_cli
@@ -124,14 +123,7 @@ def torchrun(args, nproc=1, env=None, extra=(), script=None):
 
 def _process_tree(root):
     """root and every process descended from it (from /proc; just root where there is none)."""
-    children = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.split("/")[2]))
+    children = child_processes()
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
