@@ -167,7 +167,6 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         model_config = self._model_config(state)
-        cfg.backend = model_config.backend
         if state is not None:
             check_resumed_shape(cfg, state["model_args"])
             model = GPT(model_config)
