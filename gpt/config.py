@@ -16,12 +16,13 @@ families (each option's comment names who uses it):
 from dataclasses import dataclass, fields
 from typing import Optional
 
+from kernels.flash_attention import MAX_HEAD_DIM  # the attention kernels' limit is the model's
+
 BACKENDS = ("torch", "triton")
 POSITION_EMBEDDINGS = ("learned", "rotary")
 ROTARY_STYLES = ("halves", "pairs")
 GELUS = ("tanh", "exact")
 ATTENTION_KINDS = ("global", "local")
-MAX_HEAD_DIM = 256
 
 
 def pad_vocab(n, multiple=64):
