@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.flash_attention_kernels import _keep
+from tritongpt.kernels.flash_attention_kernels import _keep
 
 
 @triton.jit

@@ -15,6 +15,10 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from tritongpt import prep  # noqa: E402
+from tritongpt.train.config import load_config  # noqa: E402
+from tritongpt.train.loop import train  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # No network in tests: Hugging Face libraries stay offline, tiktoken reads the shared cache.
@@ -109,3 +113,56 @@ def shared_data():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ----------------------------------------------------------------------------- the trainer's tests' data and runs
+
+
+def make_char_dataset(directory, text, block_size=16, val_fraction=0.1):
+    """A char-level dataset of `text` in `directory`, written by prep itself."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    source = directory.parent / f"{directory.name}.txt"
+    source.write_text(text, encoding="utf-8")
+    return prep.prepare("text", out_dir=str(directory.parent), input=str(source), out_name=directory.name,
+                        tokenizer="char", block_size=block_size, val_fraction=val_fraction, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread here and in every subprocess: models this small gain nothing from a second one
+    (and lose a lot on a busy machine), and CPU matmuls sum in an order that depends on it, so
+    runs compared bit for bit must use the same number."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shakespeare(shared_data):
+    return (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def small_ds(shakespeare, tmp_path_factory):
+    return make_char_dataset(tmp_path_factory.mktemp("data") / "small", shakespeare[:50_000])
+
+
+def tiny(ds, out_dir, **overrides):
+    """Arguments for a tiny fp32 CPU run: 20 steps, checkpoints at 10 and 20, dropout on so that
+    the RNG state matters."""
+    args = dict(dataset=ds, out_dir=out_dir, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4,
+                gradient_accumulation_steps=2, max_iters=20, lr_decay_iters=20, warmup_iters=3, learning_rate=3e-3,
+                eval_interval=10, eval_iters=2, log_interval=1, dropout=0.1, device="cpu", dtype="float32",
+                backend="torch", seed=7)
+    args.update(overrides)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+@pytest.fixture(scope="module")
+def straight(small_ds, tmp_path_factory):
+    """20 steps that never stopped."""
+    out = str(tmp_path_factory.mktemp("straight"))
+    train(load_config(tiny(small_ds, out)))
+    return out

@@ -14,9 +14,9 @@ import signal
 import sys
 import time
 
-import train.__main__ as train_command
-from train.cli import run_cli
-from train.loop import Trainer
+import tritongpt.train.__main__ as train_command
+from tritongpt.train.cli import run_cli
+from tritongpt.train.loop import Trainer
 
 
 def die_before(step, rank=None):

@@ -5,12 +5,12 @@ errors, and the model."""
 import pytest
 import torch
 
-import kernels
+from tritongpt import kernels
 from attention_mask import dropout_mask, seed_tensor
-from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
-from gpt import GPT, GPTConfig
-from kernels import flash_attention as fa
-from kernels import reference
+from conftest import DEVICE, DTYPES, assert_parity
+from tritongpt.gpt import GPT, GPTConfig
+from tritongpt.kernels import flash_attention as fa
+from tritongpt.kernels import reference
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def check_parity(fn, q, k, v, do, **ref_kw):
     got = fwd_bwd(fn, q, k, v, do)
     ref = fwd_bwd(lambda *a: reference.attention(*a, upcast=True, **ref_kw), q, k, v, do)
     pt = fwd_bwd(lambda *a: reference.attention(*a, upcast=False, **ref_kw), q, k, v, do)
-    for name, g, r, p in zip(("o", "dq", "dk", "dv"), got, ref, pt):
+    for name, g, r, p in zip(("o", "dq", "dk", "dv"), got, ref, pt, strict=True):
         assert g.dtype == q.dtype, f"{name}: dtype {g.dtype} != {q.dtype}"
         assert_parity(g, r, p, name)
 
@@ -201,7 +201,7 @@ def test_c_attn_view_equals_contiguous():
 
     got = fwd_bwd(kernels.attention, q.contiguous(), k.contiguous(), v.contiguous(), do)
     assert torch.equal(out, got[0])
-    for name, a, b in zip(("dq", "dk", "dv"), dx, got[1:]):
+    for name, a, b in zip(("dq", "dk", "dv"), dx, got[1:], strict=True):
         assert torch.equal(a, b), f"{name} differs between strided and contiguous inputs"
 
 
@@ -233,7 +233,7 @@ def test_torch_compile_sees_one_node_per_op():
     eager = fwd_bwd(fn, q, k, v, do)
     torch.manual_seed(3)
     compiled = fwd_bwd(torch.compile(fn, backend="aot_eager", fullgraph=True), q, k, v, do)
-    for name, a, b in zip(("o", "dq", "dk", "dv"), eager, compiled):
+    for name, a, b in zip(("o", "dq", "dk", "dv"), eager, compiled, strict=True):
         assert torch.equal(a, b), name
 
 
@@ -247,7 +247,7 @@ def test_dropout_zero_is_exactly_no_dropout():
     state = torch.get_rng_state()
     zero = fwd_bwd(lambda *a: fa.attention(*a, dropout_p=0.0), q, k, v, do)
     assert torch.equal(torch.get_rng_state(), state)
-    for a, b in zip(base, zero):
+    for a, b in zip(base, zero, strict=True):
         assert torch.equal(a, b)
     assert_parity(zero[0], reference.attention(q, k, v, upcast=True), reference.attention(q, k, v), "o")
 
@@ -311,7 +311,7 @@ def test_dropout_seed_tensor_fixes_the_mask():
     got = [y.transpose(1, 2)] + list(xs.grad.permute(2, 0, 3, 1, 4))
     views = [t.contiguous() for t in x.permute(2, 0, 3, 1, 4)]
     ref = fwd_bwd(lambda *a: reference.attention(*a, upcast=True, dropout_p=p, dropout_mask=mask), *views, do.transpose(1, 2))
-    for name, g, r in zip(("o", "dq", "dk", "dv"), got, ref):
+    for name, g, r in zip(("o", "dq", "dk", "dv"), got, ref, strict=True):
         assert_parity(g, r, r, name)
 
 

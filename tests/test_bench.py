@@ -1,4 +1,4 @@
-"""The benchmarks on a CPU: python -m bench --smoke, --batch auto, the kernel-benchmark machinery,
+"""The benchmarks on a CPU: python -m tritongpt.bench --smoke, --batch auto, the kernel-benchmark machinery,
 the plot, and the MFU arithmetic. CPU figures only show that the code runs."""
 
 import json
@@ -11,10 +11,10 @@ import warnings
 import pytest
 import torch
 
-from bench import __main__ as bench_main
-from bench import common, config, ops, plot, step, tokenize_rate
-from gpt import GPTConfig
-from gpt import flops as gflops
+from tritongpt.bench import __main__ as bench_main
+from tritongpt.bench import common, config, ops, plot, step, tokenize_rate
+from tritongpt.gpt import GPTConfig
+from tritongpt.gpt import flops as gflops
 
 
 def _load_strict(path):
@@ -28,9 +28,9 @@ def _load_strict(path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """python -m bench --smoke, as a user runs it: (completed process, result path)."""
+    """python -m tritongpt.bench --smoke, as a user runs it: (completed process, result path)."""
     out = tmp_path_factory.mktemp("bench") / "step.json"
-    r = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "tritongpt.bench", "--smoke", "--out", str(out)], capture_output=True, text=True,
                        timeout=600)
     return r, out
 
@@ -125,7 +125,7 @@ def test_table_is_printed_last(smoke, capsys):
 
 def test_gpt2_preset_is_the_trained_model():
     """The bench's presets are the models train/configs/ trains (read from those files)."""
-    from train.config import load_config
+    from tritongpt.train.config import load_config
 
     for name in config.PRESETS:
         trained = load_config([name])

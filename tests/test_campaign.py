@@ -1,4 +1,4 @@
-"""python -m bench.campaign on a CPU: the smoke campaign end to end (both parts, every phase, every
+"""python -m tritongpt.bench.campaign on a CPU: the smoke campaign end to end (both parts, every phase, every
 file, the archives, --collect), a phase stopped by its time box while the rest runs, and the goal
 verdicts of SUMMARY.md on GPU-like result files written here by hand."""
 
@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bench import campaign, campaign_files, campaign_goals, campaign_tasks, ops
+from tritongpt.bench import campaign, campaign_files, campaign_goals, campaign_tasks, ops
 from conftest import ROOT
 
 PART1 = ["env", "ceilings", "tests", "kernels", "step-torch-compile", "step-triton", "step-triton-compile", "step-torch"]
@@ -22,7 +22,7 @@ PART2 = ["env", "profile", "data", "converge-torch", "converge-triton", "converg
 def _campaign(args, shared_data, timeout=400):
     env = dict(os.environ, TRITONGPT_DATA=str(shared_data),
                PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    return subprocess.run([sys.executable, "-m", "bench.campaign", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tritongpt.bench.campaign", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -138,19 +138,19 @@ def test_archives_hold_the_folder_and_collect_names_by_device(smoke, tmp_path):
     stamp = _json(out / "manifest-part1.json")["stamp"]
     dev = campaign_files.device_slug(_json(out / "env-part1.json")["device_name"])
     tag = f"{dev}-{stamp}"
-    for rel in (f"bench/results/step-smoke-{tag}.json", f"bench/results/kernels-{tag}.json",
-                f"bench/results/campaign-{tag}/SUMMARY.md", f"bench/results/campaign-{tag}/tests-gpu.xml",
-                f"profiles/campaign-{tag}/top_ops.md", f"train/results/converge-{tag}-torch.jsonl",
-                f"train/results/converge-{tag}-triton.jsonl", f"train/results/converge-{tag}.png"):
+    for rel in (f"tritongpt/bench/results/step-smoke-{tag}.json", f"tritongpt/bench/results/kernels-{tag}.json",
+                f"tritongpt/bench/results/campaign-{tag}/SUMMARY.md", f"tritongpt/bench/results/campaign-{tag}/tests-gpu.xml",
+                f"tritongpt/profiles/campaign-{tag}/top_ops.md", f"tritongpt/train/results/converge-{tag}-torch.jsonl",
+                f"tritongpt/train/results/converge-{tag}-triton.jsonl", f"tritongpt/train/results/converge-{tag}.png"):
         assert (tmp_path / rel).is_file(), rel
-    summary = (tmp_path / f"bench/results/campaign-{tag}/SUMMARY.md").read_text()
-    assert f"bench/results/step-smoke-{tag}.json" in summary and f"train/results/converge-{tag}.json" in summary
+    summary = (tmp_path / f"tritongpt/bench/results/campaign-{tag}/SUMMARY.md").read_text()
+    assert f"tritongpt/bench/results/step-smoke-{tag}.json" in summary and f"tritongpt/train/results/converge-{tag}.json" in summary
     if dev != "cpu":
         return
     # CPU results stay out of the repository
-    probe = [f"bench/results/step-smoke-{tag}.json", f"bench/results/kernels-{tag}.json",
-             f"bench/results/campaign-{tag}/SUMMARY.md", f"profiles/campaign-{tag}/summary.json",
-             f"train/results/converge-{tag}.json"]
+    probe = [f"tritongpt/bench/results/step-smoke-{tag}.json", f"tritongpt/bench/results/kernels-{tag}.json",
+             f"tritongpt/bench/results/campaign-{tag}/SUMMARY.md", f"tritongpt/profiles/campaign-{tag}/summary.json",
+             f"tritongpt/train/results/converge-{tag}.json"]
     try:
         ignored = subprocess.run(["git", "check-ignore", "--no-index", *probe], cwd=ROOT, capture_output=True, text=True)
     except OSError:
@@ -182,7 +182,7 @@ def test_a_terminated_campaign_stops_its_phase_and_still_writes_the_summary(tmp_
     out = tmp_path / "c"
     env = dict(os.environ, TRITONGPT_DATA=str(shared_data),
                PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    proc = subprocess.Popen([sys.executable, "-m", "bench.campaign", "--part", "1", "--smoke", "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "tritongpt.bench.campaign", "--part", "1", "--smoke", "--out", str(out),
                              "--only", "kernels"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     log = out / "logs" / "part1-kernels.log"
     for _ in range(300):  # until the kernel phase is under way

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kernels
+from tritongpt import kernels
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
-from kernels import lm_head, losses, reference
+from tritongpt.kernels import lm_head, losses, reference
 
 VOCABS = [1000] + ([50304] if HAS_GPU else [])
 
@@ -38,7 +38,7 @@ def check(fn, ref_fn, tensors, targets, names, **kw):
     ref = _run(lambda *a, **k: ref_fn(*a, upcast=True, **k), tensors, targets, g, **kw)
     pt = _run(lambda *a, **k: ref_fn(*a, upcast=False, **k), tensors, targets, g, **kw)
     assert out[0].dtype == torch.float32 and out[0].shape == ()
-    for name, o, r, p, t in zip(names, out, ref, pt, [None] + list(tensors)):
+    for name, o, r, p, t in zip(names, out, ref, pt, [None] + list(tensors), strict=True):
         assert t is None or o.dtype == t.dtype, f"{name}: dtype {o.dtype} != the input's {t.dtype}"
         assert_parity(o, r, p, name)
     return out
@@ -72,7 +72,7 @@ def test_cross_entropy_leading_shape_ignore_index_and_int32(dtype):
     out = check(kernels.cross_entropy, reference.cross_entropy, [logits], t, ["loss", "dlogits"], ignore_index=-100)
     # int32 targets (which torch's own cross_entropy refuses) give the same result
     out32 = _run(kernels.cross_entropy, [logits], t.int(), torch.tensor(2.5 * t.numel(), device=DEVICE), ignore_index=-100)
-    for a, b in zip(out, out32):
+    for a, b in zip(out, out32, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -242,7 +242,7 @@ def test_linear_cross_entropy_under_autocast(dtype):
         pt = _run(reference.linear_cross_entropy, [x, w], t, g)
     # out_ref: the reference in fp32 from the same low-precision (autocast) inputs
     ref = _run(reference.linear_cross_entropy, [x.to(dtype).float(), w.to(dtype).float()], t, g)
-    for name, o, r, p in zip(["loss", "dx", "dweight"], out, ref, pt):
+    for name, o, r, p in zip(["loss", "dx", "dweight"], out, ref, pt, strict=True):
         assert o.dtype == torch.float32, f"{name}: {o.dtype}"
         assert_parity(o, r, p, name)
 
@@ -415,7 +415,7 @@ def test_fp16_gradients_under_a_gradient_scaler_as_close_as_torchs(monkeypatch):
     out = _scaled_grads(kernels.linear_cross_entropy, x, w, t, scale)
     pt = _scaled_grads(_torch_fp16_head, x, w, t, scale)
     ref = _scaled_grads(reference.linear_cross_entropy, x.float(), w.float(), t, scale)
-    for name, o, r, p in zip(["dx", "dweight"], out, ref, pt):
+    for name, o, r, p in zip(["dx", "dweight"], out, ref, pt, strict=True):
         assert o.dtype == torch.float16
         assert_parity(o, r.half(), p, name)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import DEVICE, assert_models_agree
-from gpt import GPT, GPTConfig
-from gpt.flops import matmul_params, num_params
-from kernels import reference
+from tritongpt.gpt import GPT, GPTConfig
+from tritongpt.gpt.flops import matmul_params, num_params
+from tritongpt.kernels import reference
 
 transformers = pytest.importorskip("transformers")
 

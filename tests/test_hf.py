@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 weights in and out, and the `kernels` name clash with HF's `kernels`
+"""Hugging Face GPT-2 weights in and out, beside transformers and Hugging Face's `kernels` package
 (the other families: tests/test_families.py)."""
 
 import subprocess
@@ -9,7 +9,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from gpt import GPT, GPTConfig  # noqa: E402
+from conftest import ROOT  # noqa: E402
+
+from tritongpt.gpt import GPT, GPTConfig  # noqa: E402
 
 
 def small_hf(seed=0, **kw):
@@ -87,18 +89,42 @@ def test_greedy_decoding_matches_transformers(hf_dir):
     assert torch.equal(ours.generate(idx, 25, temperature=0.0, use_cache=False), ref)
 
 
-def test_hf_kernels_probe_stays_false():
-    """Our package is importable as `kernels`, the import name of Hugging Face's hub-kernels
-    package. transformers must not take it for that package, and its GPT-2 must still run."""
-    code = (
-        "import kernels, torch, transformers\n"
-        "from transformers.utils import is_kernels_available\n"
-        "assert kernels.layer_norm, 'not our kernels'\n"
-        "assert not is_kernels_available(), 'transformers took our kernels for HF kernels'\n"
-        "from transformers import GPT2Config, GPT2LMHeadModel\n"
-        "m = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2))\n"
-        "print(m(torch.randint(0, 50, (1, 8))).logits.shape)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "torch.Size([1, 8, 50])" in out.stdout
+ONE_PROCESS = """
+import importlib.util, os, sys, tempfile
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from tritongpt import GPT
+from tritongpt.kernels import attention, layer_norm, reference
+root = sys.argv[1]
+spec = importlib.util.find_spec("kernels")  # Hugging Face's, which transformers 5.25 on requires
+assert spec is None or os.path.dirname(os.path.dirname(spec.origin)) != root, f"kernels is a folder of this checkout: {spec.origin}"
+import tritongpt
+assert tritongpt.__file__.startswith(root), f"tritongpt from {tritongpt.__file__}, not this checkout"
+torch.manual_seed(0)
+hf = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2)).eval()
+idx = torch.randint(0, 50, (1, 8))
+with tempfile.TemporaryDirectory() as d:
+    hf.save_pretrained(d + "/in")
+    ours = GPT.from_pretrained(d + "/in").eval()
+    assert torch.allclose(ours(idx), hf(idx).logits, atol=1e-5)
+    ours.save_pretrained(d + "/out")
+    back = GPT2LMHeadModel.from_pretrained(d + "/out").eval()
+    assert torch.allclose(back(idx).logits, hf(idx).logits, atol=1e-5)
+x, w, b = torch.randn(3, 16), torch.randn(16), torch.randn(16)
+assert torch.allclose(layer_norm(x, w, b), reference.layer_norm(x, w, b), atol=1e-5)
+q, k, v = torch.randn(3, 1, 2, 5, 16).unbind(0)
+assert torch.allclose(attention(q, k, v), reference.attention(q, k, v), atol=1e-5)
+print("ok", spec.origin if spec else "no kernels package")
+"""
+
+
+@pytest.mark.parametrize("where", ["root", "elsewhere"])
+def test_transformers_and_our_ops_in_one_process(where, tmp_path):
+    """transformers' GPT-2 (which imports Hugging Face's `kernels` package from 5.25 on), our ops and
+    a round trip through from_pretrained and save_pretrained, in one process, run from the
+    repository root and from another directory: no name of ours shadows another distribution's."""
+    cwd = ROOT if where == "root" else tmp_path
+    out = subprocess.run([sys.executable, "-c", ONE_PROCESS, str(ROOT)], capture_output=True, text=True, timeout=300,
+                         cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok")

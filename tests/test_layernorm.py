@@ -4,9 +4,9 @@ dx, dweight, dbias."""
 import pytest
 import torch
 
-import kernels
+from tritongpt import kernels
 from conftest import DEVICE, DTYPES, HAS_GPU, assert_parity
-from kernels import normalization, reference
+from tritongpt.kernels import normalization, reference
 
 
 def _run(fn, x, weight, bias, dy):
@@ -25,7 +25,7 @@ def check_layer_norm(x, weight, bias, names=("y", "dx", "dweight", "dbias")):
     ref = _run(lambda *a: reference.layer_norm(*a, upcast=True), x, weight, bias, dy)
     pt = _run(lambda *a: reference.layer_norm(*a, upcast=False), x, weight, bias, dy)
     assert out[0].dtype == x.dtype and out[2].dtype == weight.dtype
-    for name, o, r, p in zip(names, out, ref, pt):
+    for name, o, r, p in zip(names, out, ref, pt, strict=True):
         if r is None:
             assert o is None, f"{name}: expected no gradient"
             continue
@@ -165,7 +165,7 @@ def check_add_layer_norm(x, y, weight, bias, out_dtype=None, use_s=True, use_out
     ref_, pt = ref(True), ref(False)
     assert got[0].dtype == s_dtype and got[1].dtype == out_dtype
     assert torch.equal(got[0], x + y), "s must be x + y exactly, as torch adds"
-    for name, o, r, p in zip(("s", "out", "dx", "dy", "dweight", "dbias"), got, ref_, pt):
+    for name, o, r, p in zip(("s", "out", "dx", "dy", "dweight", "dbias"), got, ref_, pt, strict=True):
         if r is None:
             assert o is None, f"{name}: expected no gradient"
             continue

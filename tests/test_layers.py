@@ -1,4 +1,4 @@
-"""The package layering: imports between packages run only down, no module imports one that imports
+"""The package layering of tritongpt's subpackages: imports between them run only down, no module imports one that imports
 it back, and no function-level import of our own modules (those are only for optional third-party
 packages such as transformers, wandb or matplotlib).
 
@@ -10,9 +10,9 @@ packages such as transformers, wandb or matplotlib).
     kernels    -> instrument
     instrument -> (nothing of ours)
 
-The checker reads every .py file of the product packages with `ast` (nothing is imported), so a
-violation is reported with its file and line. `python tests/test_layers.py` prints the package
-import graph.
+The checker reads every .py file of the subpackages with `ast` (nothing is imported), so a
+violation is reported with its file and line; module names are written without the `tritongpt.`
+prefix. `python tests/test_layers.py` prints the package import graph.
 """
 
 import ast
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "tritongpt"
 
 ALLOWED = {
     "profiles": {"bench", "train", "gpt", "kernels", "instrument"},
@@ -89,12 +90,17 @@ def _import_nodes(tree):
     yield from visit(tree, True)
 
 
+def local(name):
+    """tritongpt.gpt.model -> gpt.model: our modules by their names inside the namespace."""
+    return name[len(NAMESPACE) + 1 :] if name.startswith(NAMESPACE + ".") else name
+
+
 def imports_of(source, importer, path, modules, is_package=False):
     """The imports of our own modules in `source`, each resolved to the module it loads: `from a
     import b` is a.b when that is a module, else a; `import a.b.c` is the longest prefix that is."""
 
     def resolve(name):
-        parts = name.split(".")
+        parts = local(name).split(".")
         while parts:
             if ".".join(parts) in modules:
                 return ".".join(parts)
@@ -113,7 +119,7 @@ def imports_of(source, importer, path, modules, is_package=False):
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:
-                sub = f"{base}.{alias.name}" if base else alias.name
+                sub = local(f"{base}.{alias.name}" if base else alias.name)
                 targets.append(sub if sub in modules else resolve(base))
         for target in dict.fromkeys(targets):  # one record per module a statement loads
             if target is not None and target.split(".")[0] in PACKAGES:
@@ -200,7 +206,7 @@ def cycles(imports):
                 break
             path.append(nxt)
             seen.add(nxt)
-        found.append([edges[a][b] for a, b in zip(loop, loop[1:])])
+        found.append([edges[a][b] for a, b in zip(loop, loop[1:], strict=False)])
     return found
 
 
@@ -225,7 +231,7 @@ def package_graph(imports):
 
 @pytest.fixture(scope="module")
 def tree_imports():
-    imports = collect(ROOT)
+    imports = collect(ROOT / NAMESPACE)
     assert len(imports) > 50, "the checker found almost no imports: is it reading the packages?"
     return imports
 
@@ -245,6 +251,18 @@ def test_no_function_level_imports_of_our_modules(tree_imports):
     assert not bad, "function-level imports of our modules:\n" + "\n".join(bad)
 
 
+def test_one_top_level_package():
+    """Only `tritongpt` is importable from the repository root as a regular package, and only it
+    is installed, so no folder of ours shadows another distribution's package (transformers
+    imports Hugging Face's `kernels`) or is shadowed by one, whatever the working directory."""
+    regular = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
+    assert regular == [NAMESPACE], f"folders at the root that Python imports as packages: {regular}"
+    modules = sorted(p.stem for p in ROOT.glob("*.py"))
+    assert not modules, f"modules at the root, importable from it: {modules}"
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'include = ["tritongpt*"]' in pyproject, "pyproject.toml must install tritongpt's packages only"
+
+
 # ----------------------------------------------------------------------------- the checker itself
 
 
@@ -259,9 +277,9 @@ def _write(root, files):
 def test_checker_names_an_upward_import(tmp_path):
     imports = _write(tmp_path, {
         "kernels/__init__.py": "",
-        "kernels/ops.py": "import torch\n\nfrom gpt.model import GPT\n",
-        "gpt/__init__.py": "from gpt.model import GPT\n",
-        "gpt/model.py": "import kernels\nfrom instrument import nvtx\n",
+        "kernels/ops.py": "import torch\n\nfrom tritongpt.gpt.model import GPT\n",
+        "gpt/__init__.py": "from tritongpt.gpt.model import GPT\n",
+        "gpt/model.py": "import tritongpt.kernels\nfrom tritongpt.instrument import nvtx\n",
         "instrument/__init__.py": "",
         "instrument/nvtx.py": "",
     })
@@ -272,10 +290,10 @@ def test_checker_names_an_upward_import(tmp_path):
 
 def test_checker_finds_a_cycle_and_a_self_import(tmp_path):
     imports = _write(tmp_path, {
-        "prep/__init__.py": "from prep.dataset import load\n",
-        "prep/dataset.py": "import os\nfrom prep.tokenizer import Char\n",
-        "prep/tokenizer.py": "from prep import errors\nfrom prep.dataset import DatasetError\n",
-        "prep/errors.py": "import prep.errors\n",
+        "prep/__init__.py": "from tritongpt.prep.dataset import load\n",
+        "prep/dataset.py": "import os\nfrom tritongpt.prep.tokenizer import Char\n",
+        "prep/tokenizer.py": "from tritongpt.prep import errors\nfrom tritongpt.prep.dataset import DatasetError\n",
+        "prep/errors.py": "import tritongpt.prep.errors\n",
     })
     found = cycles(imports)
     assert len(found) == 2, [describe_cycle(c) for c in found]
@@ -289,8 +307,8 @@ def test_checker_counts_a_main_guard_import_as_module_level(tmp_path):
     """`if __name__ == "__main__": from a import b` still closes a circle when b imports a."""
     imports = _write(tmp_path, {
         "train/__init__.py": "",
-        "train/__main__.py": "from train.sample import sample\n",
-        "train/sample.py": 'import sys\n\nif __name__ == "__main__":\n    from train.__main__ import run_cli\n',
+        "train/__main__.py": "from tritongpt.train.sample import sample\n",
+        "train/sample.py": 'import sys\n\nif __name__ == "__main__":\n    from tritongpt.train.__main__ import run_cli\n',
     })
     assert [describe_cycle(c).split(" (")[0] for c in cycles(imports)] == ["train.__main__ -> train.sample -> train.__main__"]
 
@@ -298,14 +316,14 @@ def test_checker_counts_a_main_guard_import_as_module_level(tmp_path):
 def test_checker_flags_function_level_and_type_checking_imports(tmp_path):
     imports = _write(tmp_path, {
         "gpt/__init__.py": "",
-        "gpt/hf.py": "from gpt.config import GPTConfig\n",
+        "gpt/hf.py": "from tritongpt.gpt.config import GPTConfig\n",
         "gpt/config.py": "",
         "gpt/model.py": (
             "from typing import TYPE_CHECKING\n"
             "if TYPE_CHECKING:\n"
-            "    from gpt.hf import HF\n"
+            "    from tritongpt.gpt.hf import HF\n"
             "else:\n"
-            "    import gpt.config\n"
+            "    import tritongpt.gpt.config\n"
             "class GPT:\n"
             "    def save(self):\n"
             "        import transformers\n"
@@ -322,7 +340,7 @@ def test_checker_flags_function_level_and_type_checking_imports(tmp_path):
 def test_checker_resolves_relative_and_from_package_imports(tmp_path):
     imports = _write(tmp_path, {
         "bench/__init__.py": "",
-        "bench/step.py": "from . import config\nfrom .config import Settings\nfrom gpt import GPT\nimport gpt.flops as f\n",
+        "bench/step.py": "from . import config\nfrom .config import Settings\nfrom tritongpt.gpt import GPT\nimport tritongpt.gpt.flops as f\n",
         "bench/config.py": "",
         "gpt/__init__.py": "",
         "gpt/flops.py": "",
@@ -337,15 +355,15 @@ def test_checker_passes_a_clean_tree(tmp_path):
     imports = _write(tmp_path, {
         "instrument/__init__.py": "",
         "instrument/run.py": "import subprocess\n",
-        "kernels/__init__.py": "from kernels import reference\n",
+        "kernels/__init__.py": "from tritongpt.kernels import reference\n",
         "kernels/reference.py": "import torch\n",
-        "profiles/capture.py": "from bench import step\nfrom instrument import nvtx\n\ndef f():\n    import matplotlib\n",
-        "bench/step.py": "from gpt import GPT\nfrom train.config import load_config\n",
+        "profiles/capture.py": "from tritongpt.bench import step\nfrom tritongpt.instrument import nvtx\n\ndef f():\n    import matplotlib\n",
+        "bench/step.py": "from tritongpt.gpt import GPT\nfrom tritongpt.train.config import load_config\n",
     })
     assert not layer_violations(imports) and not cycles(imports) and not function_level_violations(imports)
 
 
 if __name__ == "__main__":
-    for pkg, deps in package_graph(collect(ROOT)).items():
+    for pkg, deps in package_graph(collect(ROOT / NAMESPACE)).items():
         print(f"{pkg:<10} -> {', '.join(deps) or '(nothing of ours)'}")
     sys.exit(0)

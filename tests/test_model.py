@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DEVICE, assert_models_agree, assert_parity
-from gpt import GPT, GPTConfig, pad_vocab
-from gpt.flops import flops_per_token, matmul_params
+from tritongpt.gpt import GPT, GPTConfig, pad_vocab
+from tritongpt.gpt.flops import flops_per_token, matmul_params
 
 
 def tiny(**kw):
@@ -144,7 +144,7 @@ def test_backends_train_alike():
             curve.append(loss.item())
         losses.append(curve)
     assert losses[0][-1] < losses[0][0] - 0.5
-    for la, lb in zip(*losses):
+    for la, lb in zip(*losses, strict=True):
         assert abs(la - lb) <= 1e-3 * abs(la)
 
 
@@ -185,7 +185,7 @@ def test_padding_takes_no_probability_and_backends_agree():
     assert_parity(lb[..., :65], la[..., :65], la[..., :65], "logits")
     expected = F.cross_entropy(la[..., :65].reshape(-1, 65), targets.view(-1), ignore_index=-1)
     losses = [a(idx, targets), b(idx, targets)]
-    for model, loss in zip((a, b), losses):
+    for model, loss in zip((a, b), losses, strict=True):
         assert_parity(loss, expected, expected, "loss")
         loss.backward()
         assert not model.lm_head.weight.grad[65:].any()
@@ -226,7 +226,7 @@ def test_cached_step_costs_one_position():
 
 
 def test_sampling_filters():
-    from gpt.model import sample_next
+    from tritongpt.gpt.model import sample_next
 
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(200, 1)
     assert set(sample_next(logits, 1.0, top_k=2).flatten().tolist()) <= {2, 3}

@@ -1,12 +1,12 @@
-"""python -m train.plan: compute-optimal tokens, FLOPs, time and a starting config, and bad input."""
+"""python -m tritongpt.train.plan: compute-optimal tokens, FLOPs, time and a starting config, and bad input."""
 
 import math
 
 import pytest
 
-from gpt.flops import flops_per_token, num_params
-from train.config import load_config
-from train.plan import SHAPES, main, parse_amount, plan
+from tritongpt.gpt.flops import flops_per_token, num_params
+from tritongpt.train.config import load_config
+from tritongpt.train.plan import SHAPES, main, parse_amount, plan
 
 
 def test_parse_amount():
@@ -47,7 +47,7 @@ def test_the_printed_command_is_a_valid_trainer_config(family, capsys):
     lines = dict(line.split(None, 1) for line in out.strip().splitlines())
     assert set(lines) == {"target", "shape", "tokens", "FLOPs", "time", "start"}
     command = lines["start"].split("    (")[0].split()
-    assert command[:3] == ["python", "-m", "train"]
+    assert command[:3] == ["python", "-m", "tritongpt.train"]
     cfg = load_config(command[3:])
     p = plan(params=124e6, family=family)
     shape = p["config"]

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from conftest import child_processes
 
-import prep
-from prep import pipeline
-from prep import sources
-from prep.errors import DatasetError
+from tritongpt import prep
+from tritongpt.prep import pipeline
+from tritongpt.prep import sources
+from tritongpt.prep.errors import DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_safe_cuts_give_the_ids_of_the_whole_text(gpt2):
     cuts = [m.start() for m in sources.SAFE_CUT.finditer(data)]
     assert len(cuts) > 100
     bounds = [0] + cuts + [len(data)]
-    pieces = [data[a:b].decode() for a, b in zip(bounds, bounds[1:])]
+    pieces = [data[a:b].decode() for a, b in zip(bounds, bounds[1:], strict=False)]
     ids = [i for piece in pieces for i in gpt2.encode_ordinary(piece)]
     assert ids == gpt2.encode_ordinary(text)
 
@@ -134,7 +134,7 @@ def test_round_trip_and_meta(recipe, tokenizer, shakespeare, gpt2, tmp_path, mon
 
 def test_cli_shakespeare_char_matches_encoding_by_hand(shakespeare, tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "prep", "shakespeare_char", "--input", str(shakespeare), "--out_dir", "d"],
+        [sys.executable, "-m", "tritongpt.prep", "shakespeare_char", "--input", str(shakespeare), "--out_dir", "d"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stderr
@@ -207,7 +207,7 @@ def test_web_path_with_two_workers_gives_the_single_process_ids(documents, tmp_p
 
 
 def run_prep(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "prep", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "tritongpt.prep", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def assert_one_line_error(r, *words):
@@ -220,7 +220,7 @@ def assert_one_line_error(r, *words):
 @pytest.fixture
 def existing(shakespeare, tmp_path):
     """A prepared char-level dataset and a snapshot of its files."""
-    path = prep.prepare("text", out_dir=tmp_path / "data", input=str(shakespeare), out_name="old", tokenizer="char", quiet=True)
+    prep.prepare("text", out_dir=tmp_path / "data", input=str(shakespeare), out_name="old", tokenizer="char", quiet=True)
     folder = tmp_path / "data" / "old"
     return folder, files_of(folder)
 
@@ -290,7 +290,7 @@ def test_kill_9_of_prep_leaves_no_worker_behind(shared_data, tmp_path):
     corpus.mkdir()
     for i in range(4):  # 84 MB of text, so that the workers are still busy when prep dies
         os.symlink(shared_data / "linux_docs.txt", corpus / f"{i}.txt")
-    proc = subprocess.Popen([sys.executable, "-m", "prep", "text", "--input", str(corpus / "*.txt"), "--name", "x",
+    proc = subprocess.Popen([sys.executable, "-m", "tritongpt.prep", "text", "--input", str(corpus / "*.txt"), "--name", "x",
                              "--tokenizer", "gpt2", "--num_proc", "2", "--out_dir", str(tmp_path / "data"), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
@@ -317,7 +317,7 @@ def test_kill_9_of_prep_leaves_no_worker_behind(shared_data, tmp_path):
 
 
 def test_cli_reports_ctrl_c_and_system_errors_in_one_line(monkeypatch, capsys, tmp_path):
-    import prep.__main__ as cli
+    import tritongpt.prep.__main__ as cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -374,7 +374,7 @@ def test_leftovers_of_a_killed_run(shakespeare, tmp_path, capsys):
     folder = tmp_path / "data" / "x"
     folder.mkdir(parents=True)
     (folder / f"train.bin.tmp-{dead.pid}").write_bytes(b"\0" * 100)
-    with pytest.raises(DatasetError, match="partial files of an interrupted run; prepare it again: python -m prep text"):
+    with pytest.raises(DatasetError, match="partial files of an interrupted run; prepare it again: python -m tritongpt.prep text"):
         prep.load(folder)
     prep.prepare("text", out_dir=tmp_path / "data", input=str(shakespeare), out_name="x", tokenizer="char")
     assert "left by an interrupted run" in capsys.readouterr().err
@@ -387,7 +387,7 @@ def test_reader_rejects_a_damaged_dataset(existing):
     with open(folder / "val.bin", "r+b") as f:
         f.truncate(1000)
     with pytest.raises(DatasetError, match="holds 500 tokens but meta.json says"):
-        prep.load(folder).val
+        _ = prep.load(folder).val
 
 
 # ----------------------------------------------------------------------------- tiny Shakespeare's download
@@ -439,14 +439,14 @@ def test_offline_without_a_usable_shipped_copy_names_a_command_that_works(damage
     if damage != "missing":
         shipped.write_bytes(gzip.compress(b"To be or not to be"))
     monkeypatch.setattr(sources, "SHIPPED_SHAKESPEARE", str(shipped))
-    with pytest.raises(DatasetError, match=r"python -m prep shakespeare_char --out_dir \S+ --input PATH$") as e:
+    with pytest.raises(DatasetError, match=r"python -m tritongpt.prep shakespeare_char --out_dir \S+ --input PATH$") as e:
         prep.prepare("shakespeare_char", out_dir=tmp_path / "data")
     assert "\n" not in str(e.value) and not (tmp_path / "data" / "shakespeare_char").exists()
 
 
 def _run_hint(message, cwd, **fill):
     """Run the command a one-line message ends with, its placeholders filled in."""
-    command = "python -m prep" + message.rsplit("python -m prep", 1)[1]
+    command = "python -m tritongpt.prep" + message.rsplit("python -m tritongpt.prep", 1)[1]
     for placeholder, value in fill.items():
         command = command.replace(placeholder, str(value))
     argv = [sys.executable, *shlex.split(command)[1:]]
@@ -471,7 +471,7 @@ def test_hints_are_commands_that_work(shared_data, shakespeare, tmp_path, monkey
     with open(folder / "val.bin", "r+b") as f:
         f.truncate(1001)
     with pytest.raises(DatasetError, match="truncated") as e:
-        prep.load(folder).val
+        _ = prep.load(folder).val
     _run_hint(str(e.value), tmp_path, YOUR_TEXT=shakespeare)
     assert len(prep.load(folder).val) > 0
     with pytest.raises(DatasetError, match="already holds a dataset") as e:
@@ -519,6 +519,6 @@ def test_the_shipped_copy_is_in_the_wheel(tmp_path):
     wheel = next((tmp_path / "dist").glob("tritongpt-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-        assert "prep/corpora/tinyshakespeare.txt.gz" in names
-        data = gzip.decompress(z.read("prep/corpora/tinyshakespeare.txt.gz"))
+        assert "tritongpt/prep/corpora/tinyshakespeare.txt.gz" in names
+        data = gzip.decompress(z.read("tritongpt/prep/corpora/tinyshakespeare.txt.gz"))
     assert hashlib.sha256(data).hexdigest() == sources.SHAKESPEARE_SHA256

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from gpt import GPT, GPTConfig
-from instrument import nvtx
-from profiles import capture, nsys_table, torch_profile
+from tritongpt.gpt import GPT, GPTConfig
+from tritongpt.instrument import nvtx
+from tritongpt.profiles import capture, nsys_table, torch_profile
 from conftest import ROOT
 
 CFG = dict(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32)  # head dim 16: the kernels need >= 16
@@ -108,8 +108,8 @@ def test_capture_driver_rejects_bad_arguments(capsys):
 
 def test_step_ranges_and_data_range(recorded_ranges):
     """bench.step's training step marks data, forward, backward and optimizer."""
-    from bench import step
-    from bench.config import OPTIM
+    from tritongpt.bench import step
+    from tritongpt.bench.config import OPTIM
 
     log, stack = recorded_ranges
     cfg = GPTConfig(**CFG)
@@ -239,7 +239,7 @@ def _run_nsys_sh(tmp_path, path, *args):
         if key in os.environ:
             env[key] = os.environ[key]
     return subprocess.run(
-        ["bash", str(ROOT / "profiles" / "nsys.sh"), *args], cwd=ROOT, env=env,
+        ["bash", str(ROOT / "tritongpt" / "profiles" / "nsys.sh"), *args], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=300,
     )
 
@@ -247,7 +247,7 @@ def _run_nsys_sh(tmp_path, path, *args):
 def test_nsys_sh_without_nsys_says_so(tmp_path):
     res = _run_nsys_sh(tmp_path, _bash_path(tmp_path, with_fake_nsys=False), str(tmp_path / "out"))
     assert res.returncode == 127
-    assert "nsys) is not installed" in res.stderr and "python -m profiles.torch_profile" in res.stderr
+    assert "nsys) is not installed" in res.stderr and "python -m tritongpt.profiles.torch_profile" in res.stderr
     res = _run_nsys_sh(tmp_path, os.environ["PATH"])  # no OUT_DIR
     assert res.returncode == 2 and "usage: profiles/nsys.sh OUT_DIR" in res.stderr
 

@@ -10,71 +10,30 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import kernels.lm_head
-import kernels.losses
-import prep
-import train.__main__ as train_command
-import train.loop as train_loop
-import train.sample as sample_command
-from conftest import ROOT, child_processes
-from gpt import GPT, pad_vocab
-from train import checkpoint
-from train.cli import run_cli
-from train.config import load_config
-from train.data import Batches
-from train.loop import Trainer, TrainingStopped, train
-from train.sample import SampleConfig, sample
+from tritongpt import prep
+from tritongpt.kernels import lm_head
+from tritongpt.kernels import losses as loss_kernels
+import tritongpt.train.__main__ as train_command
+import tritongpt.train.loop as train_loop
+import tritongpt.train.sample as sample_command
+from conftest import ROOT, child_processes, make_char_dataset, tiny
+from tritongpt.gpt import GPT, pad_vocab
+from tritongpt.train import checkpoint
+from tritongpt.train.cli import run_cli
+from tritongpt.train.config import load_config
+from tritongpt.train.data import Batches
+from tritongpt.train.loop import Trainer, TrainingStopped, train
+from tritongpt.train.sample import SampleConfig, sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TIMEOUT = 120  # seconds for any subprocess: a hung process group fails the test instead of CI
-CRASHING_TRAIN = ROOT / "tests" / "crashing_train.py"  # python -m train, made to die before a given step
-
-
-def make_char_dataset(directory, text, block_size=16, val_fraction=0.1):
-    """A char-level dataset of `text` in `directory`, written by prep itself."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    source = directory.parent / f"{directory.name}.txt"
-    source.write_text(text, encoding="utf-8")
-    return prep.prepare("text", out_dir=str(directory.parent), input=str(source), out_name=directory.name,
-                        tokenizer="char", block_size=block_size, val_fraction=val_fraction, quiet=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread here and in every subprocess: models this small gain nothing from a second one
-    (and lose a lot on a busy machine), and CPU matmuls sum in an order that depends on it, so
-    runs compared bit for bit must use the same number."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def shakespeare(shared_data):
-    return (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def small_ds(shakespeare, tmp_path_factory):
-    return make_char_dataset(tmp_path_factory.mktemp("data") / "small", shakespeare[:50_000])
-
-
-def tiny(ds, out_dir, **overrides):
-    """Arguments for a tiny fp32 CPU run: 20 steps, checkpoints at 10 and 20, dropout on so that
-    the RNG state matters."""
-    args = dict(dataset=ds, out_dir=out_dir, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4,
-                gradient_accumulation_steps=2, max_iters=20, lr_decay_iters=20, warmup_iters=3, learning_rate=3e-3,
-                eval_interval=10, eval_iters=2, log_interval=1, dropout=0.1, device="cpu", dtype="float32",
-                backend="torch", seed=7)
-    args.update(overrides)
-    return [f"--{k}={v}" for k, v in args.items()]
+CRASHING_TRAIN = ROOT / "tests" / "crashing_train.py"  # python -m tritongpt.train, made to die before a given step
 
 
 def losses(out_dir):
@@ -99,8 +58,8 @@ def assert_same_weights(a, b):
 
 
 def torchrun(args, nproc=1, env=None, extra=(), script=None):
-    """torchrun of `python -m train args`, or of `python script args`."""
-    program = ["-m", "train"] if script is None else [str(script)]
+    """torchrun of `python -m tritongpt.train args`, or of `python script args`."""
+    program = ["-m", "tritongpt.train"] if script is None else [str(script)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
            *program, *args]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))  # as this process (one_thread)
@@ -130,14 +89,6 @@ def _process_tree(root):
         tree.append(pid)
         todo += children.get(pid, [])
     return tree
-
-
-@pytest.fixture(scope="module")
-def straight(small_ds, tmp_path_factory):
-    """20 steps that never stopped."""
-    out = str(tmp_path_factory.mktemp("straight"))
-    train(load_config(tiny(small_ds, out)))
-    return out
 
 
 def test_metrics_file_starts_with_where_and_how_it_ran(straight):
@@ -201,7 +152,6 @@ def test_corrupt_latest_falls_back_to_previous(straight, small_ds, tmp_path, cap
 
 
 def test_checkpoints_keep_last_k_and_best(tmp_path):
-    model = torch.nn.Linear(2, 2)
     for step, val in [(1, 3.0), (2, 1.0), (3, 2.0), (4, 2.5)]:
         state = dict(model={"w": torch.full((2,), float(step))}, optimizer={}, step=step, config={}, model_args={})
         checkpoint.save(state, str(tmp_path), keep_last=2, is_best=val == 1.0)
@@ -334,7 +284,7 @@ def test_two_processes_equal_one(small_ds, tmp_path):
 
 def test_init_from_pretrained_directory(small_ds, tmp_path):
     """Fine-tuning: the shape comes from the pretrained weights, whatever the config says."""
-    from gpt import GPT, GPTConfig
+    from tritongpt.gpt import GPT, GPTConfig
 
     pretrained = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, bias=True))
     pretrained.save_pretrained(str(tmp_path / "hf"))
@@ -416,7 +366,7 @@ def test_out_of_range_target_stops_the_run_at_the_log_step(small_ds, tmp_path, m
     in the step): the bad step it causes, read one step late, names it. Made so here on a CPU: the triton backend
     (which the trainer keeps for GPUs) runs under the interpreter, and the ops do not read their
     record at once."""
-    for module in (kernels.losses, kernels.lm_head):
+    for module in (loss_kernels, lm_head):
         monkeypatch.setattr(module, "raise_at_once", lambda device: False)
     real_resolve = train_loop.resolve_system
 
@@ -507,7 +457,7 @@ def test_bad_config_or_data_is_one_line(overrides, message, small_ds, tmp_path, 
 
 
 def test_bad_config_combinations(small_ds, tmp_path, capsys, monkeypatch):
-    from gpt import GPT, GPTConfig
+    from tritongpt.gpt import GPT, GPTConfig
 
     # the global batch cannot be split over the processes
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -540,11 +490,11 @@ def test_bad_sampling_key_is_one_line_naming_it(arg, key, straight, capsys):
 
 
 def test_cli_bad_key_exits_without_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "train", "shakespeare_char_cpu", "--learning_rate=fast"],
+    r = subprocess.run([sys.executable, "-m", "tritongpt.train", "shakespeare_char_cpu", "--learning_rate=fast"],
                        capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == "error: config key 'learning_rate' must be float, got 'fast'", r.stderr
-    r = subprocess.run([sys.executable, "-m", "train.sample", "--out_dir=nowhere"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "tritongpt.train.sample", "--out_dir=nowhere"], capture_output=True, text=True,
                        timeout=TIMEOUT, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "holds no checkpoint" in r.stderr
@@ -561,7 +511,7 @@ def test_shakespeare_cpu_learns_and_samples(shakespeare, tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     short = ["--max_iters=80", "--lr_decay_iters=80", "--warmup_iters=10", "--eval_interval=80", "--eval_iters=4",
              "--log_interval=40"]
-    import train.__main__ as cli
+    import tritongpt.train.__main__ as cli
 
     real = cli.load_config
     monkeypatch.setattr(cli, "load_config", lambda argv: real(argv + short))
@@ -590,14 +540,14 @@ def test_shakespeare_cpu_learns_and_samples(shakespeare, tmp_path, monkeypatch, 
 def test_help_lists_every_key(capsys):
     run_cli(train_command.main, ["--help"], train_command.__doc__)
     out = capsys.readouterr().out
-    assert out.startswith("python -m train [CONFIG]")
+    assert out.startswith("python -m tritongpt.train [CONFIG]")
     assert "--n_layer=12  (int)" in out and "--init_from='scratch'  (str)" in out and "--keep_last=2" in out
 
 
 def test_compile_is_on_where_a_gpu_is(tmp_path):
     """compile: auto resolves to on with a GPU, off on a CPU; true / false as --key=value in any
     spelling of a bool, or as a bool in a config file; the mode is one of torch.compile's."""
-    from train.system import resolve_system
+    from tritongpt.train.system import resolve_system
 
     cfg = load_config(["--device=cpu"])
     assert cfg.compile == "auto" and cfg.compile_mode == "default"

@@ -5,15 +5,15 @@ family, the backend a model runs on, and the family options as trainer keys."""
 import pytest
 import torch
 
-import train.__main__ as train_command
-from gpt import GPTConfig
-from gpt.flops import num_params
-from test_train import make_char_dataset, tiny
-from train import checkpoint
-from train.cli import run_cli
-from train.config import FAMILY_KEYS, ConfigError, TrainConfig, load_config
-from train.loop import train
-from train.sample import SampleConfig, sample
+import tritongpt.train.__main__ as train_command
+from tritongpt.gpt import GPTConfig
+from tritongpt.gpt.flops import num_params
+from conftest import make_char_dataset, tiny
+from tritongpt.train import checkpoint
+from tritongpt.train.cli import run_cli
+from tritongpt.train.config import FAMILY_KEYS, ConfigError, TrainConfig, load_config
+from tritongpt.train.loop import train
+from tritongpt.train.sample import SampleConfig, sample
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,14 +8,17 @@ import shutil
 import pytest
 import torch
 
-import train.__main__ as train_command
-from gpt import GPT
-from test_train import assert_same_weights, one_thread, shakespeare, small_ds, straight, tiny, weights  # noqa: F401
-from train import checkpoint
-from train.cli import run_cli
-from train.config import load_config
-from train.health import BadSteps
-from train.loop import Trainer, TrainingStopped, train
+import tritongpt.train.__main__ as train_command
+from tritongpt.gpt import GPT
+from conftest import tiny
+from test_train import assert_same_weights, weights
+from tritongpt.train import checkpoint
+from tritongpt.train.cli import run_cli
+from tritongpt.train.config import load_config
+from tritongpt.train.health import BadSteps
+from tritongpt.train.loop import Trainer, TrainingStopped, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

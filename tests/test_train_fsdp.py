@@ -13,17 +13,18 @@ import sys
 import pytest
 import torch
 
-import train.__main__ as train_command
-from conftest import ROOT
-from gpt import GPT, GPTConfig
-from test_train import (CRASHING_TRAIN, assert_same_weights, losses, one_thread, shakespeare, small_ds,  # noqa: F401
-                        tiny, torchrun)
-from train import checkpoint, memory
-from train.cli import run_cli
-from train.config import load_config
-from train.convert import ConvertConfig, convert
-from train.loop import train
-from train.sample import SampleConfig, sample
+import tritongpt.train.__main__ as train_command
+from conftest import ROOT, tiny
+from tritongpt.gpt import GPT, GPTConfig
+from test_train import CRASHING_TRAIN, assert_same_weights, losses, torchrun
+from tritongpt.train import checkpoint, memory
+from tritongpt.train.cli import run_cli
+from tritongpt.train.config import load_config
+from tritongpt.train.convert import ConvertConfig, convert
+from tritongpt.train.loop import train
+from tritongpt.train.sample import SampleConfig, sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = 1e-6  # one process against two: the same sums in another order (as test_two_processes_equal_one)
 
@@ -119,7 +120,7 @@ def test_two_process_checkpoint_resumes_in_one(one, fsdp_two, small_ds, tmp_path
     assert "the checkpoint was written by 2 processes, now 1: RNGs re-seeded" in printed
     a, b = losses(one), losses(out)
     assert_close({s: a[s] for s in range(11, 21)}, {s: b[s] for s in range(11, 21)}, "loss after the resume")
-    assert max(abs(x - y) for x, y in zip(evals(one)[20], evals(out)[20])) <= TOL
+    assert max(abs(x - y) for x, y in zip(evals(one)[20], evals(out)[20], strict=True)) <= TOL
     assert sorted(os.listdir(out)) == ["best", "ckpt_00000020", "ckpt_00000025", "metrics.jsonl"]  # keep_last=2
 
 
@@ -232,7 +233,7 @@ def test_activation_checkpointing_changes_nothing_but_memory(backend):
         model.zero_grad(set_to_none=True)
         kept = []
         torch.manual_seed(1)
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel() * t.element_size()) or t,
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, kept=kept: kept.append(t.numel() * t.element_size()) or t,
                                                       lambda t: t):
             loss = model(idx, targets)
         loss.backward()
@@ -278,7 +279,7 @@ def test_memory_estimate_by_hand():
 
 
 def test_readme_memory_table_is_the_codes():
-    r = subprocess.run([sys.executable, "-m", "train.memory"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+    r = subprocess.run([sys.executable, "-m", "tritongpt.train.memory"], capture_output=True, text=True, cwd=ROOT, timeout=60,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     table = memory.table()

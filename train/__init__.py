@@ -1,1 +1,0 @@
-"""The trainer: `python -m train` on one device, `torchrun -m train` with DDP."""

@@ -1,0 +1,88 @@
+"""Turn a checkpoint, sharded (an FSDP run's ckpt_STEP/) or not, into a single file and/or a Hugging
+Face directory, in one process.
+
+    python -m tritongpt.train.convert --out_dir=out/gptj --to_file=out/gptj-one/ckpt_00005000.pt
+    python -m tritongpt.train.convert --checkpoint=out/gptj/ckpt_00005000 --to_hf=gptj-hf
+
+The checkpoint is out_dir's newest readable one (as --init_from=resume takes it), or --checkpoint.
+--to_file writes the trainer's own single-file format (weights, AdamW's states, step, config,
+data position, RNG states, checksum): named ckpt_STEP.pt in an out_dir, it resumes there
+(python -m tritongpt.train ... --init_from=resume, with or without --fsdp) and samples (python -m
+train.sample --out_dir=...). --to_hf writes what transformers' AutoModelForCausalLM loads (the
+model's family, or --family). Both read the sharded checkpoint whole into this process's memory
+(the weights and AdamW's two moments: 12 bytes per parameter).
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+from tritongpt.gpt import GPT, GPTConfig
+from tritongpt.train import checkpoint
+from tritongpt.train.cli import run_cli
+from tritongpt.train.config import ConfigError, load_config
+
+
+@dataclass
+class ConvertConfig:
+    out_dir: str = "out"  # the run whose newest readable checkpoint to convert
+    checkpoint: str = ""  # or this checkpoint: a ckpt_STEP/ directory or a .pt file
+    to_file: str = ""  # write a single-file checkpoint here
+    to_hf: str = ""  # write a Hugging Face directory here
+    family: str = ""  # the Hugging Face family to write (gpt2, gpt_neox, gptj, gpt_neo); default: the model's own
+
+
+def read_checkpoint(cfg):
+    """(state, path) of the checkpoint cfg names."""
+    if cfg.checkpoint:
+        if not os.path.exists(cfg.checkpoint):
+            raise ConfigError(f"config key 'checkpoint': {cfg.checkpoint!r} does not exist")
+        return checkpoint.read(cfg.checkpoint), cfg.checkpoint
+    state, path = checkpoint.load_latest(cfg.out_dir, log=lambda m: print(m, file=sys.stderr))
+    if state is None:
+        raise ConfigError(f"config key 'out_dir': {cfg.out_dir!r} holds no checkpoint")
+    return state, path
+
+
+def convert(cfg):
+    """Write what cfg asks for; returns the paths written."""
+    if not cfg.to_file and not cfg.to_hf:
+        raise ConfigError("give --to_file=PATH (a single-file checkpoint) and/or --to_hf=DIR (a Hugging Face directory)")
+    for key in ("to_file", "to_hf"):
+        where = getattr(cfg, key)
+        if where and os.path.exists(where) and not (os.path.isdir(where) and not os.listdir(where)):
+            raise ConfigError(f"config key '{key}': {where!r} already exists; remove it or choose another path")
+    state, path = read_checkpoint(cfg)
+    print(f"converting {path} (step {state['step']})", file=sys.stderr)
+    model = GPT(GPTConfig(**state["model_args"], backend="torch"))
+    written = []
+    if cfg.to_file:
+        run = state["config"]
+        optimizer = model.configure_optimizers(run["weight_decay"], run["learning_rate"], (run["beta1"], run["beta2"]), "cpu")
+        if "sharded" in state:
+            checkpoint.load_sharded(state["sharded"], model, optimizer)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        whole = {k: v for k, v in state.items() if k not in ("sharded", "files", checkpoint.CHECKSUM)}
+        whole.update(model=model.state_dict(), optimizer=optimizer.state_dict())
+        checkpoint.write(whole, cfg.to_file)
+        written.append(cfg.to_file)
+    else:
+        checkpoint.load_weights(state, model)
+    if cfg.to_hf:
+        try:
+            model.save_pretrained(cfg.to_hf, cfg.family or None)
+        except ValueError as e:
+            raise ConfigError(f"config key 'to_hf': {e}") from None
+        written.append(cfg.to_hf)
+    return written
+
+
+def main(argv):
+    for path in convert(load_config(argv, cls=ConvertConfig)):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:], __doc__, ConvertConfig)
