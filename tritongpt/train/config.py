@@ -57,6 +57,7 @@ class TrainConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
+    vocab_multiple: int = 64  # a new model's vocabulary is padded to a multiple of this (matmul speed on a GPU); 1: none
     bias: bool = False
     backend: str = "auto"  # auto (triton on a GPU where it runs the model, else torch) | torch | triton
     # the model's family (gpt.GPTConfig's options; the defaults make a GPT-2): see train/configs/pythia_70m.py
@@ -255,7 +256,7 @@ def check_resumed_shape(cfg, model_args):
 def validate(cfg, world_size=1):
     """The checks that need no device and no data: ranges and impossible combinations."""
     positive = ("eval_interval", "log_interval", "eval_iters", "keep_last", "gradient_accumulation_steps",
-                "batch_size", "block_size", "n_layer", "n_head", "n_embd", "max_bad_steps")
+                "batch_size", "block_size", "n_layer", "n_head", "n_embd", "max_bad_steps", "vocab_multiple")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")

@@ -155,7 +155,7 @@ class Trainer:
         if state is not None:
             return GPTConfig(**dict(state["model_args"], dropout=cfg.dropout, backend=cfg.backend))
         if cfg.init_from == "scratch":
-            return GPTConfig(block_size=cfg.block_size, vocab_size=pad_vocab(self.ds.vocab_size),
+            return GPTConfig(block_size=cfg.block_size, vocab_size=pad_vocab(self.ds.vocab_size, cfg.vocab_multiple),
                              real_vocab_size=self.ds.vocab_size,  # the padding takes no probability
                              dropout=cfg.dropout, backend=cfg.backend, **{key: getattr(cfg, key) for key in MODEL_KEYS})
         try:
