@@ -284,4 +284,4 @@ def test_readme_memory_table_is_the_codes():
     assert r.returncode == 0, r.stderr
     table = memory.table()
     assert table in r.stdout
-    assert table in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert table in (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
