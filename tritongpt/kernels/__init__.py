@@ -28,11 +28,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tritongpt.kernels import reference  # noqa: E402
+from tritongpt.kernels.common import fix_interpreter  # noqa: E402
 from tritongpt.kernels.flash_attention import attention, attention_qkv  # noqa: E402
 from tritongpt.kernels.fused_mlp import linear_gelu  # noqa: E402
 from tritongpt.kernels.lm_head import linear_cross_entropy  # noqa: E402
 from tritongpt.kernels.losses import cross_entropy, raise_on_bad_targets  # noqa: E402
 from tritongpt.kernels.normalization import add_layer_norm, layer_norm  # noqa: E402
+
+fix_interpreter()
 
 __all__ = [
     "layer_norm", "add_layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention",

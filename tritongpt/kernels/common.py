@@ -21,6 +21,29 @@ def interpreted():
 
 # The one switch of the matmul-shaped kernels (attention, linear_gelu): autotuning over their
 # curated Hopper lists, or a single config under the interpreter and with TRITONGPT_AUTOTUNE=0.
+def fix_interpreter():
+    """Triton 3.6's interpreter turns a scalar into a Python int with int() on its one-element
+    array, which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted"): every kernel
+    whose loop bound is a runtime value fails. Later Triton squeezes the array first; do the same
+    on the versions that do not. Only under the interpreter; compiled kernels never take this path."""
+    if not interpreted():
+        return
+    import inspect
+
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang_tensor
+    if getattr(patch, "squeezes_scalars", False) or "int(self.handle.data))" not in inspect.getsource(patch):
+        return
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched.squeezes_scalars = True
+    interpreter._patch_lang_tensor = patched
+
+
 AUTOTUNE = not interpreted() and os.environ.get("TRITONGPT_AUTOTUNE", "1") != "0"
 
 
