@@ -37,7 +37,14 @@ def read_checkpoint(cfg):
     if cfg.checkpoint:
         if not os.path.exists(cfg.checkpoint):
             raise ConfigError(f"config key 'checkpoint': {cfg.checkpoint!r} does not exist")
+        inside = checkpoint.checkpoints(cfg.checkpoint) + checkpoint.bests(cfg.checkpoint)
+        if inside or os.path.isfile(os.path.join(cfg.checkpoint, "metrics.jsonl")):
+            raise ConfigError(f"config key 'checkpoint': {cfg.checkpoint!r} is a run's out_dir, not a checkpoint; give "
+                              f"--out_dir={cfg.checkpoint} to convert its newest readable checkpoint"
+                              + (f", or --checkpoint={inside[0]}" if inside else ""))
         return checkpoint.read(cfg.checkpoint), cfg.checkpoint
+    for line in checkpoint.recover(cfg.out_dir):  # a sharded save cut short
+        print(line, file=sys.stderr)
     state, path = checkpoint.load_latest(cfg.out_dir, log=lambda m: print(m, file=sys.stderr))
     if state is None:
         raise ConfigError(f"config key 'out_dir': {cfg.out_dir!r} holds no checkpoint")

@@ -120,7 +120,12 @@ class Trainer:
         overwrite them."""
         cfg = self.cfg
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        for line in checkpoint.recover(cfg.out_dir) if self.master else []:  # a sharded save cut short
+            self.log(line)
+        if self.ddp:
+            dist.barrier()
         existing = checkpoint.checkpoints(cfg.out_dir) + checkpoint.bests(cfg.out_dir)
+        self.has_best = bool(checkpoint.bests(cfg.out_dir))
         self._agree([os.path.basename(p) for p in existing], "see different checkpoints")  # before reading them together
         if cfg.init_from == "resume" or (restarted and existing):
             state, path = checkpoint.load_latest(cfg.out_dir, log=self.log)
@@ -363,6 +368,7 @@ class Trainer:
         if error[0]:
             raise checkpoint.CheckpointError(f"{error[0]}; the last good checkpoint is {self.last_good or 'none written yet'}")
         self.last_good = checkpoint.path_for(cfg.out_dir, step, sharded=self.fsdp)
+        self.has_best = self.has_best or is_best
 
     # ------------------------------------------------------------------------- the loop
 
@@ -383,8 +389,8 @@ class Trainer:
                 if self.finite_state(losses):
                     improved = losses["val"] < self.best_val_loss
                     self.best_val_loss = min(self.best_val_loss, losses["val"])
-                    if step > 0 and (improved or cfg.always_save_checkpoint):
-                        self.save_checkpoint(step, losses["val"], improved)
+                    if step > 0 and (improved or cfg.always_save_checkpoint or not self.has_best):
+                        self.save_checkpoint(step, losses["val"], improved or not self.has_best)  # step 0 has none
                 elif step > 0:
                     self.log(f"step {step}: no checkpoint, the losses or weights are not finite; "
                              f"the last good checkpoint is {self.last_good or 'none written yet'}")

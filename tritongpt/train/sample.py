@@ -109,6 +109,8 @@ def load_model(cfg):
     resolve_system(cfg)
     if cfg.init_from not in ("resume", "best"):
         return _pretrained(cfg)
+    for line in checkpoint.recover(cfg.out_dir):  # a sharded save cut short
+        print(line, file=sys.stderr)
     if cfg.init_from == "best":
         path = (checkpoint.bests(cfg.out_dir) or [f"{cfg.out_dir}/{checkpoint.BEST}"])[0]
         state = checkpoint.read(path)

@@ -1,0 +1,158 @@
+"""The trainer, the sampler and the converter given bad inputs and faults: non-finite checkpoints
+with valid checksums, an out_dir that refuses metrics.jsonl (read-only or full, at the start, on
+resume, mid-run), conversions to where nothing can be written, a sharded save cut short between its
+two renames, a run that never beats step 0, and sampling at extreme temperatures or from a binary
+prompt. Each refusal is one line, a non-zero exit, and nothing already written is lost."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+import tritongpt.train.__main__ as train_command
+import tritongpt.train.convert as convert_command
+import tritongpt.train.sample as sample_command
+from conftest import tiny
+from test_train import weights
+from tritongpt.gpt import GPT, GPTConfig
+from tritongpt.train import checkpoint
+from tritongpt.train.cli import run_cli
+from tritongpt.train.config import load_config
+from tritongpt.train.convert import ConvertConfig
+from tritongpt.train.loop import Trainer, train
+from tritongpt.train.sample import SampleConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def one_line_error(capsys):
+    """The one line a refusal printed, last, with no traceback (before it, stderr may hold what the
+    command was doing: the checkpoint it read, a progress bar)."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines and [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+    assert "Traceback" not in err, err
+    return lines[-1]
+
+
+def cli(main, argv, doc, *cls):
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, argv, doc, *cls)
+    return e.value.code
+
+
+def snapshot(folder):
+    """{name: bytes} of every file under folder."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+# ----------------------------------------------------------------------------- non-finite checkpoints
+
+
+def nan_copy(path, key="transformer.h.0.mlp.c_fc.weight"):
+    """Write the checkpoint `path` again with one weight NaN, its checksum valid (as another tool
+    or version might have written it)."""
+    state = checkpoint.read(path)
+    state["model"][key] = torch.full_like(state["model"][key], float("nan"))
+    checkpoint.write({k: v for k, v in state.items() if k != checkpoint.CHECKSUM}, path)
+
+
+def test_a_nan_checkpoint_with_a_valid_checksum_is_not_resumed(straight, small_ds, tmp_path, capsys):
+    """The newest checkpoint holds NaN weights: resuming takes the one before it and says why; the
+    run then never calls the NaN one its last good checkpoint."""
+    out = str(tmp_path / "run")
+    shutil.copytree(straight, out)
+    nan_copy(f"{out}/ckpt_00000020.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"holds non-finite values \(model\.transformer\.h\.0\.mlp"):
+        checkpoint.read(f"{out}/ckpt_00000020.pt")
+    train(load_config(tiny(small_ds, out, init_from="resume", max_bad_steps=1000)))
+    printed = capsys.readouterr().out
+    assert f"warning: checkpoint {out}/ckpt_00000020.pt holds non-finite values" in printed
+    assert f"resuming from {out}/ckpt_00000010.pt (step 10)" in printed
+    assert torch.isfinite(weights(f"{out}/ckpt_00000020.pt")["transformer.h.0.mlp.c_fc.weight"]).all()
+
+
+def test_only_nan_checkpoints_are_one_line_and_kept(straight, small_ds, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(straight, out)
+    for name in ("ckpt_00000010.pt", "ckpt_00000020.pt", "best.pt"):
+        nan_copy(f"{out}/{name}")
+    before = snapshot(out)
+    assert cli(train_command.main, tiny(small_ds, out, init_from="resume", max_bad_steps=1000), train_command.__doc__) == 2
+    line = one_line_error(capsys)
+    assert line.startswith(f"error: no readable checkpoint in {out}: checkpoint {out}/ckpt_00000020.pt holds non-finite")
+    assert snapshot(out) == before  # nothing written over, not even metrics.jsonl
+    assert cli(sample_command.main, [f"--out_dir={out}", "--init_from=best"], sample_command.__doc__, SampleConfig) == 2
+    assert "best.pt holds non-finite values" in one_line_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def sharded(small_ds, tmp_path_factory):
+    """20 steps of one FSDP process: sharded checkpoints at 10 and 20, and best/."""
+    out = str(tmp_path_factory.mktemp("sharded"))
+    train(load_config(tiny(small_ds, out, fsdp="true")))
+    return out
+
+
+def test_a_nan_sharded_checkpoint_is_one_line_in_train_convert_and_sample(sharded, small_ds, tmp_path, capsys):
+    """DCP's shards hold the weights: they are checked once loaded, in every process."""
+    out = str(tmp_path / "run")
+    shutil.copytree(sharded, out)
+    shutil.rmtree(f"{out}/best")
+    state = checkpoint.read(f"{out}/ckpt_00000020")
+    model = GPT(GPTConfig(**state["model_args"]))
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    checkpoint.load_sharded(state["sharded"], model, optimizer)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+    meta = {k: v for k, v in state.items() if k not in ("sharded", "files", checkpoint.CHECKSUM)}
+    shutil.rmtree(f"{out}/ckpt_00000020")
+    checkpoint.save_sharded(model, optimizer, meta, out, keep_last=2, is_best=False)
+    before = snapshot(out)
+    words = f"checkpoint {out}/ckpt_00000020 holds non-finite weights or optimizer states"
+    assert cli(train_command.main, tiny(small_ds, out, fsdp="true", init_from="resume"), train_command.__doc__) == 2
+    assert words in one_line_error(capsys)
+    assert cli(convert_command.main, [f"--out_dir={out}", f"--to_hf={tmp_path / 'hf'}"], convert_command.__doc__,
+               ConvertConfig) == 2
+    assert words in one_line_error(capsys) and not (tmp_path / "hf").exists()
+    assert cli(sample_command.main, [f"--out_dir={out}"], sample_command.__doc__, SampleConfig) == 2
+    assert words in one_line_error(capsys)
+    assert snapshot(out) == before
+
+
+# ----------------------------------------------------------------------------- best/ and best.pt
+
+
+@pytest.mark.parametrize("new_copy_complete", [True, False])
+def test_a_best_swap_cut_short_is_finished_on_the_next_start(new_copy_complete, sharded, small_ds, tmp_path, capsys):
+    """Killed between the two renames of best/ (best/ -> best.old/, best.tmp/ -> best/): the next
+    start puts best/ back, the new copy where it is complete, else the old one."""
+    out = str(tmp_path / "run")
+    shutil.copytree(sharded, out)
+    os.rename(f"{out}/best", f"{out}/best.old")
+    if new_copy_complete:
+        shutil.copytree(f"{out}/ckpt_00000020", f"{out}/best.tmp")
+    train(load_config(tiny(small_ds, out, fsdp="true", init_from="resume", max_iters=20)))
+    printed = capsys.readouterr().out
+    assert f"{out}/best: " + ("finished the save that was cut short" if new_copy_complete else
+                              "put the previous copy back") in printed
+    assert sorted(os.listdir(out)) == ["best", "ckpt_00000010", "ckpt_00000020", "metrics.jsonl"]
+    assert checkpoint.read(f"{out}/best")["step"] == 20
+
+
+def test_a_run_that_never_beats_step_0_writes_a_best(small_ds, tmp_path, monkeypatch):
+    """Each evaluation worse than step 0's: best.pt is the first checkpoint after it (with
+    always_save_checkpoint off, the only one)."""
+    vals = iter([1.0, 2.0, 3.0])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (v := next(vals)) and {"train": v, "val": v})
+    out = str(tmp_path)
+    train(load_config(tiny(small_ds, out, always_save_checkpoint="false")))
+    assert sorted(os.listdir(out)) == ["best.pt", "ckpt_00000010.pt", "metrics.jsonl"]
+    assert checkpoint.read(f"{out}/best.pt")["step"] == 10
