@@ -4,6 +4,8 @@ resume, mid-run), conversions to where nothing can be written, a sharded save cu
 two renames, a run that never beats step 0, and sampling at extreme temperatures or from a binary
 prompt. Each refusal is one line, a non-zero exit, and nothing already written is lost."""
 
+import errno
+import json
 import os
 import shutil
 
@@ -12,6 +14,7 @@ import torch
 
 import tritongpt.train.__main__ as train_command
 import tritongpt.train.convert as convert_command
+import tritongpt.train.metrics as metrics_module
 import tritongpt.train.sample as sample_command
 from conftest import tiny
 from test_train import weights
@@ -156,3 +159,98 @@ def test_a_run_that_never_beats_step_0_writes_a_best(small_ds, tmp_path, monkeyp
     train(load_config(tiny(small_ds, out, always_save_checkpoint="false")))
     assert sorted(os.listdir(out)) == ["best.pt", "ckpt_00000010.pt", "metrics.jsonl"]
     assert checkpoint.read(f"{out}/best.pt")["step"] == 10
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+
+def refuse_opening_metrics(monkeypatch, err=errno.EROFS):
+    """os.open of any metrics.jsonl fails as on a read-only disk (root writes through file modes)."""
+    real = os.open
+
+    def fake(path, *args, **kw):
+        if str(path).endswith("metrics.jsonl"):
+            raise OSError(err, os.strerror(err), str(path))
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(metrics_module.os, "open", fake)
+
+
+def test_a_read_only_out_dir_is_one_line_on_a_fresh_run(small_ds, tmp_path, capsys, monkeypatch):
+    refuse_opening_metrics(monkeypatch)
+    out = tmp_path / "out"
+    assert cli(train_command.main, tiny(small_ds, str(out)), train_command.__doc__) == 2
+    assert one_line_error(capsys) == (f"error: could not write {out}/metrics.jsonl (Read-only file system); free "
+                                      "space on that disk or choose a writable out_dir (the checkpoints stay where they are)")
+
+
+def test_a_read_only_out_dir_is_one_line_on_resume(straight, small_ds, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    shutil.copytree(straight, out)
+    before = snapshot(out)
+    refuse_opening_metrics(monkeypatch)
+    assert cli(train_command.main, tiny(small_ds, out, init_from="resume", max_iters=30), train_command.__doc__) == 2
+    assert "metrics.jsonl (Read-only file system)" in one_line_error(capsys)
+    assert snapshot(out) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_folder_without_write_permission_is_one_line(straight, small_ds, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    before = snapshot(out)
+    os.chmod(out / "metrics.jsonl", 0o444)
+    os.chmod(out, 0o555)
+    try:
+        assert cli(train_command.main, tiny(small_ds, str(out), init_from="resume", max_iters=30), train_command.__doc__) == 2
+        assert "metrics.jsonl (Permission denied)" in one_line_error(capsys)
+    finally:
+        os.chmod(out, 0o755)
+    assert snapshot(out) == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_at_the_first_line_is_one_line(small_ds, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink("/dev/full", out / "metrics.jsonl")  # every write fails with ENOSPC
+    assert cli(train_command.main, tiny(small_ds, str(out)), train_command.__doc__) == 2
+    line = one_line_error(capsys)
+    assert line.startswith(f"error: could not write {out}/metrics.jsonl (No space left on device)")
+    assert line.endswith("the last good checkpoint is none written yet") or "choose a writable out_dir" in line
+    assert sorted(os.listdir(out)) == ["metrics.jsonl"]
+
+
+def test_a_disk_that_fills_mid_run_leaves_whole_lines(small_ds, tmp_path, capsys, monkeypatch):
+    """The disk fills at step 15 part way through a line: the line is cut back off, the run stops
+    with one line naming the last good checkpoint, and every line of the file is whole."""
+    real_write, calls = os.write, []
+
+    def write(fd, data):
+        data = bytes(data)
+        if calls or (b'"step": 15,' in data and b'"loss"' in data):
+            calls.append(data)
+            if len(calls) == 1:
+                return real_write(fd, data[: len(data) // 2])  # part of it, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(metrics_module.os, "write", write)
+    out = str(tmp_path)
+    assert cli(train_command.main, tiny(small_ds, out), train_command.__doc__) == 2
+    assert one_line_error(capsys) == (f"error: could not write {out}/metrics.jsonl (No space left on device); free space "
+                                      "on that disk or choose a writable out_dir (the checkpoints stay where they are); "
+                                      f"the last good checkpoint is {out}/ckpt_00000010.pt")
+    records = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]  # every line whole
+    assert max(r["step"] for r in records) == 14 and len(calls) == 2
+    assert checkpoint.read(f"{out}/ckpt_00000010.pt")["step"] == 10
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_on_resume(straight, small_ds, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(straight, out)
+    with open(f"{out}/metrics.jsonl", "a") as f:
+        f.write('{"step": 21, "loss": 2.')  # the process died while writing it
+    train(load_config(tiny(small_ds, out, init_from="resume", max_iters=22, eval_interval=22)))
+    records = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    assert [r["step"] for r in records if "loss" in r][-2:] == [21, 22]

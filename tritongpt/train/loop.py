@@ -31,7 +31,7 @@ from tritongpt.train import checkpoint, memory, parallel, rng
 from tritongpt.train.config import MODEL_KEYS, ConfigError, check_resumed_shape, validate
 from tritongpt.train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from tritongpt.train.health import BadSteps
-from tritongpt.train.metrics import Metrics
+from tritongpt.train.metrics import Metrics, MetricsError
 from tritongpt.train.system import autocast, resolve_system, setup_device
 
 
@@ -419,6 +419,10 @@ def train(cfg):
         best = trainer.run()
         finished = True
         return best
+    except MetricsError as e:
+        if trainer is None:
+            raise
+        raise MetricsError(f"{e}; the last good checkpoint is {trainer.last_good or 'none written yet'}") from None
     finally:
         if trainer is not None:
             trainer.metrics.close()
