@@ -254,3 +254,45 @@ def test_a_line_cut_short_by_a_crash_is_dropped_on_resume(straight, small_ds, tm
     train(load_config(tiny(small_ds, out, init_from="resume", max_iters=22, eval_interval=22)))
     records = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
     assert [r["step"] for r in records if "loss" in r][-2:] == [21, 22]
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+def test_convert_refusals_are_one_line(straight, tmp_path, capsys, monkeypatch):
+    def convert(*args):
+        assert cli(convert_command.main, list(args), convert_command.__doc__, ConvertConfig) == 2
+        return one_line_error(capsys)
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    line = convert(f"--out_dir={straight}", f"--to_hf={blocker}/hf")
+    assert line == f"error: config key 'to_hf': cannot write to '{blocker}/hf' (Not a directory); choose a writable directory"
+    assert blocker.read_text() == "not a folder"
+    # a run's out_dir given as the checkpoint
+    line = convert(f"--checkpoint={straight}", f"--to_hf={tmp_path / 'hf'}")
+    assert line == (f"error: config key 'checkpoint': '{straight}' is a run's out_dir, not a checkpoint; give "
+                    f"--out_dir={straight} to convert its newest readable checkpoint, or "
+                    f"--checkpoint={straight}/ckpt_00000020.pt")
+    # a read-only target (faked: root writes through file modes)
+    monkeypatch.setattr(convert_command.tempfile, "TemporaryFile",
+                        lambda dir: (_ for _ in ()).throw(OSError(errno.EROFS, os.strerror(errno.EROFS), dir)))
+    (tmp_path / "empty").mkdir()
+    line = convert(f"--out_dir={straight}", f"--to_hf={tmp_path / 'empty'}")
+    assert "'to_hf': cannot write to" in line and "(Read-only file system)" in line
+    assert os.listdir(tmp_path / "empty") == []
+    assert not (tmp_path / "hf").exists()
+
+
+def test_convert_that_fills_the_disk_leaves_nothing_half_written(straight, tmp_path, capsys, monkeypatch):
+    real = GPT.save_pretrained
+
+    def save_pretrained(self, directory, family=None):
+        real(self, directory, family)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as if the last file did not fit
+
+    monkeypatch.setattr(GPT, "save_pretrained", save_pretrained)
+    target = tmp_path / "new" / "hf"
+    assert cli(convert_command.main, [f"--out_dir={straight}", f"--to_hf={target}"], convert_command.__doc__,
+               ConvertConfig) == 2
+    assert "'to_hf': could not write" in one_line_error(capsys) and not (tmp_path / "new").exists()
