@@ -19,12 +19,13 @@ import tritongpt.train.sample as sample_command
 from conftest import tiny
 from test_train import weights
 from tritongpt.gpt import GPT, GPTConfig
+from tritongpt.gpt.model import sample_next
 from tritongpt.train import checkpoint
 from tritongpt.train.cli import run_cli
 from tritongpt.train.config import load_config
 from tritongpt.train.convert import ConvertConfig
 from tritongpt.train.loop import Trainer, train
-from tritongpt.train.sample import SampleConfig
+from tritongpt.train.sample import SampleConfig, sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -296,3 +297,50 @@ def test_convert_that_fills_the_disk_leaves_nothing_half_written(straight, tmp_p
     assert cli(convert_command.main, [f"--out_dir={straight}", f"--to_hf={target}"], convert_command.__doc__,
                ConvertConfig) == 2
     assert "'to_hf': could not write" in one_line_error(capsys) and not (tmp_path / "new").exists()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-45, 5e-324])
+def test_a_tiny_temperature_is_greedy(temperature):
+    logits = torch.randn(4, 50) * 30
+    want = logits.argmax(dim=-1, keepdim=True)
+    assert torch.equal(sample_next(logits, temperature=temperature), want)
+    assert torch.equal(sample_next(logits, temperature=0.7, top_p=1e-300), want)
+    assert torch.equal(sample_next(logits, temperature=1e-300, top_k=3, top_p=5e-324), want)
+
+
+def test_a_huge_temperature_samples_every_token_alike():
+    logits = torch.tensor([[100.0, 0.0, -100.0, float("-inf")]])
+    torch.manual_seed(0)
+    seen = torch.cat([sample_next(logits, temperature=1e308) for _ in range(300)]).flatten()
+    assert set(seen.tolist()) == {0, 1, 2}  # never the masked id, each of the others about a third of the time
+
+
+def test_sampling_at_extreme_values_works_or_is_one_line(straight, tmp_path, capsys):
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=32))
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    for kw in (dict(temperature=1e-300), dict(temperature=1e-45), dict(temperature=1e308), dict(top_p=1e-300)):
+        out = model.generate(idx, 4, **kw)
+        assert out.shape == (1, 5), kw
+    greedy = sample(SampleConfig(out_dir=straight, num_samples=1, max_new_tokens=20, temperature=0.0))
+    for kw in (dict(temperature=1e-300), dict(top_p=1e-300)):
+        assert sample(SampleConfig(out_dir=straight, num_samples=1, max_new_tokens=20, **kw)) == greedy
+    capsys.readouterr()
+    for arg in ("--temperature=inf", "--temperature=nan", "--top_p=nan"):
+        assert cli(sample_command.main, [f"--out_dir={straight}", arg], sample_command.__doc__, SampleConfig) == 2
+        assert one_line_error(capsys).startswith(f"error: config key '{arg[2:].split('=')[0]}' must be")
+
+
+def test_a_binary_prompt_file_is_one_line(straight, tmp_path, capsys):
+    binary = tmp_path / "prompt.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert cli(sample_command.main, [f"--out_dir={straight}", f"--start=FILE:{binary}"], sample_command.__doc__,
+               SampleConfig) == 2
+    assert one_line_error(capsys) == (f"error: config key 'start': '{binary}' is not UTF-8 text (byte 0x80 at offset 128); "
+                                      "give a text file, converted to UTF-8 (e.g. with iconv)")
+    binary.write_bytes(b"ROMEO\0\0\0")
+    assert cli(sample_command.main, [f"--out_dir={straight}", f"--start=FILE:{binary}"], sample_command.__doc__,
+               SampleConfig) == 2
+    assert "holds NUL bytes" in one_line_error(capsys)
