@@ -344,3 +344,14 @@ def test_a_binary_prompt_file_is_one_line(straight, tmp_path, capsys):
     assert cli(sample_command.main, [f"--out_dir={straight}", f"--start=FILE:{binary}"], sample_command.__doc__,
                SampleConfig) == 2
     assert "holds NUL bytes" in one_line_error(capsys)
+
+
+# ----------------------------------------------------------------------------- numeric keys
+
+
+@pytest.mark.parametrize("arg", ["--learning_rate=inf", "--join_timeout=nan", "--dropout=-inf", "--rotary_base=inf"])
+def test_a_non_finite_float_key_is_one_line_naming_it(arg, small_ds, tmp_path, capsys):
+    key = arg[2:].split("=")[0]
+    assert cli(train_command.main, [*tiny(small_ds, str(tmp_path)), arg], train_command.__doc__) == 2
+    assert one_line_error(capsys).startswith(f"error: config key '{key}' must be a finite number, got ")
+    assert not os.listdir(tmp_path)
