@@ -27,7 +27,7 @@ from tritongpt.gpt import GPT, GPTConfig, pad_vocab
 from tritongpt.gpt.hf import read_config
 from tritongpt.instrument import nvtx
 from tritongpt.instrument.run import run_info
-from tritongpt.train import checkpoint, memory, parallel, rng
+from tritongpt.train import checkpoint, memory, parallel, peers, rng
 from tritongpt.train.config import MODEL_KEYS, ConfigError, check_resumed_shape, validate
 from tritongpt.train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from tritongpt.train.health import BadSteps
@@ -100,6 +100,8 @@ class Trainer:
         validate(cfg, self.world_size)
         resolve_system(cfg)
         self.device_type = setup_device(cfg, self.local_rank, self.ddp)
+        if self.ddp:
+            peers.record()  # so that a process lost mid-run can be named
         self.device = cfg.device
         self.micro_steps = cfg.gradient_accumulation_steps // self.world_size
         self.autocast = autocast(self.device, cfg.dtype)
@@ -423,6 +425,11 @@ def train(cfg):
         if trainer is None:
             raise
         raise MetricsError(f"{e}; the last good checkpoint is {trainer.last_good or 'none written yet'}") from None
+    except RuntimeError as e:  # a collective that found a peer gone: one line naming it, not gloo's traceback
+        lost = None if isinstance(e, (TrainingStopped, checkpoint.CheckpointError)) else peers.lost(e)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if trainer is not None:
             trainer.metrics.close()
