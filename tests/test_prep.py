@@ -252,6 +252,20 @@ def test_bad_input_is_one_line_and_damages_nothing(content, message, existing, t
     assert files_of(folder) == before  # the old dataset, and no temporary files
 
 
+@pytest.mark.parametrize("content", [b"", b"caf\xe9 au lait, " * 500, b"Too short to train on.\n" * 5],
+                         ids=["empty", "not UTF-8", "too short"])
+def test_bad_text_ends_with_a_command_that_fixes_it(content, shakespeare, tmp_path):
+    """The command at the end prepares other text in its place (YOUR_TEXT filled in), or the same
+    text with a block that fits it; either way the dataset is there afterwards."""
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(DatasetError) as e:
+        prep.prepare("text", out_dir=tmp_path / "data", input=str(bad), out_name="notes", tokenizer="char", quiet=True)
+    assert "python -m tritongpt.prep text " in str(e.value) and "\n" not in str(e.value)
+    _run_hint(str(e.value), tmp_path, YOUR_TEXT=shakespeare)
+    assert prep.load(tmp_path / "data" / "notes").tokenizer == "char"
+
+
 def test_a_failed_run_leaves_no_folders_behind(tmp_path):
     (tmp_path / "short.txt").write_text("Too short to train on.\n" * 5)
     with pytest.raises(DatasetError, match="less than one training block"):

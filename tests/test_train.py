@@ -203,9 +203,26 @@ def test_torchrun_restart_two_processes(trial, straight_two, small_ds, tmp_path)
     assert f"dying before step {step} in rank {rank}" in r.stdout
     if step >= 10:
         assert "ckpt_00000010.pt (step 10) after a restart" in r.stdout
+    # no gloo traceback: the survivor names the lost rank in one line (unless torchrun stopped it first)
+    assert "Connection closed by peer" not in r.stderr, r.stderr[-3000:]
+    assert all(f"rank {rank} (process " in line for line in r.stderr.splitlines() if line.startswith("error: "))
     a, b = losses(straight_two), losses(out)
     assert sorted(b) == list(range(1, 21)) and a == b
     assert_same_weights(weights(f"{straight_two}/ckpt_00000020.pt"), weights(f"{out}/ckpt_00000020.pt"))
+
+
+def test_a_killed_process_is_named_in_one_line_by_the_survivor(small_ds, tmp_path):
+    """Rank 1 killed with SIGKILL before step 15: rank 0's collective finds its connection closed and
+    says so in one line naming rank 1, not gloo's traceback (torchrun here waits 2 s before it
+    stops the survivor itself, so that the line always comes; with no restart left, torchrun then
+    ends with its own summary of the failure)."""
+    r = torchrun(["15:1", *tiny(small_ds, str(tmp_path))], nproc=2, extra=["--monitor-interval=2"], script=CRASHING_TRAIN)
+    assert r.returncode != 0 and "dying before step 15 in rank 1" in r.stdout
+    assert "Connection closed by peer" not in r.stderr and "[rank0]: Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: process 0 of 2: rank 1 (process "), r.stderr[-3000:]
+    assert errors[0].endswith("of this run died (killed, or out of memory: see its log), so this one stops too; "
+                              "under torchrun --max-restarts the group restarts from the latest checkpoint")
 
 
 def test_torchrun_restart_that_cannot_rejoin_fails_in_bounded_time(small_ds, tmp_path):

@@ -10,13 +10,15 @@ query_key_value is one Linear whose rows run head by head, each head's q, k, v t
 c_attn's rows hold all of q, then k, then v.
 """
 
-import json
+import math
 import os
 import re
 
 import torch
 
+from tritongpt.gpt import hf_files
 from tritongpt.gpt.config import GPTConfig
+from tritongpt.gpt.flops import num_params
 
 FAMILIES = ("gpt2", "gpt_neox", "gptj", "gpt_neo")
 _LM_CLASS = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "gptj": "GPTJForCausalLM",
@@ -289,11 +291,7 @@ def _weights(state_dict):
 def _read_hf_config(name_or_dir, transformers):
     """(family, transformers config) of a local directory or a hub name; a ValueError otherwise."""
     if os.path.isdir(name_or_dir):
-        path = os.path.join(name_or_dir, "config.json")
-        if not os.path.isfile(path):
-            raise ValueError(f"{name_or_dir}: no config.json, so not a Hugging Face model directory")
-        with open(path, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
+        model_type = hf_files.read_config_json(name_or_dir).get("model_type")
     elif _HUB_NAME.match(name_or_dir):
         try:
             model_type = transformers.AutoConfig.from_pretrained(name_or_dir).model_type
@@ -307,7 +305,11 @@ def _read_hf_config(name_or_dir, transformers):
     if model_type not in FAMILIES:
         raise ValueError(f"{name_or_dir}: model_type {model_type!r} is not supported; from_pretrained reads "
                          f"{', '.join(FAMILIES)} (GPT-2 and Cerebras-GPT, GPT-NeoX/Pythia, GPT-J, GPT-Neo)")
-    return model_type, getattr(transformers, _CONFIG_CLASS[model_type]).from_pretrained(name_or_dir)
+    try:
+        return model_type, getattr(transformers, _CONFIG_CLASS[model_type]).from_pretrained(name_or_dir)
+    except Exception as e:  # noqa: BLE001 - a value of the wrong type: transformers' validators raise many kinds
+        raise ValueError(f"{name_or_dir}: transformers cannot read its {hf_files.CONFIG} as a {model_type} config "
+                         f"({hf_files.reason(e)})") from None
 
 
 def _configs(name_or_dir, overrides):
@@ -315,8 +317,16 @@ def _configs(name_or_dir, overrides):
     if unknown:
         raise ValueError(f"from_pretrained can only override {_OVERRIDABLE}, got {sorted(unknown)}")
     family, hf_config = _read_hf_config(name_or_dir, _transformers())
-    args = _CONFIG_IN[family](hf_config, name_or_dir)
-    config = GPTConfig(**args, dropout=overrides.get("dropout", 0.0), backend=overrides.get("backend", "torch"))
+    try:
+        args = _CONFIG_IN[family](hf_config, name_or_dir)  # a ValueError naming what is not supported
+        config = GPTConfig(**args, dropout=overrides.get("dropout", 0.0), backend=overrides.get("backend", "torch"))
+    except (TypeError, KeyError, AttributeError, ZeroDivisionError) as e:  # a value missing or of the wrong type
+        raise ValueError(f"{name_or_dir}: its {hf_files.CONFIG} does not describe a {family} "
+                         f"({hf_files.reason(e)})") from None
+    except ValueError as e:
+        if str(e).startswith(f"{name_or_dir}:"):
+            raise
+        raise ValueError(f"{name_or_dir}: {hf_files.CONFIG}: {e}") from None
     return family, hf_config, config
 
 
@@ -325,13 +335,74 @@ def read_config(name_or_dir, **overrides):
     return _configs(name_or_dir, overrides)[2]
 
 
+def check_weights(cls, name_or_dir, family, config):
+    """Refuse (ValueError) a local directory whose weight files do not hold the model that its
+    config.json describes, before anything of its size is allocated: first the parameter count
+    (a wrong model_type makes another family's model, often of another size), then, with `cls`
+    built on the meta device (no memory), every tensor's name and shape."""
+    files = hf_files.weight_files(name_or_dir)
+    shapes, nbytes = hf_files.tensor_shapes(files)
+    shapes = {k: v for k, v in shapes.items() if not k.endswith(_BUFFERS)}
+    held, wanted = sum(math.prod(s) for s in shapes.values()), num_params(config)
+    where = files[0] if len(files) == 1 else f"the {len(files)} weight files of {name_or_dir}"
+    if not held:
+        raise ValueError(f"{where} holds no weights; save or download the model there again")
+    if not 0.5 < wanted / held < 2:  # zero biases a family has and ours lacks, and a tied head, differ a little
+        raise ValueError(f"{name_or_dir}: its {hf_files.CONFIG} describes a {family} of {wanted:,} parameters but "
+                         f"{where} holds {held:,}: the config does not describe these weights (is model_type "
+                         f"{family!r} right?)")
+    with torch.device("meta"):
+        ours = cls(config).state_dict()
+    expected = {}
+    for our_key, their_keys, how in _layout(family, config, shapes):
+        if our_key in ours:
+            keys = their_keys if isinstance(their_keys, tuple) else (their_keys,)
+            parts = _to_theirs(ours[our_key], how, config.n_head)
+            expected.update((k, tuple(p.shape)) for k, p in zip(keys, parts, strict=True))
+    if not set(expected) & set(shapes):
+        raise ValueError(f"{name_or_dir}: {where} holds none of the parameters of a {family} (it has "
+                         f"{sorted(shapes)[0]}, a {family} has {sorted(expected)[0]}): is model_type {family!r} right?")
+    for key, shape in expected.items():
+        if key in shapes and shapes[key] != shape:
+            raise ValueError(f"{name_or_dir}: its {hf_files.CONFIG} makes {key} {shape}, but {where} holds "
+                             f"{shapes[key]}: the config does not describe these weights")
+    tied_head = ("lm_head.weight", "embed_out.weight") if config.tie_embeddings else ()  # often not saved
+    missing = sorted(k for k in expected if k not in shapes and k not in tied_head)
+    extra = sorted(set(shapes) - set(expected))
+    if missing or extra:
+        what = f"lacks {missing[0]}" if missing else f"holds {extra[0]}"
+        raise ValueError(f"{name_or_dir}: {where} {what}, which the {family} of its {hf_files.CONFIG} "
+                         f"{'has' if missing else 'has no place for'} ({len(missing) + len(extra)} such): "
+                         "the config does not describe these weights")
+    return nbytes
+
+
+def check_memory(name_or_dir, config, file_bytes=0):
+    """Refuse (ValueError) a model whose loading cannot fit the memory this process may still take:
+    two fp32 copies of every parameter (ours, and transformers' model it is read through), and
+    the weight files, mapped into memory while they are read."""
+    need = 8 * num_params(config) + file_bytes
+    free, what = hf_files.free_memory()
+    if free is not None and need > free:
+        raise ValueError(f"{name_or_dir}: loading its {num_params(config) / 1e9:.2f}B-parameter {config.n_layer}-layer "
+                         f"model needs about {need / 2**30:.1f} GiB, more than the {max(free, 0) / 2**30:.1f} GiB "
+                         f"that {what} leaves this process; load it on a machine with more memory")
+
+
 def load_hf(cls, name_or_dir, **overrides):
-    """A `cls` (GPT) with the weights of a Hugging Face model of a supported family."""
+    """A `cls` (GPT) with the weights of a Hugging Face model of a supported family; a local
+    directory's weight files are checked against its config.json, and the memory the model takes
+    against what is free, before it is built."""
     family, hf_config, config = _configs(name_or_dir, overrides)
+    file_bytes = check_weights(cls, name_or_dir, family, config) if os.path.isdir(name_or_dir) else 0
+    check_memory(name_or_dir, config, file_bytes)
     model = cls(config)  # refuses what the backend cannot run before any weight is read
     transformers = _transformers()
     lm_class = getattr(transformers, _LM_CLASS[family])
-    hf, info = lm_class.from_pretrained(name_or_dir, config=hf_config, dtype=torch.float32, output_loading_info=True)
+    try:
+        hf, info = lm_class.from_pretrained(name_or_dir, config=hf_config, dtype=torch.float32, output_loading_info=True)
+    except Exception as e:  # noqa: BLE001 - damaged or unreachable weights: transformers and safetensors raise many kinds
+        raise ValueError(f"{name_or_dir}: transformers cannot read its weights ({hf_files.reason(e)})") from None
     absent = [k for k in list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))
               if not str(k).endswith(_BUFFERS)]
     if absent:

@@ -321,18 +321,21 @@ def check_generation(idx, max_new_tokens, temperature, top_k, top_p, vocab_size)
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """One token id per row of logits (B, V): greedy at temperature 0, else sampled from the
     temperature-scaled distribution cut to the top_k tokens and to the smallest set whose
-    probability reaches top_p."""
+    probability reaches top_p (never less than the likeliest token). The scaled logits are
+    computed in float64 from the logits less their row's maximum, so that every finite positive
+    temperature works: a tiny one gives the likeliest token all the probability (greedy in the
+    limit) instead of overflowing, a huge one makes the tokens kept equally likely."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    z = logits.double()
+    z = (z - z.max(dim=-1, keepdim=True).values) / temperature  # <= 0; the likeliest token(s) 0
     if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+        v, _ = torch.topk(z, min(top_k, z.size(-1)))
+        z = z.masked_fill(z < v[:, [-1]], float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1)
+        sorted_z, order = torch.sort(z, descending=True)
+        p = torch.softmax(sorted_z, dim=-1)
+        drop = p.cumsum(dim=-1) - p >= top_p  # the mass before this token is already enough
+        drop[:, 0] = False
+        z = torch.full_like(z, float("-inf")).scatter(-1, order, sorted_z.masked_fill(drop, float("-inf")))
+    return torch.multinomial(torch.softmax(z, dim=-1), num_samples=1)

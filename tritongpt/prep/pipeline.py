@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tritongpt.prep import sources
-from tritongpt.prep.errors import DatasetError
+from tritongpt.prep.errors import DatasetError, TextError
 from tritongpt.prep.tokenizer import CharTokenizer, GPT2Tokenizer
 
 RECIPES = ("shakespeare_char", "shakespeare", "openwebtext", "fineweb_edu", "text")
@@ -74,6 +74,7 @@ def prepare(
     options = _check_options(name, input, out_name, tokenizer, val_fraction, val_docs, limit, num_proc, block_size, dtype)
     out_name, tokenizer, val_fraction, val_docs, num_proc = options
     dest = os.path.join(out_dir, out_name)
+    other_text = _TextHint(_command(name, out_dir, "YOUR_TEXT", out_name, tokenizer, block_size))
     existing = [f for f in ("train.bin", "val.bin", "meta.json") if os.path.exists(os.path.join(dest, f))]
     if existing and not force:
         raise DatasetError(
@@ -98,16 +99,17 @@ def prepare(
             source = f"tiny Shakespeare (local copy {os.path.basename(input)})"
         else:
             input, source = sources.shakespeare(out_dir, say)  # noqa: A001 - the keyword users pass
-        files = sources.find_files(input)
-        ranges = sources.split_files(files, val_fraction)
-        total_bytes = sum(size for _, size in files)
-        if tokenizer == "char":
-            chars = set()
-            for _, segments, _ in _text_jobs(ranges, False):
-                chars.update(segments[0])
-            tok = CharTokenizer(sorted(chars))
-        else:
-            tok = GPT2Tokenizer()
+        with other_text:
+            files = sources.find_files(input)
+            ranges = sources.split_files(files, val_fraction)
+            total_bytes = sum(size for _, size in files)
+            if tokenizer == "char":
+                chars = set()
+                for _, segments, _ in _text_jobs(ranges, False):
+                    chars.update(segments[0])
+                tok = CharTokenizer(sorted(chars))
+            else:
+                tok = GPT2Tokenizer()
         jobs = _text_jobs(ranges, tok.eot is not None)
         if len(files) > 1:
             source += f" ({len(files)} files)"
@@ -122,11 +124,14 @@ def prepare(
     try:
         start = time.perf_counter()
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {out_name}", disable=quiet) as bar:
-            n_bytes = _tokenize(jobs, tok, dtype, num_proc, out, bar)
+            with other_text:
+                n_bytes = _tokenize(jobs, tok, dtype, num_proc, out, bar)
         seconds = time.perf_counter() - start
         for split in ("train", "val"):
             if out.tokens[split] < block_size + 1:
-                raise DatasetError(_too_short(split, out.tokens[split], block_size, name in WEB))
+                fits = min(out.tokens.values()) - 1  # the longest block both splits hold
+                fix = _command(name, out_dir, input, out_name, tokenizer, fits) if fits >= 1 else other_text.command
+                raise DatasetError(f"{_too_short(split, out.tokens[split], block_size, name in WEB)}: {fix}")
         meta = dict(
             name=out_name, tokenizer=tok.name, vocab_size=tok.vocab_size, dtype=dtype,
             train_tokens=out.tokens["train"], val_tokens=out.tokens["val"], source=source, text_bytes=n_bytes,
@@ -194,8 +199,9 @@ def _check_options(name, input, out_name, tokenizer, val_fraction, val_docs, lim
     return out_name, fixed, val_fraction, val_docs, num_proc or default_num_proc()
 
 
-def _command(name, out_dir, input, out_name, tokenizer):
-    """This run's command line, with --force (the options that choose what is written)."""
+def _command(name, out_dir, input, out_name, tokenizer, block_size=1024):
+    """This run's command line, with --force (the options that choose what is written); YOUR_TEXT
+    as `input` is a placeholder, left unquoted."""
     args = [name]
     if input:
         args += ["--input", input]
@@ -205,7 +211,25 @@ def _command(name, out_dir, input, out_name, tokenizer):
         args += ["--tokenizer", tokenizer]
     if os.path.normpath(out_dir) != "data":
         args += ["--out_dir", str(out_dir)]
-    return "python -m tritongpt.prep " + " ".join(shlex.quote(a) for a in args) + " --force"
+    if block_size != 1024:
+        args += ["--block_size", str(block_size)]
+    return "python -m tritongpt.prep " + " ".join(a if a == "YOUR_TEXT" else shlex.quote(a) for a in args) + " --force"
+
+
+class _TextHint:
+    """A context in which a TextError (the text itself cannot be prepared) gets `command`, the
+    one that prepares other text in its place, at the end of its message."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if kind is not None and issubclass(kind, TextError) and "python -m tritongpt.prep" not in str(e):
+            raise TextError(f"{e}: {self.command}") from None
+        return False
 
 
 def _choose_dtype(vocab_size, dtype):

@@ -11,7 +11,7 @@ import shlex
 import urllib.error
 import urllib.request
 
-from tritongpt.prep.errors import DatasetError
+from tritongpt.prep.errors import DatasetError, TextError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -60,7 +60,7 @@ def find_files(pattern):
     files = [(p, os.path.getsize(p)) for p in paths]
     files = [(p, size) for p, size in files if size > 0]
     if not files:
-        raise DatasetError(f"input {pattern} is empty; give a file that holds text")
+        raise TextError(f"input {pattern} is empty; give a file that holds text")
     return files
 
 
@@ -126,7 +126,7 @@ def _decode(data, path, offset):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DatasetError(
+        raise TextError(
             f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start}); "
             "convert it to UTF-8 (e.g. with iconv) or leave it out"
         ) from None

@@ -32,6 +32,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
+from tritongpt.train import parallel
+
 _NAME = re.compile(r"^ckpt_(\d+)(\.pt)?$")  # ckpt_STEP.pt, a file; ckpt_STEP, a sharded directory
 _LEFTOVER = re.compile(r"^(ckpt_\d+|best)\.(tmp|old)$")  # the directories a sharded save cut short leaves
 BEST, BEST_SHARDED = "best.pt", "best"
@@ -164,7 +166,23 @@ def read(path, required=REQUIRED):
         raise CheckpointError(f"checkpoint {path} is incomplete (no {', '.join(missing)})")
     if CHECKSUM in state and state[CHECKSUM] != checksum(state):  # older checkpoints have none
         raise CheckpointError(f"checkpoint {path} is damaged (its contents no longer match their checksum)")
+    bad = _first_non_finite(state)
+    if bad:  # written so by another tool or version: its checksum is valid, its state is not
+        raise CheckpointError(f"checkpoint {path} holds non-finite values ({bad}), so it is no state to go on from")
     return state
+
+
+def _first_non_finite(x, name=""):
+    """The name of the first floating-point tensor in `x` (nested dicts and lists) with a NaN or an
+    infinity, or None."""
+    if isinstance(x, torch.Tensor):
+        return name or "a tensor" if x.is_floating_point() and not bool(torch.isfinite(x).all()) else None
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, (list, tuple)) else ()
+    for k, v in items:
+        bad = _first_non_finite(v, f"{name}.{k}" if name else str(k))
+        if bad:
+            return bad
+    return None
 
 
 def checksum(state):
@@ -191,6 +209,31 @@ def _feed(h, x):
             _feed(h, v)
     else:
         h.update(f"{repr(x)};".encode())
+
+
+def recover(out_dir):
+    """Finish a sharded save that was cut short between the two renames that put a new directory
+    in the place of an older one (ckpt_STEP/ saved again, or best/): where X.old is and X is not,
+    X.tmp is complete (both renames come after every file is written and synced) and becomes X;
+    without it, X.old goes back. Returns a line per directory put back. In a process group only
+    one process may call it, before the others look at out_dir."""
+    done = []
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    for name in names:
+        m = _LEFTOVER.match(name)
+        if not m or m.group(2) != "old" or m.group(1) in names:
+            continue
+        dst = os.path.join(out_dir, m.group(1))
+        tmp = dst + ".tmp"
+        if os.path.isfile(os.path.join(tmp, META)):
+            os.rename(tmp, dst)
+            _remove(dst + ".old")
+            done.append(f"{dst}: finished the save that was cut short (its new copy was complete)")
+        else:
+            os.rename(dst + ".old", dst)
+            done.append(f"{dst}: put the previous copy back (a save was cut short)")
+        _fsync_dir(out_dir)
+    return done
 
 
 def load_latest(out_dir, log=print):
@@ -365,8 +408,14 @@ def load_sharded(path, model, optimizer=None):
         dcp.load(state, checkpoint_id=path)
     if optimizer is None:
         set_model_state_dict(model, state["model"])
-        return
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    else:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    params = list(model.parameters())
+    moments = [v for s in (optimizer.state.values() if optimizer else ()) for v in s.values()
+               if isinstance(v, torch.Tensor) and v.dim() > 0]  # beside their parameters (AdamW's step may be elsewhere)
+    if not parallel.all_finite(params + moments):  # every process takes part
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights or optimizer states, so it is no state "
+                              "to go on from")
 
 
 def load_weights(state, model):

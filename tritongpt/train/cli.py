@@ -6,22 +6,24 @@ from tritongpt import prep
 from tritongpt.train import checkpoint
 from tritongpt.train.config import ConfigError, TrainConfig, usage
 from tritongpt.train.loop import TrainingStopped
+from tritongpt.train.metrics import MetricsError
+from tritongpt.train.peers import PeerLost
 from tritongpt.train.system import JoinError
 
 
 def run_cli(fn, argv, doc, cls=TrainConfig):
-    """Run fn(argv): --help prints `doc` and every key of `cls`; a bad config, dataset or checkpoint
-    is one line on stderr and exit status 2; a run that stopped itself or could not join
-    its peers, exit status 1."""
+    """Run fn(argv): --help prints `doc` and every key of `cls`; a bad config, dataset or checkpoint,
+    or an out_dir that refuses the metrics, is one line on stderr and exit status 2; a run that
+    stopped itself, could not join its peers or lost one, exit status 1."""
     if "-h" in argv or "--help" in argv:
         print(doc.strip() + "\n\nKeys and defaults:\n" + usage(cls))
         return
     try:
         fn(argv)
-    except (ConfigError, prep.DatasetError, checkpoint.CheckpointError) as e:
+    except (ConfigError, prep.DatasetError, checkpoint.CheckpointError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (TrainingStopped, JoinError) as e:
+    except (TrainingStopped, JoinError, PeerLost) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

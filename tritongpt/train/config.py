@@ -10,6 +10,7 @@ an impossible combination raises ConfigError with a one-line message naming it.
 """
 
 import difflib
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields
@@ -255,6 +256,9 @@ def check_resumed_shape(cfg, model_args):
 
 def validate(cfg, world_size=1):
     """The checks that need no device and no data: ranges and impossible combinations."""
+    for f in fields(cfg):
+        if _type_of(type(cfg), f.name) is float and not math.isfinite(getattr(cfg, f.name)):
+            raise ConfigError(f"config key '{f.name}' must be a finite number, got {getattr(cfg, f.name)}")
     positive = ("eval_interval", "log_interval", "eval_iters", "keep_last", "gradient_accumulation_steps",
                 "batch_size", "block_size", "n_layer", "n_head", "n_embd", "max_bad_steps", "vocab_multiple")
     for key in positive:

@@ -27,11 +27,11 @@ from tritongpt.gpt import GPT, GPTConfig, pad_vocab
 from tritongpt.gpt.hf import read_config
 from tritongpt.instrument import nvtx
 from tritongpt.instrument.run import run_info
-from tritongpt.train import checkpoint, memory, parallel, rng
+from tritongpt.train import checkpoint, memory, parallel, peers, rng
 from tritongpt.train.config import MODEL_KEYS, ConfigError, check_resumed_shape, validate
 from tritongpt.train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from tritongpt.train.health import BadSteps
-from tritongpt.train.metrics import Metrics
+from tritongpt.train.metrics import Metrics, MetricsError
 from tritongpt.train.system import autocast, resolve_system, setup_device
 
 
@@ -100,6 +100,8 @@ class Trainer:
         validate(cfg, self.world_size)
         resolve_system(cfg)
         self.device_type = setup_device(cfg, self.local_rank, self.ddp)
+        if self.ddp:
+            peers.record()  # so that a process lost mid-run can be named
         self.device = cfg.device
         self.micro_steps = cfg.gradient_accumulation_steps // self.world_size
         self.autocast = autocast(self.device, cfg.dtype)
@@ -120,7 +122,12 @@ class Trainer:
         overwrite them."""
         cfg = self.cfg
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        for line in checkpoint.recover(cfg.out_dir) if self.master else []:  # a sharded save cut short
+            self.log(line)
+        if self.ddp:
+            dist.barrier()
         existing = checkpoint.checkpoints(cfg.out_dir) + checkpoint.bests(cfg.out_dir)
+        self.has_best = bool(checkpoint.bests(cfg.out_dir))
         self._agree([os.path.basename(p) for p in existing], "see different checkpoints")  # before reading them together
         if cfg.init_from == "resume" or (restarted and existing):
             state, path = checkpoint.load_latest(cfg.out_dir, log=self.log)
@@ -363,6 +370,7 @@ class Trainer:
         if error[0]:
             raise checkpoint.CheckpointError(f"{error[0]}; the last good checkpoint is {self.last_good or 'none written yet'}")
         self.last_good = checkpoint.path_for(cfg.out_dir, step, sharded=self.fsdp)
+        self.has_best = self.has_best or is_best
 
     # ------------------------------------------------------------------------- the loop
 
@@ -383,8 +391,8 @@ class Trainer:
                 if self.finite_state(losses):
                     improved = losses["val"] < self.best_val_loss
                     self.best_val_loss = min(self.best_val_loss, losses["val"])
-                    if step > 0 and (improved or cfg.always_save_checkpoint):
-                        self.save_checkpoint(step, losses["val"], improved)
+                    if step > 0 and (improved or cfg.always_save_checkpoint or not self.has_best):
+                        self.save_checkpoint(step, losses["val"], improved or not self.has_best)  # step 0 has none
                 elif step > 0:
                     self.log(f"step {step}: no checkpoint, the losses or weights are not finite; "
                              f"the last good checkpoint is {self.last_good or 'none written yet'}")
@@ -413,6 +421,15 @@ def train(cfg):
         best = trainer.run()
         finished = True
         return best
+    except MetricsError as e:
+        if trainer is None:
+            raise
+        raise MetricsError(f"{e}; the last good checkpoint is {trainer.last_good or 'none written yet'}") from None
+    except RuntimeError as e:  # a collective that found a peer gone: one line naming it, not gloo's traceback
+        lost = None if isinstance(e, (TrainingStopped, checkpoint.CheckpointError)) else peers.lost(e)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if trainer is not None:
             trainer.metrics.close()

@@ -41,6 +41,8 @@ import torch
 
 from tritongpt.gpt import GPTConfig, pad_vocab
 from tritongpt.gpt.flops import matmul_params, num_params
+from tritongpt.train import flags
+from tritongpt.train.flags import FlagError, Range
 
 GIB = 2**30
 FIT = 0.9  # the share of a device's memory a run may plan to use
@@ -213,20 +215,28 @@ def table(gpu_gib=80, gpus=(1, 8, 16, 64), batch_size=8, dtype="bfloat16"):
     return "\n".join(head + rows)
 
 
+# The numeric flags' ranges (train/flags.py checks them): a GPU of 1 GB to 10 TB, counts that exist.
+FLAGS = {
+    "gpu_gib": Range(1, 10_000),
+    "gpus": Range(1, 1_000_000, integer=True),  # each of the comma-separated counts
+    "batch_size": Range(1, 1_000_000, integer=True),
+}
+
+
 def main(argv):
     parser = argparse.ArgumentParser(prog="python -m tritongpt.train.memory", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu_gib", type=float, default=80, help="memory of one GPU in GB as sold (80)")
+    parser.add_argument("--gpu_gib", default="80", help="memory of one GPU in GB as sold (80)")
     parser.add_argument("--gpus", default="1,8,16,64", help="GPU counts, one column each (1,8,16,64)")
-    parser.add_argument("--batch_size", type=int, default=8, help="sequences per micro-step per GPU (8)")
+    parser.add_argument("--batch_size", default="8", help="sequences per micro-step per GPU (8)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.error = lambda message: (print(f"error: {message}", file=sys.stderr), sys.exit(2))
     a = parser.parse_args(argv)
     try:
-        gpus = tuple(int(g) for g in a.gpus.split(","))
-        if a.batch_size < 1 or a.gpu_gib <= 0 or min(gpus) < 1:
-            raise ValueError
-    except ValueError:
-        parser.error("--gpus must be positive integers separated by commas; --batch_size and --gpu_gib positive")
+        gpu_gib, batch_size = flags.parse("gpu_gib", a.gpu_gib, FLAGS), flags.parse("batch_size", a.batch_size, FLAGS)
+        gpus = tuple(flags.parse("gpus", g, FLAGS) for g in a.gpus.split(","))
+    except FlagError as e:
+        parser.error(str(e))
+    a.gpu_gib, a.batch_size = gpu_gib, batch_size
     print(f"Lightest way that fits, by train/memory.py's estimate: {a.batch_size} sequences per micro-step per GPU "
           f"in {a.dtype}, {a.gpu_gib:g} GB GPUs, at most {FIT:.0%} of each; as is / DDP, then + activation "
           "checkpointing (AC), FSDP with unsharded accumulation, FSDP, FSDP + AC.\n")

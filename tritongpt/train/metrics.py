@@ -9,6 +9,7 @@ process's peak resident memory on a CPU. An evaluation prints a line when it sta
 its losses and how long it took, so that a log shows what a long first evaluation is doing.
 """
 
+import contextlib
 import json
 import os
 import resource
@@ -40,6 +41,65 @@ def peak_memory_gib(device):
     return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
 
 
+class MetricsError(RuntimeError):
+    """metrics.jsonl cannot be written (a full or read-only disk); the message is one line."""
+
+
+class JsonLines:
+    """A JSONL file that only ever holds whole lines: each record is appended with one write,
+    and a write that fails part way (a full disk) is cut back off. A line an earlier process left
+    unfinished (killed while writing) is cut off when the file is opened again. OSErrors become
+    MetricsError."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise MetricsError(self._cannot(e)) from None
+        try:
+            self._cut_unfinished_line()
+        except OSError as e:
+            self.close()
+            raise MetricsError(self._cannot(e)) from None
+
+    def _cannot(self, e):
+        return (f"could not write {self.path} ({e.strerror or e}); free space on that disk or choose a writable "
+                "out_dir (the checkpoints stay where they are)")
+
+    def _cut_unfinished_line(self):
+        end = os.fstat(self.fd).st_size
+        if not end or os.pread(self.fd, 1, end - 1) == b"\n":
+            return
+        at = end
+        while at > 0:  # back to the last newline
+            chunk = os.pread(self.fd, min(at, 1 << 16), max(at - (1 << 16), 0))
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                at = at - len(chunk) + i + 1
+                break
+            at -= len(chunk)
+        os.ftruncate(self.fd, at)
+
+    def append(self, record):
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        start = os.fstat(self.fd).st_size
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(self.fd, data[done:])
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, start)  # no half line
+            raise MetricsError(self._cannot(e)) from None
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class Metrics:
     def __init__(self, cfg, model_config, device, tokens_per_step, world_size, enabled):
         self.enabled = enabled  # rank 0 only
@@ -55,8 +115,7 @@ class Metrics:
         self.wandb = None
         if not enabled:
             return
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        self.file = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        self.file = JsonLines(os.path.join(cfg.out_dir, "metrics.jsonl"))
         if cfg.wandb_log:
             try:
                 import wandb
@@ -71,8 +130,7 @@ class Metrics:
 
     def write(self, record):
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            self.file.append(record)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k not in ("event", "step")}, step=record["step"])
 

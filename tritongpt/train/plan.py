@@ -20,12 +20,13 @@ N = sqrt(C / (6 x tokens_per_param)). Bad input is one line on stderr and exit s
 
 import argparse
 import math
-import re
 import sys
 
 from tritongpt.gpt import GPTConfig, pad_vocab
 from tritongpt.gpt.flops import PEAK_BF16_FLOPS, flops_per_token, matmul_params, num_params, peak_flops
+from tritongpt.train import flags
 from tritongpt.train.config import TrainConfig, config_path, read_config_file
+from tritongpt.train.flags import FlagError, Range
 
 # Published shapes: (n_layer, n_head, n_embd) -> who has it.
 SHAPES = [
@@ -48,20 +49,28 @@ SHAPES = [
 # --family -> the trainer's config whose options (and tokens per step) the plan starts from
 FAMILY_CONFIGS = {"gpt2": "gpt2", "pythia": "pythia_70m", "gpt_neo": "gpt_neo_125m"}
 VOCAB = pad_vocab(50257)  # GPT-2's BPE, as prep writes it
-_SUFFIX = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
-class PlanError(ValueError):
+# Every numeric flag's range: wide enough for any run there has been, narrow enough that every
+# figure of the plan stays finite and readable.
+FLAGS = {
+    "params": Range(1e5, 1e13, amount=True),  # 100K to 10T parameters
+    "flops": Range(1e12, 1e28, amount=True),  # a few GPU-seconds to beyond the largest runs
+    "gpu_hours": Range(1e-3, 1e8),
+    "gpus": Range(1, 1_000_000, integer=True),
+    "mfu": Range(0.001, 1),
+    "tokens_per_param": Range(0.01, 1e5),
+    "block_size": Range(1, 1 << 20, integer=True),
+}
+
+
+class PlanError(FlagError):
     """Bad input; the message says which and why."""
 
 
 def parse_amount(text, name):
-    """124M, 1.3B, 7e9, 1e20 -> a positive float."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s*", str(text), flags=re.IGNORECASE)
-    value = float(m.group(1)) * _SUFFIX[m.group(2).upper()] if m else 0.0
-    if not value > 0 or not math.isfinite(value):
-        raise PlanError(f"--{name} must be a positive number such as 124M, 1.3B or 1e20; got {text!r}")
-    return value
+    """124M, 1.3B, 7e9, 1e20 -> a float in the flag's range."""
+    return flags.parse(name, text, FLAGS)
 
 
 def family_config(family, block_size=None):
@@ -92,14 +101,11 @@ def plan(params=None, flops=None, gpu_hours=None, family="gpt2", gpu="H100", gpu
     peak = peak_flops(gpu)
     if peak is None:
         raise PlanError(f"--gpu {gpu!r} has no bf16 peak in gpt/flops.py; known: {', '.join(PEAK_BF16_FLOPS)}")
-    if not 0 < mfu <= 1:
-        raise PlanError(f"--mfu must be in (0, 1]; got {mfu}")
-    if gpus < 1:
-        raise PlanError(f"--gpus must be at least 1; got {gpus}")
-    if not tokens_per_param > 0:
-        raise PlanError(f"--tokens_per_param must be positive; got {tokens_per_param}")
-    if block_size is not None and block_size < 1:
-        raise PlanError(f"--block_size must be at least 1; got {block_size}")
+    given = dict(params=params, flops=flops, gpu_hours=gpu_hours, gpus=gpus, mfu=mfu, tokens_per_param=tokens_per_param,
+                 block_size=block_size)
+    for name, value in given.items():
+        if value is not None:
+            flags.check(name, value, FLAGS)
     name, values = family_config(family, block_size)
     T = values["block_size"]
     budget = flops if flops is not None else (gpu_hours * 3600 * peak * mfu if gpu_hours is not None else None)
@@ -170,27 +176,13 @@ def main(argv):
         p = plan(params=None if a.params is None else parse_amount(a.params, "params"),
                  flops=None if a.flops is None else parse_amount(a.flops, "flops"),
                  gpu_hours=None if a.gpu_hours is None else parse_amount(a.gpu_hours, "gpu_hours"),
-                 family=a.family, gpu=a.gpu, gpus=_int(a.gpus, "gpus"), mfu=_float(a.mfu, "mfu"),
-                 tokens_per_param=_float(a.tokens_per_param, "tokens_per_param"),
-                 block_size=None if a.block_size is None else _int(a.block_size, "block_size"))
-    except PlanError as e:
+                 family=a.family, gpu=a.gpu, gpus=flags.parse("gpus", a.gpus, FLAGS), mfu=flags.parse("mfu", a.mfu, FLAGS),
+                 tokens_per_param=flags.parse("tokens_per_param", a.tokens_per_param, FLAGS),
+                 block_size=None if a.block_size is None else flags.parse("block_size", a.block_size, FLAGS))
+    except FlagError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(report(p))
-
-
-def _int(text, name):
-    try:
-        return int(text)
-    except ValueError:
-        raise PlanError(f"--{name} must be an integer; got {text!r}") from None
-
-
-def _float(text, name):
-    try:
-        return float(text)
-    except ValueError:
-        raise PlanError(f"--{name} must be a number; got {text!r}") from None
 
 
 if __name__ == "__main__":

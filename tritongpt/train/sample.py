@@ -11,6 +11,7 @@ from --dataset), with tiktoken's gpt2 for gpt2*, and with the model's own tokeni
 transformers) for a Hugging Face directory or hub name that has one.
 """
 
+import math
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -49,8 +50,8 @@ def _check(cfg):
     for key in ("num_samples", "max_new_tokens"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
-    if not cfg.temperature >= 0:
-        raise ConfigError(f"config key 'temperature' must not be negative (0 is greedy), got {cfg.temperature}")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
+        raise ConfigError(f"config key 'temperature' must be a finite number >= 0 (0 is greedy), got {cfg.temperature}")
     if cfg.top_k < 0:
         raise ConfigError(f"config key 'top_k' must not be negative (0 keeps every token), got {cfg.top_k}")
     if not 0 < cfg.top_p <= 1:
@@ -65,6 +66,7 @@ def _tokenizer_vocab(config, vocab_size):
     return replace(config, real_vocab_size=min(config.real_vocab_size, vocab_size))
 
 
+MAX_PROMPT_BYTES = 64 << 20
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
@@ -109,6 +111,8 @@ def load_model(cfg):
     resolve_system(cfg)
     if cfg.init_from not in ("resume", "best"):
         return _pretrained(cfg)
+    for line in checkpoint.recover(cfg.out_dir):  # a sharded save cut short
+        print(line, file=sys.stderr)
     if cfg.init_from == "best":
         path = (checkpoint.bests(cfg.out_dir) or [f"{cfg.out_dir}/{checkpoint.BEST}"])[0]
         state = checkpoint.read(path)
@@ -152,18 +156,32 @@ def _dataset(cfg, state):
     return ds
 
 
+def _read_prompt(path):
+    """The text of the prompt file `path`; ConfigError when it is unreadable or not UTF-8 text."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROMPT_BYTES + 1)  # not forever from /dev/zero
+    except OSError as e:
+        raise ConfigError(f"config key 'start': cannot read {path!r} ({e.strerror})") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise ConfigError(f"config key 'start': {path!r} holds more than {MAX_PROMPT_BYTES >> 20} MiB; give a shorter "
+                          "prompt (the model sees only its last block_size tokens)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config key 'start': {path!r} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                          f"{e.start}); give a text file, converted to UTF-8 (e.g. with iconv)") from None
+    if "\0" in text:
+        raise ConfigError(f"config key 'start': {path!r} holds NUL bytes, so it is no text file; give a text file")
+    return text
+
+
 def sample(cfg):
     """The samples as a list of strings (the prompt included)."""
     _check(cfg)
+    start = _read_prompt(cfg.start[5:]) if cfg.start.startswith("FILE:") else cfg.start  # before the model loads
     model, encode, decode = load_model(cfg)
     model.eval().to(cfg.device)
-    start = cfg.start
-    if start.startswith("FILE:"):
-        try:
-            with open(start[5:], encoding="utf-8") as f:
-                start = f.read()
-        except OSError as e:
-            raise ConfigError(f"config key 'start': cannot read {start[5:]!r} ({e.strerror})") from None
     try:
         ids = encode(start)
     except ValueError as e:
