@@ -195,6 +195,28 @@ def test_family_options_compile_in_one_graph(style):
         assert torch.equal(grads[name], grads_c[name]), name
 
 
+def test_speedrun_options_compile_in_one_graph():
+    """nanochat's GPT (rotary, no biases, an untied head, RMSNorm without a gain, ReLU^2, QK-norm,
+    the logit soft-cap, zero projections, here randomized): one graph with aot_eager, the loss,
+    the logits and every gradient bit for bit as eager."""
+    model = tiny(position_embedding="rotary", bias=False, tie_embeddings=False, norm="rms", norm_gain=False,
+                 mlp_activation="relu2", qk_norm=True, logit_softcap=15.0, zero_init_proj=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    idx, targets = _batch()
+    explained = torch._dynamo.explain(model)(idx, targets)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss, grads = _loss_and_grads(model, model, idx, targets)
+    loss_c, grads_c = _loss_and_grads(model, compiled, idx, targets)
+    assert torch.equal(loss, loss_c)
+    for name in grads:
+        assert torch.equal(grads[name], grads_c[name]), name
+    with torch.no_grad():
+        assert torch.equal(model(idx), compiled(idx))
+
+
 def test_compiled_equals_eager_inductor():
     """fullgraph compile with inductor, which fuses the glue between the ops (and so may round in
     another order): loss, logits and every gradient by the parity rule."""
