@@ -331,7 +331,7 @@ def _fwd_tiles(
         else:
             k, v = _load_kv(kv, offs_n, T, HEAD_DIM, MASKED=MASKED)  # (BLOCK_N, BLOCK_D) each
             if QK_NORM:
-                k, _ = _rms_normalized(k, HEAD_DIM, ROTARY)
+                k = _rms_normalized(k, HEAD_DIM, ROTARY)[0]  # [0], not `k, _`: `_` holds a scalar of `head`
         s = _scores(q, k, ROTARY, DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), s, float("-inf"))
@@ -479,7 +479,7 @@ def _dq_tiles(
         else:
             k, v = _load_kv(kv, offs_n, T, HEAD_DIM, MASKED=MASKED)  # (BLOCK_N, BLOCK_D) each
             if QK_NORM:
-                k, _ = _rms_normalized(k, HEAD_DIM, ROTARY)
+                k = _rms_normalized(k, HEAD_DIM, ROTARY)[0]
         p = tl.exp2(_scores(q, k, ROTARY, DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
         if MASKED:
             p = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), p, 0.0)
