@@ -103,7 +103,10 @@ LOG2E = 1.4426950408889634
 # tests/test_aot.py holds them to it. The last tiles of each list are narrower ones for rotary
 # (and, in the forward, BLOCK_D 256), where the wide ones spill. The backward at BLOCK_D 256 has
 # no tile here: every tile wgmma can run (64 rows or more) spills there (dK and dV alone are
-# 2 x 64 x 256 fp32), so it runs NARROW_BWD[256], 16 x 16 tiles on mma.sync, untuned.
+# 2 x 64 x 256 fp32), so it runs NARROW_BWD[256], 16 x 16 tiles on mma.sync, untuned. QK-norm
+# (a row sum per tile, one (rows,) rstd kept by the backward) has no column of its own: every
+# tile these limits allow compiled clean with it too at the audit's QK-norm entries (head dim 64
+# with and without dropout, with rotary; 128 with rotary, with and without dropout; Triton 3.9).
 TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "WINDOWED", "ROTARY", "DROPOUT", "QK_NORM"]
 FWD_TILES = {  # (BLOCK_M, BLOCK_N, warps, stages): (BLOCK_D plain, dropout, rotary, rotary + dropout)
     (128, 64, 4, 3): (64, 0, 0, 0),
