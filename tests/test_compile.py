@@ -44,23 +44,36 @@ def _cases():
     grads = (torch.randn_like(out), torch.randn_like(s))
     cases += [("add_layer_norm_backward", (*grads, s.detach(), w.detach(), b.detach(), mean, rstd, torch.float32, torch.float16)),
               ("add_layer_norm_backward", (grads[0], None, s.detach(), w.detach(), None, mean, rstd, torch.float32, torch.float32))]
+    # RMSNorm (rms=True), with a gain and without one
+    cases += [("layer_norm", (x, w, None, 1e-5, True)), ("layer_norm", (x, None, None, 1e-5, True)),
+              ("add_layer_norm", (x, y16, None, None, 1e-5, torch.float16, True))]
+    out, mean, rstd = ops.layer_norm(x, None, None, 1e-5, True)
+    cases.append(("layer_norm_backward", (torch.randn_like(out), x.detach(), None, None, mean, rstd, True)))
+    s, out, mean, rstd = ops.add_layer_norm(x, y16, w, None, 1e-5, torch.float16, True)
+    cases.append(("add_layer_norm_backward",
+                  (torch.randn_like(out), torch.randn_like(s), s.detach(), w.detach(), None, mean, rstd, torch.float32,
+                   torch.float16, True)))
 
     xw, ww, bw = _leaf(2, 7, 24), _leaf(40, 24), _leaf(40)
-    for gelu in ("tanh", "none"):
-        cases += [("linear_gelu", (xw, ww, bw, True, gelu)),
-                  ("linear_gelu", (xw.detach(), ww.detach(), None, False, gelu))]
-        y, h = ops.linear_gelu(xw, ww, bw, True, gelu)
-        cases.append(("linear_gelu_backward", (torch.randn_like(y), h.detach(), True, gelu)))
+    for act in ("gelu_tanh", "gelu_exact", "relu2"):
+        cases += [("linear_gelu", (xw, ww, bw, True, act)),
+                  ("linear_gelu", (xw.detach(), ww.detach(), None, False, act))]
+        y, h = ops.linear_gelu(xw, ww, bw, True, act)
+        cases.append(("linear_gelu_backward", (torch.randn_like(y), h.detach(), True, act)))
 
     logits, targets = _leaf(2, 9, 50), torch.randint(0, 45, (2, 9), device=DEVICE)  # classes: 45 or all 50
     targets[0, :3] = -1
     cases += [("cross_entropy", (logits, targets, -1, None)), ("cross_entropy", (logits, targets, -1, 45))]
     _, lse = ops.cross_entropy(logits, targets, -1, 45)
     cases.append(("cross_entropy_backward", (torch.tensor(0.5, device=DEVICE), logits.detach(), targets, lse, -1, 45)))
+    cases.append(("cross_entropy", (logits, targets, -1, 45, 3.0)))  # the logit soft-cap
+    _, lse = ops.cross_entropy(logits, targets, -1, None, 3.0)
+    cases.append(("cross_entropy_backward", (torch.tensor(0.5, device=DEVICE), logits.detach(), targets, lse, -1, None, 3.0)))
     frozen = (_leaf(2, 9, 16, grad=False), _leaf(50, 16, grad=False))
     cases += [("linear_cross_entropy", (_leaf(2, 9, 16), _leaf(50, 16), targets, -1, None, True, True)),
               ("linear_cross_entropy", (_leaf(2, 9, 16), _leaf(64, 16), targets, -1, 50, True, True)),
-              ("linear_cross_entropy", (*frozen, targets, -1, None, False, False))]
+              ("linear_cross_entropy", (*frozen, targets, -1, None, False, False)),
+              ("linear_cross_entropy", (_leaf(2, 9, 16), _leaf(64, 16), targets, -1, 50, True, True, 3.0))]
 
     qkv = _leaf(1, 20, 3, 2, 16)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
@@ -75,8 +88,11 @@ def _cases():
     qkv = _leaf(1, 20, 3, 2, 24)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     angles = torch.arange(20, device=DEVICE).float()[:, None] * torch.rand(4, device=DEVICE)
+    # and QK-norm, alone and with rotary and dropout
     for p, seed, options in ((0.0, None, (0.5, 7, angles.cos(), angles.sin(), False)),
-                             (0.2, seed_tensor(5, DEVICE), (None, 0, angles.cos(), angles.sin(), True))):
+                             (0.2, seed_tensor(5, DEVICE), (None, 0, angles.cos(), angles.sin(), True)),
+                             (0.0, None, (None, 0, None, None, False, True)),
+                             (0.2, seed_tensor(5, DEVICE), (None, 0, angles.cos(), angles.sin(), False, True))):
         cases += [("attention", (q, k, v, True, p, seed, *options)), ("attention_qkv", (qkv, True, p, seed, *options))]
         o, lse = ops.attention(q, k, v, True, p, seed, *options)
         saved = (q.detach(), k.detach(), v.detach(), o.detach(), lse, True, p, seed, *options)
@@ -177,6 +193,28 @@ def test_family_options_compile_in_one_graph(style):
     assert torch.equal(loss, loss_c)
     for name in grads:
         assert torch.equal(grads[name], grads_c[name]), name
+
+
+def test_speedrun_options_compile_in_one_graph():
+    """nanochat's GPT (rotary, no biases, an untied head, RMSNorm without a gain, ReLU^2, QK-norm,
+    the logit soft-cap, zero projections, here randomized): one graph with aot_eager, the loss,
+    the logits and every gradient bit for bit as eager."""
+    model = tiny(position_embedding="rotary", bias=False, tie_embeddings=False, norm="rms", norm_gain=False,
+                 mlp_activation="relu2", qk_norm=True, logit_softcap=15.0, zero_init_proj=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    idx, targets = _batch()
+    explained = torch._dynamo.explain(model)(idx, targets)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss, grads = _loss_and_grads(model, model, idx, targets)
+    loss_c, grads_c = _loss_and_grads(model, compiled, idx, targets)
+    assert torch.equal(loss, loss_c)
+    for name in grads:
+        assert torch.equal(grads[name], grads_c[name]), name
+    with torch.no_grad():
+        assert torch.equal(model(idx), compiled(idx))
 
 
 def test_compiled_equals_eager_inductor():

@@ -372,11 +372,11 @@ def test_int64_offsets_past_2_to_the_31():
 # kernel itself is held to that contract by the parity tests above.
 
 
-def _rows_in_torch(logits2, t, ignore_index, loss_rows, lse, scale, write_grad, vocab):
+def _rows_in_torch(logits2, t, ignore_index, loss_rows, lse, scale, write_grad, vocab, softcap=0.0):
     """What losses.cross_entropy_rows does, in torch (fp32 math): loss_rows and lse (R,) out,
     and when write_grad logits2 (R, V) overwritten by (softmax - onehot) * scale (0 on ignored rows).
-    Here every column is a class (vocab == V)."""
-    assert vocab == logits2.shape[1]
+    Here every column is a class (vocab == V), and there is no soft-cap."""
+    assert vocab == logits2.shape[1] and not softcap
     z = logits2.float()
     kept = t != ignore_index
     lse.copy_(torch.logsumexp(z, dim=-1))

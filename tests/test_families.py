@@ -312,12 +312,10 @@ def test_export_writes_zero_biases_where_the_family_has_more(tmp_path):
     "family, kw, message",
     [
         ("neox", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope type 'linear'"),
-        ("neox", dict(intermediate_size=200), "MLP width of 200"),
         ("neox", dict(hidden_act="relu"), "activation 'relu'"),
         ("neox", dict(rotary_pct=0.01), "rotary over 0 of the head's 24 dims"),
         ("gptj", dict(rotary_dim=7), "rotary over 7"),
         ("cerebras_hd80", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
-        ("cerebras_hd80", dict(n_inner=100), "MLP width of 100"),
     ],
 )
 def test_hf_unsupported_options_are_refused(family, kw, message, tmp_path):

@@ -144,10 +144,13 @@ def test_bad_approximate_raises_value_error(approximate):
     match = f"approximate must be 'tanh' .* or 'none' .*got {approximate!r}"
     with pytest.raises(ValueError, match=match):
         kernels.linear_gelu(x, w, b, approximate=approximate)
+    match = f"activation must be one of .*got {approximate!r}"  # the launchers take the activation's name
     with pytest.raises(ValueError, match=match):
-        linear_gelu_fwd(x, w, b, approximate=approximate)
+        linear_gelu_fwd(x, w, b, activation=approximate)
     with pytest.raises(ValueError, match=match):
-        linear_gelu_bwd(dy, linear_gelu_fwd(x, w, b, save_h=True)[1], approximate=approximate)
+        linear_gelu_bwd(dy, linear_gelu_fwd(x, w, b, save_h=True)[1], activation=approximate)
+    with pytest.raises(ValueError, match=match):
+        kernels.linear_act(x, w, b, activation=approximate)
 
 
 # ----------------------------------------------------------------------------- strides, autocast, edges

@@ -39,7 +39,8 @@ ROWS = B * T
 # is one more entry here.
 # The families' options: GPT-Neo's window (256, at its 125M's head dim 64), Pythia-2.8B's head
 # dim 80 with a quarter of it turned by rotary (GPT-NeoX's halves), GPT-J's head dim 256 with 64
-# dims turned (interleaved pairs).
+# dims turned (interleaved pairs). The speedrun's QK-norm: at GPT-2's head dim 64 alone, and as
+# nanochat runs it, with rotary over the whole head (halves) at head dims 64 and 128.
 ATTENTION = [
     dict(head_dim=64, dropout_p=0.0),
     dict(head_dim=64, dropout_p=0.1),
@@ -51,6 +52,11 @@ ATTENTION = [
     dict(head_dim=80, dropout_p=0.1, rotary_dim=20),
     dict(head_dim=256, dropout_p=0.0, rotary_dim=64, interleaved=True),
     dict(head_dim=256, dropout_p=0.1, rotary_dim=64, interleaved=True),
+    dict(head_dim=64, dropout_p=0.0, qk_norm=True),
+    dict(head_dim=64, dropout_p=0.1, qk_norm=True),
+    dict(head_dim=64, dropout_p=0.0, rotary_dim=64, qk_norm=True),
+    dict(head_dim=128, dropout_p=0.0, rotary_dim=128, qk_norm=True),
+    dict(head_dim=128, dropout_p=0.1, rotary_dim=128, qk_norm=True),
 ]
 
 
@@ -74,7 +80,8 @@ class Launch:
 def layer_norm_launches(dtype):
     """tritongpt::layer_norm and add_layer_norm at width C, forward and backward, with and without
     a bias: in `dtype` throughout, and (add_layer_norm) as under autocast, the residual stream s
-    in fp32 beside a `dtype` branch and output with fp32 weights. fp32: everything in fp32."""
+    in fp32 beside a `dtype` branch and output with fp32 weights. fp32: everything in fp32. And
+    the same launches of RMSNorm (rms_norm, add_rms_norm), with and without a gain."""
     dt = DTYPES[dtype]
     if dt == F32:
         cases = [("layer_norm", F32, None, F32, F32), ("add_layer_norm", F32, F32, F32, F32)]
@@ -83,37 +90,41 @@ def layer_norm_launches(dtype):
         cases += [("add_layer_norm", dt, dt, dt, dt)]
     fwd_m, fwd_n, fwd_w = normalization._tile(C, normalization.FWD_MAX_TILE)
     bwd_m, bwd_n, bwd_w = normalization._tile(C, normalization.BWD_MAX_TILE)
+    norms = [(False, dict(HAS_BIAS=bias, HAS_WEIGHT=True), "bias" if bias else "no bias") for bias in (True, False)]
+    norms += [(True, dict(HAS_BIAS=False, HAS_WEIGHT=gain), "gain" if gain else "no gain") for gain in (True, False)]
     for op, x, r, y, w in cases:
         add = r is not None
         autocast = add and x != r
-        for bias in (True, False):
-            what = ("under autocast, " if autocast else "") + ("bias" if bias else "no bias")
+        for rms, flags, kind in norms:
+            name = op.replace("layer_norm", "rms_norm") if rms else op
+            what = ("under autocast, " if autocast else "") + kind
+            flags = dict(flags, RMS=rms)
+            wt = w if flags["HAS_WEIGHT"] else F32  # no gain: the host passes an fp32 buffer, never read
             yield Launch(
-                op, "forward, " + what, dtype, normalization._layer_norm_fwd_kernel,
-                dict(x_ptr=x, r_ptr=r or x, s_ptr=x if add else y, y_ptr=y, w_ptr=w, b_ptr=w,
+                name, "forward, " + what, dtype, normalization._layer_norm_fwd_kernel,
+                dict(x_ptr=x, r_ptr=r or x, s_ptr=x if add else y, y_ptr=y, w_ptr=wt, b_ptr=wt,
                      mean_ptr=F32, rstd_ptr=F32, stride_x=C, stride_r=C, M=ROWS, N=C, eps=1e-5),
-                dict(ADD=add, HAS_BIAS=bias), fixed=(dict(BLOCK_M=fwd_m, BLOCK_N=fwd_n, num_warps=fwd_w),),
+                dict(ADD=add, **flags), fixed=(dict(BLOCK_M=fwd_m, BLOCK_N=fwd_n, num_warps=fwd_w),),
             )  # fmt: skip
             # backward: dy in y's dtype, ds (the residual's gradient) in s's, dx in x's, dr in r's
             yield Launch(
-                op, "backward, " + what, dtype, normalization._layer_norm_bwd_kernel,
-                dict(x_ptr=x, dy_ptr=y, ds_ptr=x if add else y, dx_ptr=x, dr_ptr=r if autocast else x, w_ptr=w,
+                name, "backward, " + what, dtype, normalization._layer_norm_bwd_kernel,
+                dict(x_ptr=x, dy_ptr=y, ds_ptr=x if add else y, dx_ptr=x, dr_ptr=r if autocast else x, w_ptr=wt,
                      mean_ptr=F32, rstd_ptr=F32, dw_part_ptr=F32, db_part_ptr=F32,
                      stride_x=C, stride_dy=C, stride_ds=C, M=ROWS, N=C),
-                dict(HAS_DS=add, STORE_DR=autocast, HAS_BIAS=bias),
+                dict(HAS_DS=add, STORE_DR=autocast, **flags),
                 fixed=(dict(BLOCK_M=bwd_m, BLOCK_N=bwd_n, num_warps=bwd_w),),
             )  # fmt: skip
 
 
 def linear_gelu_launches(dtype):
-    """tritongpt::linear_gelu, GPT-2's c_fc (ROWS x C) @ (4C x C).T, with the tanh GELU (GPT-2's)
-    and the exact erf GELU (GPT-NeoX's, Cerebras-GPT's): the forward with and without a bias,
-    storing h (training) or not (evaluation), and the backward's elementwise pass."""
+    """tritongpt::linear_gelu, GPT-2's c_fc (ROWS x C) @ (4C x C).T, with the tanh GELU (GPT-2's),
+    the exact erf GELU (GPT-NeoX's, Cerebras-GPT's) and ReLU^2 (the speedrun's): the forward with
+    and without a bias, storing h (training) or not (evaluation), and the backward's elementwise pass."""
     dt = DTYPES[dtype]
     N = 4 * C
-    for approximate in mlp.APPROXIMATIONS:
-        exact = approximate == "none"
-        gelu = ", exact GELU" if exact else ""
+    for activation in mlp.ACTIVATIONS:
+        gelu = {"gelu_tanh": "", "gelu_exact": ", exact GELU", "relu2": ", ReLU^2"}[activation]
         for bias in (True, False):
             for store_h in (True, False):
                 what = f"forward, {'bias' if bias else 'no bias'}, {'training' if store_h else 'evaluation'}{gelu}"
@@ -121,40 +132,44 @@ def linear_gelu_launches(dtype):
                     "linear_gelu", what, dtype, _jit(mlp._linear_gelu_fwd_kernel),
                     dict(x_ptr=dt, w_ptr=dt, b_ptr=dt, y_ptr=dt, h_ptr=dt, M=ROWS, N=N, K=C,
                          stride_xm=C, stride_xk=1, stride_wn=C, stride_wk=1, M_BUCKET=mlp.rows_bucket(ROWS)),
-                    dict(HAS_BIAS=bias, STORE_H=store_h, EXACT=exact, INPUT_PRECISION=mlp._input_precision(dt)),
+                    dict(HAS_BIAS=bias, STORE_H=store_h, ACTIVATION=activation, INPUT_PRECISION=mlp._input_precision(dt)),
                     tuned=mlp._linear_gelu_fwd_kernel, fixed=(mlp.SINGLE_CONFIG.all_kwargs(),),
                 )  # fmt: skip
             yield Launch(
-                "linear_gelu", f"backward (dy * gelu'(h)), {'bias' if bias else 'no bias'}{gelu}", dtype,
+                "linear_gelu", f"backward (dy * act'(h)), {'bias' if bias else 'no bias'}{gelu}", dtype,
                 mlp._linear_gelu_bwd_kernel, dict(dy_ptr=dt, h_ptr=dt, dh_ptr=dt, db_ptr=F32, M=ROWS, N=N),
-                dict(HAS_BIAS=bias, EXACT=exact),
+                dict(HAS_BIAS=bias, ACTIVATION=activation),
                 fixed=(dict(BLOCK_M=mlp.BWD_BLOCK_M, BLOCK_N=mlp.BWD_BLOCK_N, num_warps=mlp.BWD_WARPS),),
             )  # fmt: skip
 
 
 def cross_entropy_launches(dtype):
     """tritongpt::cross_entropy (forward, backward) and the row kernel of linear_cross_entropy,
-    which writes the gradient in place, over V = 50304 columns of which GPT-2's 50257 are classes."""
+    which writes the gradient in place, over V = 50304 columns of which GPT-2's 50257 are classes;
+    each without and with the logit soft-cap (nanochat's 15)."""
     dt = DTYPES[dtype]
     block_v, warps = losses._block_v(V)
     fixed = (dict(BLOCK_V=block_v, num_warps=warps),)
-    row = dict(
-        logits_ptr=dt, targets_ptr=I64, loss_ptr=F32, lse_ptr=F32, scale_ptr=F32, status_ptr=I64, stride_l=V, V=V,
-        vocab=GPT2_VOCAB, ignore_index=-1,
-    )
-    yield Launch(
-        "cross_entropy", "forward", dtype, losses._cross_entropy_fwd_kernel, row, dict(WRITE_GRAD=False), fixed=fixed
-    )
-    yield Launch(
-        "linear_cross_entropy", "row kernel, gradient in place", dtype, losses._cross_entropy_fwd_kernel, row,
-        dict(WRITE_GRAD=True), fixed=fixed,
-    )
-    yield Launch(
-        "cross_entropy", "backward", dtype, losses._cross_entropy_bwd_kernel,
-        dict(logits_ptr=dt, dlogits_ptr=dt, targets_ptr=I64, lse_ptr=F32, scale_ptr=F32, stride_l=V, V=V,
-             vocab=GPT2_VOCAB, ignore_index=-1),
-        {}, fixed=fixed,
-    )  # fmt: skip
+    for cap in (0.0, 15.0):
+        row = dict(
+            logits_ptr=dt, targets_ptr=I64, loss_ptr=F32, lse_ptr=F32, scale_ptr=F32, status_ptr=I64, stride_l=V, V=V,
+            vocab=GPT2_VOCAB, ignore_index=-1, softcap=cap,
+        )
+        capped = f", soft-cap {cap:g}" if cap else ""
+        yield Launch(
+            "cross_entropy", "forward" + capped, dtype, losses._cross_entropy_fwd_kernel, row,
+            dict(WRITE_GRAD=False, SOFTCAP=cap > 0), fixed=fixed,
+        )
+        yield Launch(
+            "linear_cross_entropy", "row kernel, gradient in place" + capped, dtype, losses._cross_entropy_fwd_kernel,
+            row, dict(WRITE_GRAD=True, SOFTCAP=cap > 0), fixed=fixed,
+        )
+        yield Launch(
+            "cross_entropy", "backward" + capped, dtype, losses._cross_entropy_bwd_kernel,
+            dict(logits_ptr=dt, dlogits_ptr=dt, targets_ptr=I64, lse_ptr=F32, scale_ptr=F32, stride_l=V, V=V,
+                 vocab=GPT2_VOCAB, ignore_index=-1, softcap=cap),
+            dict(SOFTCAP=cap > 0), fixed=fixed,
+        )  # fmt: skip
 
 
 def attention_launches(dtype):
@@ -167,7 +182,7 @@ def attention_launches(dtype):
         H = C // D
         q = types.SimpleNamespace(shape=(B, H, T, D), dtype=dt)  # what the host helpers read
         rotary = (None, None, entry.get("interleaved", False)) if R else None
-        flags = fa._flags(q, True, p, window, rotary)
+        flags = fa._flags(q, True, p, window, rotary, entry.get("qk_norm", False))
         tuned = fa._autotuned(q)
         qkv = (T * 3 * H * D, D, 3 * H * D, 1)  # strides of q, k, v, dq, dk, dv seen as (B, H, T, D)
         out = (T * H * D, D, H * D, 1)  # strides of o and dO, (B, T, H, D) seen as (B, H, T, D)
@@ -176,6 +191,7 @@ def attention_launches(dtype):
                        rot_dim=R, cos_ptr=F32, sin_ptr=F32)  # without rotary the host passes lse for the tables
         what = f"D={D}" + (f", dropout {p}" if p > 0 else "") + (f", window {window}" if window else "")
         what += (f", rotary {R}" + (" interleaved" if entry.get("interleaved") else "")) if R else ""
+        what += ", QK-norm" if entry.get("qk_norm") else ""
         yield Launch(
             "attention", "forward, " + what, dtype, fak._attn_fwd_kernel,
             dict(q_ptr=dt, k_ptr=dt, v_ptr=dt, o_ptr=dt, lse_ptr=F32, seed_ptr=seed,

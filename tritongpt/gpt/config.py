@@ -11,6 +11,17 @@ families (each option's comment names who uses it):
     GPT-NeoX       rotary    halves, 1/4      parallel, ln_1 + ln_2  untied  exact  -
     GPT-J          rotary    pairs, 64 dims   parallel, ln_1 only    untied  tanh   qkv, attn_proj;
                                                                      + bias
+
+The options after them are the recipe of nanochat and the GPT-2 speedrun (modded-nanogpt), each
+done inside our kernels: RMSNorm (with or without a gain), a ReLU^2 MLP, QK-norm, a logit
+soft-cap and zero-initialized output projections; with rotary, bias=False and an untied head,
+nanochat's GPT is
+
+    GPTConfig(position_embedding="rotary", bias=False, tie_embeddings=False, norm="rms",
+              norm_gain=False, mlp_activation="relu2", qk_norm=True, logit_softcap=15.0,
+              zero_init_proj=True)
+
+mlp_hidden sets the MLP's width where it is not 4 * n_embd (a GPT-NeoX's intermediate_size).
 """
 
 from dataclasses import dataclass, fields
@@ -22,6 +33,8 @@ BACKENDS = ("torch", "triton")
 POSITION_EMBEDDINGS = ("learned", "rotary")
 ROTARY_STYLES = ("halves", "pairs")
 GELUS = ("tanh", "exact")
+NORMS = ("layer", "rms")
+MLP_ACTIVATIONS = ("gelu", "relu2")
 ATTENTION_KINDS = ("global", "local")
 
 
@@ -60,7 +73,16 @@ class GPTConfig:
     attention_pattern: str = "global"  # per layer, repeated over the layers: "global,local" is GPT-Neo's
     window_size: int = 0  # positions a local layer attends to, itself included (GPT-Neo: 256); 0 without local layers
     scaled_attention: bool = True  # scores divided by sqrt(head dim); False: unscaled (GPT-Neo)
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = 1e-5  # the epsilon of every norm, LayerNorm or RMSNorm
+
+    # The speedrun's options (nanochat, modded-nanogpt; defaults: GPT-2's).
+    norm: str = "layer"  # "layer": LayerNorm | "rms": RMSNorm (no mean taken off, no bias)
+    norm_gain: bool = True  # the norms' weight (a learned gain); False: none (nanochat's RMSNorm)
+    mlp_activation: str = "gelu"  # "gelu" (the one `gelu` names) | "relu2": relu(x)^2 (nanochat, the speedrun)
+    mlp_hidden: int = 0  # the MLP's hidden width (Hugging Face's intermediate_size); 0: 4 * n_embd
+    qk_norm: bool = False  # q and k RMS-normalized per head (no gain) before the scores (nanochat, the speedrun)
+    logit_softcap: float = 0.0  # logits C * tanh(logits / C) in the loss, model(idx) and generate (nanochat: 15); 0: none
+    zero_init_proj: bool = False  # attn.c_proj and mlp.c_proj start at zero (nanochat, the speedrun)
 
     def __post_init__(self):
         if self.real_vocab_size is None:
@@ -89,11 +111,11 @@ class GPTConfig:
             return ValueError(f"GPTConfig.{name} {why}, got {getattr(self, name)!r}")
 
         for name in ("parallel_residual", "shared_ln", "tie_embeddings", "lm_head_bias", "qkv_bias", "attn_proj_bias",
-                     "scaled_attention", "bias"):
+                     "scaled_attention", "bias", "norm_gain", "qk_norm", "zero_init_proj"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be True or False")
         for name, allowed in (("position_embedding", POSITION_EMBEDDINGS), ("rotary_style", ROTARY_STYLES),
-                              ("gelu", GELUS)):
+                              ("gelu", GELUS), ("norm", NORMS), ("mlp_activation", MLP_ACTIVATIONS)):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {allowed}")
         if self.head_dim > MAX_HEAD_DIM:
@@ -111,6 +133,11 @@ class GPTConfig:
             raise bad("shared_ln", "needs parallel_residual=True (one LayerNorm feeds attention and MLP side by side)")
         if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
             raise bad("layer_norm_eps", "must be positive")
+        if not isinstance(self.mlp_hidden, int) or isinstance(self.mlp_hidden, bool) or self.mlp_hidden < 0:
+            raise bad("mlp_hidden", "must be a positive integer, or 0 for 4 * n_embd")
+        if not isinstance(self.logit_softcap, (int, float)) or isinstance(self.logit_softcap, bool) \
+                or not self.logit_softcap >= 0:
+            raise bad("logit_softcap", "must be 0 (no cap) or a positive number C (logits C * tanh(logits / C))")
         kinds = self.attention_kinds()
         if not kinds or any(k not in ATTENTION_KINDS for k in kinds):
             raise bad("attention_pattern", f"must be a comma-separated list of {ATTENTION_KINDS}")
@@ -126,6 +153,16 @@ class GPTConfig:
     @property
     def head_dim(self):
         return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self):
+        """The MLP's hidden width: mlp_hidden, or 4 * n_embd."""
+        return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def activation(self):
+        """The MLP's activation by the name the fused MLP kernel takes: gelu_tanh, gelu_exact or relu2."""
+        return "relu2" if self.mlp_activation == "relu2" else f"gelu_{self.gelu}"
 
     @property
     def rotary_dim(self):

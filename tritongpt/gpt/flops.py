@@ -27,18 +27,18 @@ PEAK_BF16_FLOPS = {
 
 def matmul_params(config):
     """N of the formula above, from the config alone."""
-    C, L = config.n_embd, config.n_layer
-    per_layer = C * 3 * C + C * C + C * 4 * C + 4 * C * C  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    C, L, H = config.n_embd, config.n_layer, config.mlp_width
+    per_layer = C * 3 * C + C * C + C * H + H * C  # c_attn, attn.c_proj, c_fc, mlp.c_proj
     return L * per_layer + config.vocab_size * C  # + the LM head (tied token embedding)
 
 
 def num_params(config):
     """Every parameter of GPT(config), from the config alone."""
-    C, V, b = config.n_embd, config.vocab_size, config.bias
-    ln = C + (C if b else 0)
-    per_layer = 12 * C * C + ln * (1 if config.shared_ln else 2)
+    C, V, b, H = config.n_embd, config.vocab_size, config.bias, config.mlp_width
+    ln = (C if config.norm_gain else 0) + (C if b and config.norm == "layer" else 0)  # a norm's gain and bias
+    per_layer = 4 * C * C + 2 * C * H + ln * (1 if config.shared_ln else 2)
     if b:
-        per_layer += 3 * C * config.qkv_bias + C * config.attn_proj_bias + 4 * C + C  # c_attn, attn/mlp c_proj, c_fc
+        per_layer += 3 * C * config.qkv_bias + C * config.attn_proj_bias + H + C  # c_attn, attn/mlp c_proj, c_fc
     n = config.n_layer * per_layer + V * C + ln  # + the token embedding (the tied head) + ln_f
     if config.position_embedding == "learned":
         n += config.block_size * C

@@ -54,9 +54,13 @@ def _gelu_in(name, act):
     return _GELU_IN[act]
 
 
-def _mlp_width(name, width, n_embd):
-    if width not in (None, 4 * n_embd):
-        _refuse(name, f"an MLP width of {width} (ours is 4 * n_embd = {4 * n_embd})")
+def _mlp_hidden(name, width, n_embd):
+    """GPTConfig.mlp_hidden of their MLP width (None: 4 * n_embd, as 0 is ours)."""
+    if width is None or width == 4 * n_embd:
+        return 0
+    if not isinstance(width, int) or width < 1:
+        _refuse(name, f"an MLP width of {width!r}")
+    return width
 
 
 def _rotary_fraction(name, rotary_dim, head_dim):
@@ -79,8 +83,8 @@ def _gpt2_in(c, name):
         _refuse(name, "scale_attn_by_inverse_layer_idx=True")
     if getattr(c, "add_cross_attention", False):
         _refuse(name, "add_cross_attention=True")
-    _mlp_width(name, c.n_inner, c.n_embd)
     return dict(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+                mlp_hidden=_mlp_hidden(name, c.n_inner, c.n_embd),
                 gelu=_gelu_in(name, c.activation_function), scaled_attention=bool(c.scale_attn_weights),
                 tie_embeddings=bool(c.tie_word_embeddings), layer_norm_eps=c.layer_norm_epsilon)
 
@@ -89,11 +93,11 @@ def _neox_in(c, name):
     rope_type, theta, fraction = _neox_rope(c)
     if rope_type != "default":
         _refuse(name, f"rope type {rope_type!r} (only the default rotary embedding is)")
-    _mlp_width(name, c.intermediate_size, c.hidden_size)
     head_dim = c.hidden_size // c.num_attention_heads
     attention_bias = getattr(c, "attention_bias", True)
     return dict(block_size=c.max_position_embeddings, vocab_size=c.vocab_size, n_layer=c.num_hidden_layers,
-                n_head=c.num_attention_heads, n_embd=c.hidden_size, position_embedding="rotary",
+                n_head=c.num_attention_heads, n_embd=c.hidden_size, mlp_hidden=_mlp_hidden(name, c.intermediate_size, c.hidden_size),
+                position_embedding="rotary",
                 rotary_fraction=_rotary_fraction(name, int(head_dim * fraction), head_dim), rotary_base=float(theta),
                 rotary_style="halves", parallel_residual=bool(c.use_parallel_residual),
                 tie_embeddings=bool(c.tie_word_embeddings), qkv_bias=attention_bias, attn_proj_bias=attention_bias,
@@ -103,8 +107,8 @@ def _neox_in(c, name):
 def _gptj_in(c, name):
     if c.rotary_dim is None:
         _refuse(name, "rotary_dim=None (rotary over the whole embedding width at once)")
-    _mlp_width(name, c.n_inner, c.n_embd)
     return dict(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+                mlp_hidden=_mlp_hidden(name, c.n_inner, c.n_embd),
                 position_embedding="rotary", rotary_fraction=_rotary_fraction(name, c.rotary_dim, c.n_embd // c.n_head),
                 rotary_base=10000.0, rotary_style="pairs", parallel_residual=True, shared_ln=True,
                 tie_embeddings=bool(c.tie_word_embeddings), lm_head_bias=True, qkv_bias=False, attn_proj_bias=False,
@@ -116,9 +120,9 @@ def _neo_in(c, name):
     if any(kind not in ("global", "local") for kind in layers):
         _refuse(name, f"attention layers {sorted(set(layers))} (global and local are)")
     period = next(p for p in range(1, len(layers) + 1) if all(k == layers[i % p] for i, k in enumerate(layers)))
-    _mlp_width(name, c.intermediate_size, c.hidden_size)
     return dict(block_size=c.max_position_embeddings, vocab_size=c.vocab_size, n_layer=c.num_layers, n_head=c.num_heads,
-                n_embd=c.hidden_size, attention_pattern=",".join(layers[:period]),
+                n_embd=c.hidden_size, mlp_hidden=_mlp_hidden(name, c.intermediate_size, c.hidden_size),
+                attention_pattern=",".join(layers[:period]),
                 window_size=c.window_size if "local" in layers else 0, scaled_attention=False, qkv_bias=False,
                 tie_embeddings=bool(c.tie_word_embeddings), gelu=_gelu_in(name, c.activation_function),
                 layer_norm_eps=c.layer_norm_epsilon)
@@ -149,6 +153,12 @@ def _hf_config_out(cfg, family, transformers):
             problems.append(f"{field}={getattr(cfg, field)!r} ({what})")
 
     rotary, learned = cfg.position_embedding == "rotary", cfg.position_embedding == "learned"
+    # the speedrun's options: no family of transformers' holds them (zero_init_proj is only an init)
+    need(cfg.norm == "layer", "norm", f"{family} has LayerNorms")
+    need(cfg.norm_gain, "norm_gain", f"{family}'s LayerNorms have a weight")
+    need(cfg.mlp_activation == "gelu", "mlp_activation", f"{family}'s MLP has a GELU")
+    need(not cfg.qk_norm, "qk_norm", f"{family} does not normalize q and k")
+    need(not cfg.logit_softcap, "logit_softcap", f"{family} does not cap its logits")
     if family in ("gpt2", "gpt_neo"):
         need(learned, "position_embedding", f"{family} has learned positions")
         need(not cfg.parallel_residual, "parallel_residual", f"{family} adds attention and MLP one after the other")
@@ -176,11 +186,12 @@ def _hf_config_out(cfg, family, transformers):
         raise ValueError(f"save_pretrained: a {family} cannot hold this model: {'; '.join(problems)}")
 
     act, drop = _GELU_OUT[cfg.gelu], cfg.dropout
+    inner = cfg.mlp_hidden or None  # the MLP width, None for their default 4 * n_embd
     common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings)
     if family == "gpt2":
         return transformers.GPT2Config(
             n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-            activation_function=act, resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop,
+            n_inner=inner, activation_function=act, resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop,
             layer_norm_epsilon=cfg.layer_norm_eps, scale_attn_weights=cfg.scaled_attention, **common)
     if family == "gpt_neo":
         kinds = [k for k in cfg.attention_kinds()]
@@ -190,13 +201,15 @@ def _hf_config_out(cfg, family, transformers):
             types = [[[kinds[i % len(kinds)]], 1] for i in range(cfg.n_layer)]
         return transformers.GPTNeoConfig(
             max_position_embeddings=cfg.block_size, hidden_size=cfg.n_embd, num_layers=cfg.n_layer,
-            num_heads=cfg.n_head, attention_types=types, window_size=cfg.window_size or 256, activation_function=act,
+            num_heads=cfg.n_head, attention_types=types, window_size=cfg.window_size or 256, intermediate_size=inner,
+            activation_function=act,
             resid_dropout=drop, embed_dropout=drop, attention_dropout=drop, layer_norm_epsilon=cfg.layer_norm_eps,
             **common)
     if family == "gptj":
         return transformers.GPTJConfig(
             n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-            rotary_dim=cfg.rotary_dim, activation_function=act, resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop,
+            rotary_dim=cfg.rotary_dim, n_inner=inner, activation_function=act, resid_pdrop=drop, embd_pdrop=drop,
+            attn_pdrop=drop,
             layer_norm_epsilon=cfg.layer_norm_eps, **common)
     # gpt_neox: a rotary share that transformers' int(head_dim * share) turns back into rotary_dim
     share = cfg.rotary_dim / cfg.head_dim
@@ -204,7 +217,7 @@ def _hf_config_out(cfg, family, transformers):
         share = (cfg.rotary_dim + 0.5) / cfg.head_dim
     hf = transformers.GPTNeoXConfig(
         max_position_embeddings=cfg.block_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head, intermediate_size=4 * cfg.n_embd, hidden_act=act, rotary_pct=share,
+        num_attention_heads=cfg.n_head, intermediate_size=cfg.mlp_width, hidden_act=act, rotary_pct=share,
         rotary_emb_base=cfg.rotary_base, use_parallel_residual=cfg.parallel_residual, hidden_dropout=drop,
         attention_dropout=drop, layer_norm_eps=cfg.layer_norm_eps,
         attention_bias=cfg.bias and (cfg.qkv_bias or cfg.attn_proj_bias), **common)

@@ -1,5 +1,6 @@
 """GPT-2: nanoGPT's architecture and parameter names, with two interchangeable op backends,
-and the options of GPTConfig that make it a GPT-NeoX (Pythia), GPT-J, GPT-Neo or Cerebras-GPT.
+and the options of GPTConfig that make it a GPT-NeoX (Pythia), GPT-J, GPT-Neo or Cerebras-GPT,
+or nanochat's GPT (RMSNorm, ReLU^2, QK-norm, a logit soft-cap, zero-initialized projections).
 
 backend="torch": stock PyTorch ops (the references of `kernels.reference`, attention through
 F.scaled_dot_product_attention). backend="triton": the public ops of `kernels`. Both hold the
@@ -27,17 +28,19 @@ from tritongpt.kernels import reference
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1). ln(x) normalizes
-    x; ln(x, y) is the residual add in front of it too, returning (x + y, its LayerNorm): on the
-    triton backend one fused op, which reads the stream once and writes both once."""
+    """The model's norm: LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1),
+    or with config.norm="rms" RMSNorm (no bias); the gain (weight) is optional too. ln(x)
+    normalizes x; ln(x, y) is the residual add in front of it too, returning (x + y, its norm): on
+    the triton backend one fused op, which reads the stream once and writes both once."""
 
     def __init__(self, config):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(config.n_embd))
-        self.bias = nn.Parameter(torch.zeros(config.n_embd)) if config.bias else None
+        rms = config.norm == "rms"
+        self.weight = nn.Parameter(torch.ones(config.n_embd)) if config.norm_gain else None
+        self.bias = nn.Parameter(torch.zeros(config.n_embd)) if config.bias and not rms else None
         self.eps = config.layer_norm_eps
-        self._op = OPS[config.backend]["layer_norm"]
-        self._add_op = OPS[config.backend]["add_layer_norm"]
+        self._op = OPS[config.backend]["rms_norm" if rms else "layer_norm"]
+        self._add_op = OPS[config.backend]["add_rms_norm" if rms else "add_layer_norm"]
 
     def forward(self, x, y=None):
         if y is None:
@@ -57,6 +60,7 @@ class CausalSelfAttention(nn.Module):
         self.scale = None if config.scaled_attention else 1.0  # None: SDPA's 1/sqrt(hs)
         self.window = config.layer_window(layer)  # 0: every earlier position
         self.interleaved = config.rotary_style == "pairs"
+        self.qk_norm = config.qk_norm
         self._attention = OPS[config.backend]["attention"]
 
     def forward(self, x, rope=None, cache=None):
@@ -65,9 +69,11 @@ class CausalSelfAttention(nn.Module):
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs), a view
         rotary = None if rope is None else (*rope, self.interleaved)
         if cache is None:
-            y = self._attention(qkv, self.dropout if self.training else 0.0, self.scale, self.window, rotary)
+            y = self._attention(qkv, self.dropout if self.training else 0.0, self.scale, self.window, rotary, self.qk_norm)
         else:
             q, k, v = qkv.unbind(2)  # (B, T, nh, hs) each
+            if self.qk_norm:  # ... and normalized
+                q, k = reference.qk_rms_norm(q), reference.qk_rms_norm(k)
             if rotary is not None:  # the cache holds the keys already turned to their positions
                 q, k = reference.rotary(q, *rotary), reference.rotary(k, *rotary)
             k, v = cache.append(k.transpose(1, 2), v.transpose(1, 2))  # (B, nh, T_cached + T, hs)
@@ -80,14 +86,14 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
-        self.approximate = "tanh" if config.gelu == "tanh" else "none"
+        self.activation = config.activation  # gelu_tanh, gelu_exact or relu2
         self._up = OPS[config.backend]["mlp_up"]
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self._up(x, self.c_fc, self.approximate)))
+        return self.dropout(self.c_proj(self._up(x, self.c_fc, self.activation)))
 
 
 class Block(nn.Module):
@@ -168,11 +174,15 @@ class GPT(nn.Module):
         # its inputs in the forward and runs again in the backward to remake what it needs there.
         self.activation_checkpointing = False
 
-        # GPT-2 init: N(0, 0.02), with the residual projections scaled by 1/sqrt(2 * n_layer)
+        # GPT-2 init: N(0, 0.02), with the residual projections scaled by 1/sqrt(2 * n_layer), or
+        # zero with zero_init_proj (each block then starts as the identity)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -233,17 +243,19 @@ class GPT(nn.Module):
         return h
 
     def _logits(self, x):
-        """lm_head(x) (..., vocab_size), -inf from real_vocab_size on: a padded vocabulary's
-        padding never takes probability (written in place: one pass over the padding only)."""
-        logits = self.lm_head(x)
+        """lm_head(x) (..., vocab_size), soft-capped where logit_softcap is set, -inf from
+        real_vocab_size on: a padded vocabulary's padding never takes probability (written in
+        place: one pass over the padding only)."""
+        logits = reference.logit_softcap(self.lm_head(x), self.config.logit_softcap)
         if self.config.real_vocab_size < self.config.vocab_size:
             logits[..., self.config.real_vocab_size :] = float("-inf")
         return logits
 
     def forward(self, idx, targets=None):
-        """idx (B, T) token ids. Returns logits (B, T, vocab_size), -inf past real_vocab_size, or
-        with targets (B, T) the mean cross-entropy over the positions whose target is not -1 (the
-        padding past real_vocab_size taking no probability there either)."""
+        """idx (B, T) token ids. Returns logits (B, T, vocab_size), soft-capped where
+        logit_softcap is set, -inf past real_vocab_size, or with targets (B, T) the mean
+        cross-entropy of those logits over the positions whose target is not -1 (the padding past
+        real_vocab_size taking no probability there either)."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         x = self._hidden(idx)
@@ -251,7 +263,7 @@ class GPT(nn.Module):
             return self._logits(x)
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
-        return self._lm_head_loss(x, self.lm_head, targets, self.config.real_vocab_size)
+        return self._lm_head_loss(x, self.lm_head, targets, self.config.real_vocab_size, self.config.logit_softcap)
 
     # ------------------------------------------------------------------------- generation
 

@@ -2,18 +2,22 @@
 
     kernels.layer_norm(x, weight, bias, eps=1e-5)               # bias may be None
     kernels.add_layer_norm(x, y, weight, bias, eps=1e-5)        # (s = x + y, layer_norm(s)), one pass
+    kernels.rms_norm(x, weight=None, eps=1e-5)                   # RMSNorm, with a gain or without
+    kernels.add_rms_norm(x, y, weight=None, eps=1e-5)            # (s = x + y, rms_norm(s)), one pass
     kernels.linear_gelu(x, weight, bias, approximate="tanh")     # gelu(x @ weight.T + bias), "tanh" or "none" (erf)
-    kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows
-    kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)
+    kernels.linear_act(x, weight, bias, activation="relu2")     # act(x @ weight.T + bias): gelu_tanh, gelu_exact, relu2
+    kernels.cross_entropy(logits, targets, ignore_index=-1)      # mean over kept rows; softcap=C caps the logits
+    kernels.linear_cross_entropy(x, weight, targets, ignore_index=-1)   # also softcap=C
     kernels.raise_on_bad_targets(device)                         # a ValueError if a target was out of range
     kernels.attention(q, k, v, causal=True, dropout_p=0.0)       # (B, H, T, D), any strides
     kernels.attention_qkv(qkv, causal=True, dropout_p=0.0)      # (B, T, 3, H, D) -> (B, T, H, D)
         # both also take scale=None (1/sqrt(D)), window=0 (sliding: the positions a query sees) and
-        # rotary=(cos, sin, interleaved) with tables (T, R/2), R <= D; any head dim D up to 256
+        # rotary=(cos, sin, interleaved) with tables (T, R/2), R <= D, and qk_norm=False (q and k
+        # RMS-normalized per head first); any head dim D up to 256
 
-One module per op family: normalization.py (layer_norm, add_layer_norm), fused_mlp.py
-(linear_gelu), losses.py (cross_entropy), lm_head.py (linear_cross_entropy), flash_attention.py
-(attention, attention_qkv; its jit code in flash_attention_kernels.py); common.py holds what they
+One module per op family: normalization.py (layer_norm, add_layer_norm, rms_norm, add_rms_norm),
+fused_mlp.py (linear_gelu, linear_act), losses.py (cross_entropy), lm_head.py (linear_cross_entropy),
+flash_attention.py (attention, attention_qkv; its jit code in flash_attention_kernels.py); common.py holds what they
 share, reference.py the pure-PyTorch definitions they are checked against. Every op is registered with torch.library as
 tritongpt::<name> (and tritongpt::<name>_backward), so torch.compile sees each as one node.
 """
@@ -30,14 +34,14 @@ if not torch.cuda.is_available():
 from tritongpt.kernels import reference  # noqa: E402
 from tritongpt.kernels.common import fix_interpreter  # noqa: E402
 from tritongpt.kernels.flash_attention import attention, attention_qkv  # noqa: E402
-from tritongpt.kernels.fused_mlp import linear_gelu  # noqa: E402
+from tritongpt.kernels.fused_mlp import linear_act, linear_gelu  # noqa: E402
 from tritongpt.kernels.lm_head import linear_cross_entropy  # noqa: E402
 from tritongpt.kernels.losses import cross_entropy, raise_on_bad_targets  # noqa: E402
-from tritongpt.kernels.normalization import add_layer_norm, layer_norm  # noqa: E402
+from tritongpt.kernels.normalization import add_layer_norm, add_rms_norm, layer_norm, rms_norm  # noqa: E402
 
 fix_interpreter()
 
 __all__ = [
-    "layer_norm", "add_layer_norm", "linear_gelu", "cross_entropy", "linear_cross_entropy", "attention",
-    "attention_qkv", "raise_on_bad_targets", "reference",
+    "layer_norm", "add_layer_norm", "rms_norm", "add_rms_norm", "linear_gelu", "linear_act", "cross_entropy",
+    "linear_cross_entropy", "attention", "attention_qkv", "raise_on_bad_targets", "reference",
 ]

@@ -1,9 +1,9 @@
 """Flash attention (FlashAttention-2) in Triton: causal, forward and backward, with dropout, a
-softmax scale, a sliding window and rotary position embeddings.
+softmax scale, a sliding window, rotary position embeddings and QK-norm.
 
-    y = attention(q, k, v, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None)
+    y = attention(q, k, v, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None, qk_norm=False)
         # q, k, v (B, H, T, D), any strides
-    y = attention_qkv(qkv, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None)
+    y = attention_qkv(qkv, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None, qk_norm=False)
         # qkv (B, T, 3, H, D) -> y (B, T, H, D)
 
 Forward: one program per (query tile, batch*head). It walks the key tiles with an online softmax
@@ -42,6 +42,13 @@ of the scores), and dq, dk are turned back by the transposed rotation before the
 the rotated q and k never exist in memory. The tiles are then two halves, column j of each
 holding one dim of pair j (the scores, sums over the dims, do not mind the order), which makes a
 turn elementwise: no data moves between columns.
+
+QK-norm (qk_norm=True: q and k each divided by their root mean square over the head dim, with
+no gain and eps = reference.QK_NORM_EPS, as nanochat and the GPT-2 speedrun do) is done the
+same way: each q and k tile is normalized in registers as it is loaded, before rotary turns it,
+and the backward, which holds 1 / rms of its own rows from their load, takes dq and dk through
+the norm's backward, rstd * (g - x * mean(g * x)) with x the normalized row, before turning them
+back: no normalized copy of q or k is written, and the only extra work is a row sum per tile.
 
 Dropout on the probabilities is drawn inside the kernels by Philox (`tl.rand`) keyed by
 (seed, batch*head) with counter row * T + column, so the backward regenerates the very mask the
@@ -96,8 +103,11 @@ LOG2E = 1.4426950408889634
 # tests/test_aot.py holds them to it. The last tiles of each list are narrower ones for rotary
 # (and, in the forward, BLOCK_D 256), where the wide ones spill. The backward at BLOCK_D 256 has
 # no tile here: every tile wgmma can run (64 rows or more) spills there (dK and dV alone are
-# 2 x 64 x 256 fp32), so it runs NARROW_BWD[256], 16 x 16 tiles on mma.sync, untuned.
-TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "WINDOWED", "ROTARY", "DROPOUT"]
+# 2 x 64 x 256 fp32), so it runs NARROW_BWD[256], 16 x 16 tiles on mma.sync, untuned. QK-norm
+# (a row sum per tile, one (rows,) rstd kept by the backward) has no column of its own: every
+# tile these limits allow compiled clean with it too at the audit's QK-norm entries (head dim 64
+# with and without dropout, with rotary; 128 with rotary, with and without dropout; Triton 3.9).
+TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "CAUSAL", "WINDOWED", "ROTARY", "DROPOUT", "QK_NORM"]
 FWD_TILES = {  # (BLOCK_M, BLOCK_N, warps, stages): (BLOCK_D plain, dropout, rotary, rotary + dropout)
     (128, 64, 4, 3): (64, 0, 0, 0),
     (128, 64, 8, 3): (128, 128, 64, 64),
@@ -233,12 +243,12 @@ def block_d(D, rotary=False):
     return max(32 if rotary else 16, triton.next_power_of_2(D))
 
 
-def _flags(q, causal, dropout_p, window, rotary):
+def _flags(q, causal, dropout_p, window, rotary, qk_norm=False):
     """The kernels' specialization: tl.constexpr flags, and T's bucket for the autotune key."""
     T, D = q.shape[2], q.shape[3]
     return dict(
         HEAD_DIM=D, BLOCK_D=block_d(D, rotary is not None), CAUSAL=bool(causal), WINDOWED=window > 0, ROTARY=rotary is not None,
-        INTERLEAVED=bool(rotary is not None and rotary[2]), DROPOUT=dropout_p > 0.0,
+        INTERLEAVED=bool(rotary is not None and rotary[2]), DROPOUT=dropout_p > 0.0, QK_NORM=bool(qk_norm),
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",  # fp16/bf16 ignore it
         T_BUCKET=min(triton.next_power_of_2(T), 8192),
     )
@@ -273,10 +283,12 @@ def _one_config(q, flags, small, fp32):
     return small
 
 
-def attention_fwd(q, k, v, causal, dropout_p, seed, o=None, scale=None, window=0, cos=None, sin=None, interleaved=False):
+def attention_fwd(
+    q, k, v, causal, dropout_p, seed, o=None, scale=None, window=0, cos=None, sin=None, interleaved=False, qk_norm=False
+):
     """q, k, v (B, H, T, D) -> o (B, H, T, D), laid out (B, T, H, D) unless given, and lse (B, H,
     T) fp32 (log2 units). seed: a (1,) int64 tensor on q's device (read only with dropout).
-    scale, window, cos, sin, interleaved: as attention() takes them."""
+    scale, window, cos, sin, interleaved, qk_norm: as attention() takes them."""
     _check(q, k, v, dropout_p, causal, window, cos, sin)
     B, H, T, D = q.shape
     if dropout_p > 0.0 and seed is None:
@@ -289,7 +301,7 @@ def attention_fwd(q, k, v, causal, dropout_p, seed, o=None, scale=None, window=0
         q, k, v, o, lse, seed if seed is not None else lse, cos, sin, q.stride(), k.stride(), v.stride(), o.stride(),
         H, T, sm_scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p), window, 2 * cos.shape[-1] if rotary else 0,
     )
-    flags = _flags(q, causal, dropout_p, window, rotary)
+    flags = _flags(q, causal, dropout_p, window, rotary, qk_norm)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
     with device_guard(q):
         if _autotuned(q):
@@ -300,7 +312,8 @@ def attention_fwd(q, k, v, causal, dropout_p, seed, o=None, scale=None, window=0
 
 
 def attention_bwd(
-    do, q, k, v, o, lse, causal, dropout_p, seed, grads=None, scale=None, window=0, cos=None, sin=None, interleaved=False
+    do, q, k, v, o, lse, causal, dropout_p, seed, grads=None, scale=None, window=0, cos=None, sin=None, interleaved=False,
+    qk_norm=False,
 ):
     """The forward's inputs, o, lse and seed, and dO (B, H, T, D) -> dq, dk, dv (B, H, T, D), laid
     out (B, T, H, D) each unless `grads` gives them (one layout for the three)."""
@@ -323,7 +336,7 @@ def attention_bwd(
         q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(),
         H, T, sm_scale * LOG2E, sm_scale, dropout_p, 1.0 / (1.0 - dropout_p), window, 2 * cos.shape[-1] if rotary else 0,
     )
-    flags = _flags(q, causal, dropout_p, window, rotary)
+    flags = _flags(q, causal, dropout_p, window, rotary, qk_norm)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_BIG"]), B * H)  # noqa: E731
     with device_guard(q):
         _attn_bwd_delta_kernel[(triton.cdiv(T, DELTA_BLOCK_M), B * H)](
@@ -357,16 +370,18 @@ def _interpreter_fp32(*ts):
 def _attention_op(
     q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor],
     scale: Optional[float] = None, window: int = 0, cos: Optional[Tensor] = None, sin: Optional[Tensor] = None,
-    interleaved: bool = False,
+    interleaved: bool = False, qk_norm: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    o, lse = attention_fwd(*_interpreter_fp32(q, k, v), causal, dropout_p, seed, None, scale, window, cos, sin, interleaved)
+    o, lse = attention_fwd(
+        *_interpreter_fp32(q, k, v), causal, dropout_p, seed, None, scale, window, cos, sin, interleaved, qk_norm
+    )
     if o.dtype != q.dtype:
         o = _empty_bhtd(*q.shape, q).copy_(o)
     return o, lse
 
 
 @_attention_op.register_fake
-def _(q, k, v, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False):
+def _(q, k, v, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False, qk_norm=False):
     _check(q, k, v, dropout_p, causal, window, cos, sin)
     B, H, T, D = q.shape
     return _empty_bhtd(B, H, T, D, q), q.new_empty((B, H, T), dtype=torch.float32)
@@ -376,10 +391,11 @@ def _(q, k, v, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None
 def _attention_backward_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, causal: bool, dropout_p: float,
     seed: Optional[Tensor], scale: Optional[float] = None, window: int = 0, cos: Optional[Tensor] = None,
-    sin: Optional[Tensor] = None, interleaved: bool = False,
+    sin: Optional[Tensor] = None, interleaved: bool = False, qk_norm: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     grads = attention_bwd(
-        *_interpreter_fp32(do, q, k, v, o), lse, causal, dropout_p, seed, None, scale, window, cos, sin, interleaved
+        *_interpreter_fp32(do, q, k, v, o), lse, causal, dropout_p, seed, None, scale, window, cos, sin, interleaved,
+        qk_norm,
     )
     if grads[0].dtype != q.dtype:
         grads = tuple(_empty_bhtd(*q.shape, q).copy_(g) for g in grads)
@@ -387,15 +403,16 @@ def _attention_backward_op(
 
 
 @_attention_backward_op.register_fake
-def _(do, q, k, v, o, lse, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False):
+def _(do, q, k, v, o, lse, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False,
+      qk_norm=False):
     return tuple(_empty_bhtd(*q.shape, q) for _ in range(3))
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, causal, dropout_p, seed, scale, window, cos, sin, interleaved = inputs
+    q, k, v, causal, dropout_p, seed, scale, window, cos, sin, interleaved, qk_norm = inputs
     _, lse = output
     ctx.save_for_backward(q, k, v, output[0], lse, seed, cos, sin)
-    ctx.options = causal, dropout_p, scale, window, interleaved
+    ctx.options = causal, dropout_p, scale, window, interleaved, qk_norm
     ctx.mark_non_differentiable(lse)
     ctx.set_materialize_grads(False)
 
@@ -403,12 +420,12 @@ def _attention_setup(ctx, inputs, output):
 def _attention_backward(ctx, do, _dlse):
     q, k, v, o, lse, seed, cos, sin = ctx.saved_tensors
     if do is None:
-        return (None,) * 11
-    causal, dropout_p, scale, window, interleaved = ctx.options
+        return (None,) * 12
+    causal, dropout_p, scale, window, interleaved, qk_norm = ctx.options
     dq, dk, dv = torch.ops.tritongpt.attention_backward(
-        do, q, k, v, o, lse, causal, dropout_p, seed, scale, window, cos, sin, interleaved
+        do, q, k, v, o, lse, causal, dropout_p, seed, scale, window, cos, sin, interleaved, qk_norm
     )
-    return (dq, dk, dv) + (None,) * 8
+    return (dq, dk, dv) + (None,) * 9
 
 
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
@@ -418,13 +435,14 @@ _attention_op.register_autograd(_attention_backward, setup_context=_attention_se
 def _attention_qkv_op(
     qkv: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor], scale: Optional[float] = None,
     window: int = 0, cos: Optional[Tensor] = None, sin: Optional[Tensor] = None, interleaved: bool = False,
+    qk_norm: bool = False,
 ) -> tuple[Tensor, Tensor]:
     B, T, _, H, D = qkv.shape
     o = torch.empty((B, T, H, D), dtype=qkv.dtype, device=qkv.device)  # what c_proj reads as (B, T, C)
     (qkv32,) = _interpreter_fp32(qkv)
     o32 = o if qkv32 is qkv else torch.empty((B, T, H, D), dtype=torch.float32, device=qkv.device)
     _, lse = attention_fwd(
-        *_split(qkv32), causal, dropout_p, seed, o32.transpose(1, 2), scale, window, cos, sin, interleaved
+        *_split(qkv32), causal, dropout_p, seed, o32.transpose(1, 2), scale, window, cos, sin, interleaved, qk_norm
     )
     if o32 is not o:
         o.copy_(o32)
@@ -432,7 +450,7 @@ def _attention_qkv_op(
 
 
 @_attention_qkv_op.register_fake
-def _(qkv, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False):
+def _(qkv, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False, qk_norm=False):
     _check(*_split(qkv), dropout_p, causal, window, cos, sin)
     B, T, _, H, D = qkv.shape
     return qkv.new_empty((B, T, H, D)), qkv.new_empty((B, H, T), dtype=torch.float32)
@@ -442,14 +460,14 @@ def _(qkv, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, in
 def _attention_qkv_backward_op(
     do: Tensor, qkv: Tensor, o: Tensor, lse: Tensor, causal: bool, dropout_p: float, seed: Optional[Tensor],
     scale: Optional[float] = None, window: int = 0, cos: Optional[Tensor] = None, sin: Optional[Tensor] = None,
-    interleaved: bool = False,
+    interleaved: bool = False, qk_norm: bool = False,
 ) -> Tensor:
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)  # c_attn's output gradient
     do, qkv32, o = _interpreter_fp32(do, qkv, o)
     dqkv32 = dqkv if qkv32 is qkv else torch.empty(qkv.shape, dtype=torch.float32, device=qkv.device)
     attention_bwd(
         do.transpose(1, 2), *_split(qkv32), o.transpose(1, 2), lse, causal, dropout_p, seed, _split(dqkv32),
-        scale, window, cos, sin, interleaved,
+        scale, window, cos, sin, interleaved, qk_norm,
     )
     if dqkv32 is not dqkv:
         dqkv.copy_(dqkv32)
@@ -457,15 +475,16 @@ def _attention_qkv_backward_op(
 
 
 @_attention_qkv_backward_op.register_fake
-def _(do, qkv, o, lse, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False):
+def _(do, qkv, o, lse, causal, dropout_p, seed, scale=None, window=0, cos=None, sin=None, interleaved=False,
+      qk_norm=False):
     return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
 
 
 def _attention_qkv_setup(ctx, inputs, output):
-    qkv, causal, dropout_p, seed, scale, window, cos, sin, interleaved = inputs
+    qkv, causal, dropout_p, seed, scale, window, cos, sin, interleaved, qk_norm = inputs
     o, lse = output
     ctx.save_for_backward(qkv, o, lse, seed, cos, sin)
-    ctx.options = causal, dropout_p, scale, window, interleaved
+    ctx.options = causal, dropout_p, scale, window, interleaved, qk_norm
     ctx.mark_non_differentiable(lse)
     ctx.set_materialize_grads(False)
 
@@ -473,12 +492,12 @@ def _attention_qkv_setup(ctx, inputs, output):
 def _attention_qkv_backward(ctx, do, _dlse):
     qkv, o, lse, seed, cos, sin = ctx.saved_tensors
     if do is None:
-        return (None,) * 9
-    causal, dropout_p, scale, window, interleaved = ctx.options
+        return (None,) * 10
+    causal, dropout_p, scale, window, interleaved, qk_norm = ctx.options
     dqkv = torch.ops.tritongpt.attention_qkv_backward(
-        do, qkv, o, lse, causal, dropout_p, seed, scale, window, cos, sin, interleaved
+        do, qkv, o, lse, causal, dropout_p, seed, scale, window, cos, sin, interleaved, qk_norm
     )
-    return (dqkv,) + (None,) * 8
+    return (dqkv,) + (None,) * 9
 
 
 _attention_qkv_op.register_autograd(_attention_qkv_backward, setup_context=_attention_qkv_setup)
@@ -511,7 +530,7 @@ def _scale_window(scale, window):
     return (None if scale is None else float(scale)), window
 
 
-def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None):
+def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None, qk_norm=False):
     """softmax(q k^T * scale, causal) v with dropout on the probabilities, as
     F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale).
 
@@ -521,25 +540,27 @@ def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, window=0, rotary=
     the positions each query sees, itself included (GPT-Neo's local attention). rotary: None, or
     (cos, sin, interleaved) with cos, sin (T, R/2) as kernels.reference.rotary takes them: q and k
     turned inside the kernels before the scores (GPT-NeoX's halves, or GPT-J's interleaved pairs;
-    the first R of the D dims). Returns (B, H, T, D) in their dtype, laid out as (B, T, H, D)."""
+    the first R of the D dims). qk_norm: q and k RMS-normalized over their head dim first (no
+    gain; reference.qk_rms_norm), inside the kernels. Returns (B, H, T, D) in their dtype, laid
+    out as (B, T, H, D)."""
     q, k, v = autocast_inputs(q, k, v)
     check_tensors("attention", q=q, k=k, v=v)
     dropout_p = float(dropout_p)
     scale, window = _scale_window(scale, window)
     seed = draw_seed(q.device) if 0.0 < dropout_p < 1.0 else None
     rope = _rotary_args(rotary, q.device)
-    return torch.ops.tritongpt.attention(q, k, v, bool(causal), dropout_p, seed, scale, window, *rope)[0]
+    return torch.ops.tritongpt.attention(q, k, v, bool(causal), dropout_p, seed, scale, window, *rope, bool(qk_norm))[0]
 
 
-def attention_qkv(qkv, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None):
+def attention_qkv(qkv, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None, qk_norm=False):
     """attention() of the fused projection: qkv (B, T, 3, H, D), c_attn's (B, T, 3 * C) output
     viewed so, -> y (B, T, H, D) contiguous (c_proj's (B, T, C) input as a view). The backward
     writes one (B, T, 3, H, D) gradient: no copy to split q, k, v or to join their gradients.
-    scale, window, rotary: as attention() takes them."""
+    scale, window, rotary, qk_norm: as attention() takes them."""
     (qkv,) = autocast_inputs(qkv)
     check_tensors("attention_qkv", qkv=qkv)
     dropout_p = float(dropout_p)
     scale, window = _scale_window(scale, window)
     seed = draw_seed(qkv.device) if 0.0 < dropout_p < 1.0 else None
     rope = _rotary_args(rotary, qkv.device)
-    return torch.ops.tritongpt.attention_qkv(qkv, bool(causal), dropout_p, seed, scale, window, *rope)[0]
+    return torch.ops.tritongpt.attention_qkv(qkv, bool(causal), dropout_p, seed, scale, window, *rope, bool(qk_norm))[0]

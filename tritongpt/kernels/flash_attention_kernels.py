@@ -15,7 +15,10 @@ compiled). Rotary turns q and k as their tiles are loaded and turns dq, dk back 
 rotation before they are stored: no rotated copy of q or k ever exists in memory. Under rotary
 q and k are held as two half tiles (a, b), column j of a and of b the two dims of pair j
 (_rotary_cols): a turn is then elementwise, and the scores and the dq, dk accumulators split
-into the two halves.
+into the two halves. QK-norm is done the same way: each q and k tile is RMS-normalized over its
+head dim as it is loaded (before the turn; a turn keeps a row's length, so the order does not
+matter), and the backward takes dq, dk through the norm's backward, with the 1 / rms of the
+program's own rows kept from their load, before they are turned back and stored.
 
 Past 400 lines for a reason: the forward and both backward loops share the tile helpers above
 them, and splitting the file would split them from their one reader.
@@ -23,6 +26,10 @@ them, and splitting the file would split them from their one reader.
 
 import triton
 import triton.language as tl
+
+from tritongpt.kernels.reference import QK_NORM_EPS
+
+QK_EPS = tl.constexpr(QK_NORM_EPS)
 
 # Inside the kernels three tuples travel together:
 #   a matrix: one head's (T, D) slice of q, k, v, o, dO or a gradient,
@@ -136,19 +143,68 @@ def _qk_matrix(ptr, strides, b, h, offs_d, rot_dim, ROTARY: tl.constexpr, INTERL
 
 
 @triton.jit
-def _load_qk(mat, rows, T, tables, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr, MASKED: tl.constexpr):
+def _rms_normalized(x, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
+    """QK-norm of a q or k tile (or of its half tiles under rotary): each row divided by its
+    root mean square over the HEAD_DIM dims (the padding columns are zeros), in fp32, returned
+    in the tile's dtype; and rstd (BLOCK,) fp32, 1 / rms of each row."""
+    if ROTARY:
+        a, b = x
+        a32, b32 = a.to(tl.float32), b.to(tl.float32)
+        rstd = 1.0 / tl.sqrt((tl.sum(a32 * a32, 1) + tl.sum(b32 * b32, 1)) / HEAD_DIM + QK_EPS)
+        x = (a32 * rstd[:, None]).to(a.dtype), (b32 * rstd[:, None]).to(b.dtype)
+    else:
+        x32 = x.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x32 * x32, 1) / HEAD_DIM + QK_EPS)
+        x = (x32 * rstd[:, None]).to(x.dtype)
+    return x, rstd
+
+
+@triton.jit
+def _rms_grad(g, x, rstd, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
+    """The gradient of the raw rows from g (fp32), the gradient of their QK-norm x (the normalized
+    tile, or the pair of half tiles, turned or not alike): rstd * (g - x * mean(g * x))."""
+    if ROTARY:
+        a, b = x
+        ga, gb = g
+        a32, b32 = a.to(tl.float32), b.to(tl.float32)
+        c = (tl.sum(ga * a32, 1) + tl.sum(gb * b32, 1)) / HEAD_DIM
+        return (ga - a32 * c[:, None]) * rstd[:, None], (gb - b32 * c[:, None]) * rstd[:, None]
+    else:
+        x32 = x.to(tl.float32)
+        c = tl.sum(g * x32, 1) / HEAD_DIM
+        return (g - x32 * c[:, None]) * rstd[:, None]
+
+
+@triton.jit
+def _load_qk_rstd(mat, rows, T, tables, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr, MASKED: tl.constexpr,
+                  QK_NORM: tl.constexpr):
     """The (BLOCK, BLOCK_D) tile of q or k at `rows`, or under rotary its half tiles (a, b)
-    turned to their positions. MASKED=False: every row is inside T (then only a padded D is
+    turned to their positions, RMS-normalized first under QK_NORM; and the rows' rstd from the
+    norm (1.0 without QK_NORM). MASKED=False: every row is inside T (then only a padded D is
     masked)."""
     if ROTARY:  # half tiles: columns always masked (their dims run to BLOCK_D)
         a_mat, b_mat = mat
         a = tl.load(_ptrs(a_mat, rows), mask=(rows[:, None] < T) & (a_mat[3][None, :] < HEAD_DIM), other=0.0)
         b = tl.load(_ptrs(b_mat, rows), mask=(rows[:, None] < T) & (b_mat[3][None, :] < HEAD_DIM), other=0.0)
-        return _turn((a, b), rows, T, tables, SIGN=1)
+        x = (a, b)
     elif MASKED or HEAD_DIM != mat[3].shape[0]:
-        return _load(mat, rows, T, HEAD_DIM)
+        x = _load(mat, rows, T, HEAD_DIM)
     else:
-        return tl.load(_ptrs(mat, rows))
+        x = tl.load(_ptrs(mat, rows))
+    rstd = 1.0
+    if QK_NORM:
+        x, rstd = _rms_normalized(x, HEAD_DIM, ROTARY)
+    if ROTARY:
+        x = _turn(x, rows, T, tables, SIGN=1)
+    return x, rstd
+
+
+@triton.jit
+def _load_qk(mat, rows, T, tables, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr, MASKED: tl.constexpr,
+             QK_NORM: tl.constexpr):
+    """_load_qk_rstd's tile alone."""
+    x, _ = _load_qk_rstd(mat, rows, T, tables, HEAD_DIM, ROTARY, MASKED, QK_NORM)
+    return x
 
 
 @triton.jit
@@ -260,6 +316,7 @@ def _fwd_tiles(
     acc, l_i, m_i, q, offs_m, kv, lo, hi, head, tables,
     MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
     WINDOWED: tl.constexpr, ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    QK_NORM: tl.constexpr,
 ):
     """The online softmax of the query tile q (BLOCK_M, BLOCK_D) at rows offs_m over the key
     tiles [lo, hi) of kv = (k, v matrices): acc (BLOCK_M, BLOCK_D) += p v; l, m (BLOCK_M,) its
@@ -269,10 +326,12 @@ def _fwd_tiles(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if ROTARY:
-            k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED)  # (BLOCK_N, BLOCK_D) halves
+            k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED, QK_NORM)  # (BLOCK_N, BLOCK_D) halves
             v = _load(v_mat, offs_n, T, HEAD_DIM)
         else:
             k, v = _load_kv(kv, offs_n, T, HEAD_DIM, MASKED=MASKED)  # (BLOCK_N, BLOCK_D) each
+            if QK_NORM:
+                k = _rms_normalized(k, HEAD_DIM, ROTARY)[0]  # [0], not `k, _`: `_` holds a scalar of `head`
         s = _scores(q, k, ROTARY, DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), s, float("-inf"))
@@ -301,7 +360,7 @@ def _attn_fwd_kernel(
     H, T, qk_scale, dropout_p, drop_scale, window, rot_dim, T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
     ROTARY: tl.constexpr, INTERLEAVED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    QK_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # the last query tiles see the most keys: start them first, so the grid ends on light ones
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
@@ -316,7 +375,7 @@ def _attn_fwd_kernel(
         seed = tl.load(seed_ptr)
     head = (T, qk_scale, seed, bh, dropout_p, drop_scale, window)
     tables = (cos_ptr, sin_ptr, rot_dim // 2)
-    q = _load_qk(q_mat, offs_m, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_M, BLOCK_D)
+    q = _load_qk(q_mat, offs_m, T, tables, HEAD_DIM, ROTARY, MASKED=True, QK_NORM=QK_NORM)  # (BLOCK_M, BLOCK_D)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -326,14 +385,17 @@ def _attn_fwd_kernel(
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, offs_m, kv, w_lo, w_mid, head, tables, MASKED=True, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            QK_NORM=QK_NORM,
         )
     acc, l_i, m_i = _fwd_tiles(
         acc, l_i, m_i, q, offs_m, kv, w_mid, lo, head, tables, MASKED=False, BLOCK_N=BLOCK_N,
         HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+        QK_NORM=QK_NORM,
     )
     acc, l_i, m_i = _fwd_tiles(
         acc, l_i, m_i, q, offs_m, kv, lo, hi, head, tables, MASKED=True, BLOCK_N=BLOCK_N,
         HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+        QK_NORM=QK_NORM,
     )
 
     if DROPOUT:
@@ -366,7 +428,7 @@ def _attn_bwd_delta_kernel(
 def _dkdv_tiles(
     dk, dv, k, v, offs_n, queries, lo, hi, head, tables,
     MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOWED: tl.constexpr,
-    ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, QK_NORM: tl.constexpr,
 ):
     """dK, dV (BLOCK_N, BLOCK_D) of the key tile k, v at rows offs_n, summed over the query tiles
     [lo, hi) of queries = (q matrix, dO matrix, lse row, delta row); MASKED: the causal
@@ -376,7 +438,7 @@ def _dkdv_tiles(
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < T  # the ragged tail of queries loads as zeros and adds nothing
-        q = _load_qk(q_mat, offs_m, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_M, BLOCK_D)
+        q = _load_qk(q_mat, offs_m, T, tables, HEAD_DIM, ROTARY, MASKED=True, QK_NORM=QK_NORM)  # (BLOCK_M, BLOCK_D)
         do = _load(do_mat, offs_m, T, HEAD_DIM)
         lse = tl.load(lse_row + offs_m, mask=rows, other=0.0)  # (BLOCK_M,)
         delta = tl.load(delta_row + offs_m, mask=rows, other=0.0)
@@ -403,6 +465,7 @@ def _dq_tiles(
     dq, q, do, lse, delta, offs_m, kv, lo, hi, head, tables,
     MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
     WINDOWED: tl.constexpr, ROTARY: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    QK_NORM: tl.constexpr,
 ):
     """dQ (BLOCK_M, BLOCK_D) of the query tile q, do (BLOCK_M, BLOCK_D), lse, delta (BLOCK_M,) at
     rows offs_m, summed over the key tiles [lo, hi) of kv = (k, v matrices)."""
@@ -411,10 +474,12 @@ def _dq_tiles(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if ROTARY:
-            k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED)  # (BLOCK_N, BLOCK_D) halves
+            k = _load_qk(k_mat, offs_n, T, tables, HEAD_DIM, ROTARY, MASKED, QK_NORM)  # (BLOCK_N, BLOCK_D) halves
             v = _load(v_mat, offs_n, T, HEAD_DIM)
         else:
             k, v = _load_kv(kv, offs_n, T, HEAD_DIM, MASKED=MASKED)  # (BLOCK_N, BLOCK_D) each
+            if QK_NORM:
+                k = _rms_normalized(k, HEAD_DIM, ROTARY)[0]
         p = tl.exp2(_scores(q, k, ROTARY, DOT_PREC) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
         if MASKED:
             p = tl.where(_visible(offs_m, offs_n, T, window, CAUSAL, WINDOWED), p, 0.0)
@@ -437,13 +502,15 @@ def _attn_bwd_kernel(
     H, T, qk_scale, sm_scale, dropout_p, drop_scale, window, rot_dim, T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
     ROTARY: tl.constexpr, INTERLEAVED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    DKDV: tl.constexpr, BLOCK_BIG: tl.constexpr, BLOCK_SMALL: tl.constexpr,
+    QK_NORM: tl.constexpr, DKDV: tl.constexpr, BLOCK_BIG: tl.constexpr, BLOCK_SMALL: tl.constexpr,
 ):
     """A program holds BLOCK_BIG rows [start, start + BLOCK_BIG) and streams BLOCK_SMALL tiles
     of the other side past them. DKDV: dK and dV of those keys, over the query tiles that see
     them. Otherwise: dQ of those queries, over the key tiles they see. (Two launches rather than
     one kernel doing both: fused, the two halves' registers add up and spill.) With rotary the
-    scores are those of the turned q and k, so dq and dk come out turned: turned back at the end."""
+    scores are those of the turned q and k, so dq and dk come out turned: turned back at the end.
+    With QK-norm they are the gradients of the normalized q and k: taken through the norm's
+    backward first."""
     start = tl.program_id(0) * BLOCK_BIG  # heaviest first: the first key tiles, the last query tiles
     if not DKDV:
         start = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_BIG
@@ -465,7 +532,7 @@ def _attn_bwd_kernel(
     g = b * stride_gb + h * stride_gh + offs_big[:, None] * stride_gt + offs_d[None, :] * stride_gd
 
     if DKDV:
-        k = _load_qk(k_mat, offs_big, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
+        k, k_rstd = _load_qk_rstd(k_mat, offs_big, T, tables, HEAD_DIM, ROTARY, True, QK_NORM)  # (BLOCK_BIG, BLOCK_D)
         v = _load(v_mat, offs_big, T, HEAD_DIM)
         dk = _zeros_qk(BLOCK_BIG, BLOCK_D, ROTARY)
         dv = tl.zeros([BLOCK_BIG, BLOCK_D], dtype=tl.float32)
@@ -474,25 +541,31 @@ def _attn_bwd_kernel(
         dk, dv = _dkdv_tiles(
             dk, dv, k, v, offs_big, queries, lo, mid, head, tables, MASKED=True, BLOCK_M=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            QK_NORM=QK_NORM,
         )
         dk, dv = _dkdv_tiles(
             dk, dv, k, v, offs_big, queries, mid, w_mid, head, tables, MASKED=False, BLOCK_M=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            QK_NORM=QK_NORM,
         )
         if WINDOWED:
             dk, dv = _dkdv_tiles(
                 dk, dv, k, v, offs_big, queries, w_mid, w_hi, head, tables, MASKED=True, BLOCK_M=BLOCK_SMALL,
                 HEAD_DIM=HEAD_DIM, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+                QK_NORM=QK_NORM,
             )
+        dk = _scaled(dk, sm_scale, ROTARY)
+        if QK_NORM:  # the gradient of the normalized k: through the norm
+            dk = _rms_grad(dk, k, k_rstd, HEAD_DIM, ROTARY)
         if ROTARY:  # the gradient of the turned k: turned back
-            dk = _turn(_scaled(dk, sm_scale, ROTARY), offs_big, T, tables, SIGN=-1)
+            dk = _turn(dk, offs_big, T, tables, SIGN=-1)
             _store_qk(_qk_matrix(dk_ptr, g_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED), offs_big, dk, T, HEAD_DIM, ROTARY)
             _store(_matrix(dv_ptr, g_strides, b, h, offs_d), offs_big, dv, T, HEAD_DIM)
         else:
-            tl.store(dk_ptr + g, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=inside)
+            tl.store(dk_ptr + g, dk.to(dk_ptr.dtype.element_ty), mask=inside)
             tl.store(dv_ptr + g, dv.to(dv_ptr.dtype.element_ty), mask=inside)
     else:
-        q = _load_qk(q_mat, offs_big, T, tables, HEAD_DIM, ROTARY, MASKED=True)  # (BLOCK_BIG, BLOCK_D)
+        q, q_rstd = _load_qk_rstd(q_mat, offs_big, T, tables, HEAD_DIM, ROTARY, True, QK_NORM)  # (BLOCK_BIG, BLOCK_D)
         do = _load(do_mat, offs_big, T, HEAD_DIM)
         lse = tl.load(lse_row + offs_big, mask=offs_big < T, other=0.0)  # (BLOCK_BIG,)
         delta = tl.load(delta_row + offs_big, mask=offs_big < T, other=0.0)
@@ -503,17 +576,23 @@ def _attn_bwd_kernel(
             dq = _dq_tiles(
                 dq, q, do, lse, delta, offs_big, kv, w_lo, w_mid, head, tables, MASKED=True, BLOCK_N=BLOCK_SMALL,
                 HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+                QK_NORM=QK_NORM,
             )
         dq = _dq_tiles(
             dq, q, do, lse, delta, offs_big, kv, w_mid, lo, head, tables, MASKED=False, BLOCK_N=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            QK_NORM=QK_NORM,
         )
         dq = _dq_tiles(
             dq, q, do, lse, delta, offs_big, kv, lo, hi, head, tables, MASKED=True, BLOCK_N=BLOCK_SMALL,
             HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, WINDOWED=WINDOWED, ROTARY=ROTARY, DROPOUT=DROPOUT, DOT_PREC=DOT_PREC,
+            QK_NORM=QK_NORM,
         )
+        dq = _scaled(dq, sm_scale, ROTARY)
+        if QK_NORM:  # the gradient of the normalized q: through the norm
+            dq = _rms_grad(dq, q, q_rstd, HEAD_DIM, ROTARY)
         if ROTARY:  # the gradient of the turned q: turned back
-            dq = _turn(_scaled(dq, sm_scale, ROTARY), offs_big, T, tables, SIGN=-1)
+            dq = _turn(dq, offs_big, T, tables, SIGN=-1)
             _store_qk(_qk_matrix(dq_ptr, g_strides, b, h, offs_d, rot_dim, ROTARY, INTERLEAVED), offs_big, dq, T, HEAD_DIM, ROTARY)
         else:
-            tl.store(dq_ptr + g, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=inside)
+            tl.store(dq_ptr + g, dq.to(dq_ptr.dtype.element_ty), mask=inside)

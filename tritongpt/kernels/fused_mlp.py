@@ -1,12 +1,15 @@
-"""Fused Linear + bias + GELU: y = gelu(x @ W.T + b), the first half of GPT-2's MLP.
+"""Fused Linear + bias + activation: y = act(x @ W.T + b), the first half of the MLP.
 
 x (..., K), W (N, K) in nn.Linear layout, b (N,) or None; y (..., N) in x's dtype. K = 0 is an
-empty sum, as in F.linear: y = gelu(b) on every row, dx and dW empty, db from dy as usual.
+empty sum, as in F.linear: y = act(b) on every row, dx and dW empty, db from dy as usual.
 
-The GELU is F.gelu's, named as F.gelu names it: approximate="tanh" (GPT-2's, the default) or
-"none", the exact h * Phi(h) with Phi(h) = (1 + erf(h / sqrt 2)) / 2 (GPT-NeoX / Pythia,
-Cerebras-GPT). The choice is a constexpr of the kernels, so each GELU compiles to its own code
-and the tanh kernels are what they were before the exact one existed. The erf is our own
+The activation (ACTIVATIONS below) is one of the two GELUs, "gelu_tanh" (GPT-2's, the default;
+F.gelu's approximate="tanh") or "gelu_exact", the exact h * Phi(h) with Phi(h) = (1 + erf(h /
+sqrt 2)) / 2 (GPT-NeoX / Pythia, Cerebras-GPT; F.gelu's approximate="none"), or "relu2",
+relu(h)^2 (Primer's squared ReLU, nanochat's and the GPT-2 speedrun's), whose derivative
+2 relu(h) the backward pass takes instead of gelu'(h). linear_gelu(approximate=...) names the
+GELUs as F.gelu does. The choice is a constexpr of the kernels, so each activation compiles to
+its own code and the tanh kernels are what they were before the others existed. The erf is our own
 polynomial approximation (_erf_parts below, max abs error ~1e-7 in fp32): the interpreter has no
 libdevice, and the GPU takes the same code so that both paths compute the same thing.
 
@@ -118,6 +121,7 @@ BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 128, 8
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 GELU_CUBIC = tl.constexpr(0.044715)
 APPROXIMATIONS = ("tanh", "none")  # F.gelu's names: the tanh GELU, the exact (erf) GELU
+ACTIVATIONS = ("gelu_tanh", "gelu_exact", "relu2")  # the kernels' (and GPTConfig's) names
 
 # The erf, in two pieces joined at |z| = ERF_SPLIT (coefficients fitted for this file by a
 # weighted least-squares fit iterated towards minimax (Lawson's method) in float64 against
@@ -182,9 +186,12 @@ def _normal_cdf(h):
 
 
 @triton.jit
-def _gelu(h, EXACT: tl.constexpr):
-    """gelu(h): the exact (erf) GELU when EXACT, else the tanh one."""
-    if EXACT:
+def _act(h, ACTIVATION: tl.constexpr):
+    """act(h) for one of ACTIVATIONS: the tanh GELU, the exact (erf) GELU, or relu(h)^2."""
+    if ACTIVATION == "relu2":
+        r = tl.maximum(h, 0.0)
+        y = r * r
+    elif ACTIVATION == "gelu_exact":
         cdf, _ = _normal_cdf(h)
         y = h * cdf
     else:
@@ -193,9 +200,11 @@ def _gelu(h, EXACT: tl.constexpr):
 
 
 @triton.jit
-def _gelu_grad(h, EXACT: tl.constexpr):
-    """gelu'(h) for the GELU that _gelu computes."""
-    if EXACT:
+def _act_grad(h, ACTIVATION: tl.constexpr):
+    """act'(h) for the activation that _act computes (2 relu(h) for relu2)."""
+    if ACTIVATION == "relu2":
+        grad = 2.0 * tl.maximum(h, 0.0)
+    elif ACTIVATION == "gelu_exact":
         cdf, e = _normal_cdf(h)
         grad = cdf + h * e * RSQRT_2PI
     else:
@@ -223,7 +232,7 @@ def _linear_gelu_fwd_kernel(
     M_BUCKET,  # rows_bucket(M): only the autotune key reads it
     HAS_BIAS: tl.constexpr,
     STORE_H: tl.constexpr,
-    EXACT: tl.constexpr,  # the exact (erf) GELU, else the tanh one
+    ACTIVATION: tl.constexpr,  # one of ACTIVATIONS
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
@@ -260,7 +269,7 @@ def _linear_gelu_fwd_kernel(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
-    # Epilogue on the fp32 tile: bias, GELU, store y (and h for the backward).
+    # Epilogue on the fp32 tile: bias, activation, store y (and h for the backward).
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     # The tile's corner in int64 (a scalar), offsets within the tile in int32: BLOCK_M * N < 2^31,
@@ -271,7 +280,7 @@ def _linear_gelu_fwd_kernel(
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     y_ptr += corner
     h_ptr += corner
-    tl.store(y_ptr + offs, _gelu(acc, EXACT).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offs, _act(acc, ACTIVATION).to(y_ptr.dtype.element_ty), mask=mask)
     if STORE_H:
         tl.store(h_ptr + offs, acc.to(h_ptr.dtype.element_ty), mask=mask)
 
@@ -280,11 +289,11 @@ def _linear_gelu_fwd_kernel(
 def _linear_gelu_bwd_kernel(
     dy_ptr,  # (M, N) gradient of y, contiguous
     h_ptr,  # (M, N) saved pre-activation, contiguous
-    dh_ptr,  # (M, N) out: dh = dy * gelu'(h), contiguous, in h's dtype
+    dh_ptr,  # (M, N) out: dh = dy * act'(h), contiguous, in h's dtype
     db_ptr,  # (cdiv(M, BLOCK_M), N) fp32 out: this program's column sums of dh; unused unless HAS_BIAS
     M, N,
     HAS_BIAS: tl.constexpr,
-    EXACT: tl.constexpr,  # the exact (erf) GELU, else the tanh one
+    ACTIVATION: tl.constexpr,  # one of ACTIVATIONS
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0).to(tl.int64)
@@ -295,7 +304,7 @@ def _linear_gelu_bwd_kernel(
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dh = dy * _gelu_grad(h, EXACT)
+    dh = dy * _act_grad(h, ACTIVATION)
     tl.store(dh_ptr + offs, dh.to(dh_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS:
         # Sum what the matmuls will read (dh in the input dtype), as autograd's db would.
@@ -345,6 +354,11 @@ def _check_approximate(approximate):
         )
 
 
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"linear_gelu: activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
 def _input_precision(dtype):
     """tl.dot's input_precision; it only changes fp32 operands (16-bit ones take tensor cores as they are)."""
     if dtype == torch.float32 and (INTERPRET or not torch.backends.cuda.matmul.allow_tf32):
@@ -352,10 +366,11 @@ def _input_precision(dtype):
     return "tf32"
 
 
-def linear_gelu_fwd(x, weight, bias=None, save_h=False, approximate="tanh"):
-    """y = gelu(x @ weight.T + bias): x (..., K) -> y (..., N); also h (M, N) when save_h."""
+def linear_gelu_fwd(x, weight, bias=None, save_h=False, activation="gelu_tanh"):
+    """y = act(x @ weight.T + bias), act one of ACTIVATIONS: x (..., K) -> y (..., N); also h (M, N)
+    when save_h."""
     _check(x, weight, bias)
-    _check_approximate(approximate)
+    _check_activation(activation)
     K, N = x.shape[-1], weight.shape[0]
     M = math.prod(x.shape[:-1])
     x2 = x.reshape(M, K)  # (M, K); a view when it can be (M spelled out: -1 is ambiguous when K = 0)
@@ -372,17 +387,17 @@ def linear_gelu_fwd(x, weight, bias=None, save_h=False, approximate="tanh"):
                 x2, weight, bias if bias is not None else y, y, h if save_h else y,
                 M, N, K,
                 x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), rows_bucket(M),
-                HAS_BIAS=bias is not None, STORE_H=save_h, EXACT=approximate == "none",
+                HAS_BIAS=bias is not None, STORE_H=save_h, ACTIVATION=activation,
                 INPUT_PRECISION=_input_precision(x.dtype),
             )  # fmt: skip
     return y.view(*x.shape[:-1], N), h
 
 
-def linear_gelu_bwd(dy, h, has_bias=True, approximate="tanh"):
+def linear_gelu_bwd(dy, h, has_bias=True, activation="gelu_tanh"):
     """The elementwise half of the backward: dy (..., N) and the forward's h (M, N) -> dh =
-    dy * gelu'(h) (M, N) in h's dtype and dbias (N,) (None without a bias). The matmuls that
+    dy * act'(h) (M, N) in h's dtype and dbias (N,) (None without a bias). The matmuls that
     turn dh into dx and dW are the autograd formula's (below)."""
-    _check_approximate(approximate)
+    _check_activation(activation)
     M, N = h.shape
     if dy.numel() != M * N or dy.shape[-1] != N:
         raise ValueError(f"linear_gelu_bwd: expected dy (..., {N}) with {M} rows to match h {(M, N)}, got {tuple(dy.shape)}")
@@ -395,7 +410,7 @@ def linear_gelu_bwd(dy, h, has_bias=True, approximate="tanh"):
         with device_guard(h):
             _linear_gelu_bwd_kernel[grid](
                 dy2, h.contiguous(), dh, db_part, M, N,
-                HAS_BIAS=has_bias, EXACT=approximate == "none",
+                HAS_BIAS=has_bias, ACTIVATION=activation,
                 BLOCK_M=BWD_BLOCK_M, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_WARPS,
             )  # fmt: skip
     db = None
@@ -406,7 +421,7 @@ def linear_gelu_bwd(dy, h, has_bias=True, approximate="tanh"):
 
 # ----------------------------------------------------------------------------- torch.library ops
 # tritongpt::linear_gelu returns (y, h), h an empty (0,) tensor when it is not saved; both ops
-# take F.gelu's approximate ("tanh" or "none").
+# take the activation by its name in ACTIVATIONS (the two GELUs or relu2: the op keeps GPT-2's name).
 # tritongpt::linear_gelu_backward is the elementwise pass, (dh, db), db empty without a bias.
 # The two gradient matmuls stay plain torch ops in the autograd formula, so torch.compile sees
 # (and schedules) them like any other matmul.
@@ -416,16 +431,16 @@ Tensor = torch.Tensor
 
 @torch.library.custom_op(f"{NAMESPACE}::linear_gelu", mutates_args=())
 def _linear_gelu_op(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor], save_h: bool, approximate: str
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], save_h: bool, activation: str
 ) -> tuple[Tensor, Tensor]:
-    y, h = linear_gelu_fwd(x, weight, bias, save_h=save_h, approximate=approximate)
+    y, h = linear_gelu_fwd(x, weight, bias, save_h=save_h, activation=activation)
     return y, (h if save_h else torch.empty(0, dtype=x.dtype, device=x.device))
 
 
 @_linear_gelu_op.register_fake
-def _(x, weight, bias, save_h, approximate):
+def _(x, weight, bias, save_h, activation):
     _check(x, weight, bias)
-    _check_approximate(approximate)
+    _check_activation(activation)
     N = weight.shape[0]
     M = math.prod(x.shape[:-1])
     y = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
@@ -433,35 +448,35 @@ def _(x, weight, bias, save_h, approximate):
 
 
 @torch.library.custom_op(f"{NAMESPACE}::linear_gelu_backward", mutates_args=())
-def _linear_gelu_backward_op(dy: Tensor, h: Tensor, has_bias: bool, approximate: str) -> tuple[Tensor, Tensor]:
-    dh, db = linear_gelu_bwd(dy, h, has_bias, approximate)
+def _linear_gelu_backward_op(dy: Tensor, h: Tensor, has_bias: bool, activation: str) -> tuple[Tensor, Tensor]:
+    dh, db = linear_gelu_bwd(dy, h, has_bias, activation)
     return dh, (db if has_bias else torch.empty(0, dtype=h.dtype, device=h.device))
 
 
 @_linear_gelu_backward_op.register_fake
-def _(dy, h, has_bias, approximate):
-    _check_approximate(approximate)
+def _(dy, h, has_bias, activation):
+    _check_activation(activation)
     return torch.empty_like(h, memory_format=torch.contiguous_format), h.new_empty((h.shape[1],) if has_bias else (0,))
 
 
 def _linear_gelu_setup(ctx, inputs, output):
-    x, weight, bias, _, approximate = inputs
+    x, weight, bias, _, activation = inputs
     _, h = output
     ctx.save_for_backward(x, weight, h)
     ctx.has_bias = bias is not None
-    ctx.approximate = approximate
+    ctx.activation = activation
     ctx.mark_non_differentiable(h)
     ctx.set_materialize_grads(False)  # no zero-filled (M, N) gradient for h
 
 
 def _linear_gelu_backward(ctx, dy, _dh):
-    """dh = dy * gelu'(h) and db in one Triton pass; dx = dh @ W and dW = dh^T x on cuBLAS.
+    """dh = dy * act'(h) and db in one Triton pass; dx = dh @ W and dW = dh^T x on cuBLAS.
     (Once differentiable: the Triton pass has no graph, so no double backward.)"""
     x, weight, h = ctx.saved_tensors
     need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
     if dy is None:
         return None, None, None, None, None
-    dh, db = torch.ops.tritongpt.linear_gelu_backward(dy, h, ctx.has_bias and need_db, ctx.approximate)
+    dh, db = torch.ops.tritongpt.linear_gelu_backward(dy, h, ctx.has_bias and need_db, ctx.activation)
     dx = (dh @ weight).view(x.shape) if need_dx else None  # (M, N) @ (N, K)
     dw = dh.t() @ x.reshape(h.shape[0], x.shape[-1]) if need_dw else None  # (N, M) @ (M, K)
     return dx, dw, (db if ctx.has_bias and need_db else None), None, None
@@ -470,18 +485,25 @@ def _linear_gelu_backward(ctx, dy, _dh):
 _linear_gelu_op.register_autograd(_linear_gelu_backward, setup_context=_linear_gelu_setup)
 
 
-# ----------------------------------------------------------------------------- public function
+# ----------------------------------------------------------------------------- public functions
 
 
-def linear_gelu(x, weight, bias=None, approximate="tanh"):
-    """gelu(x @ weight.T + bias) for x (..., K), weight (N, K), bias (N,) or None; approximate is
-    F.gelu's: "tanh" (the tanh GELU, GPT-2's) or "none" (the exact erf GELU).
+def linear_act(x, weight, bias=None, activation="gelu_tanh"):
+    """act(x @ weight.T + bias) for x (..., K), weight (N, K), bias (N,) or None; activation one
+    of ACTIVATIONS: "gelu_tanh" (GPT-2's), "gelu_exact" (the erf GELU), "relu2" (relu(h)^2).
 
     Under torch.autocast the inputs are cast to the autocast dtype, as F.linear would be; the
     gradients come back in each input's own dtype (the casts are part of the autograd graph)."""
     x, weight, bias = autocast_inputs(x, weight, bias)
     check_tensors("linear_gelu", x=x, weight=weight, bias=bias)
-    _check_approximate(approximate)
+    _check_activation(activation)
     # h is saved (and written) only when a backward will need it
     save_h = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return torch.ops.tritongpt.linear_gelu(x, weight, bias, save_h, approximate)[0]
+    return torch.ops.tritongpt.linear_gelu(x, weight, bias, save_h, activation)[0]
+
+
+def linear_gelu(x, weight, bias=None, approximate="tanh"):
+    """gelu(x @ weight.T + bias), linear_act with a GELU named as F.gelu names it: approximate
+    "tanh" (the tanh GELU, GPT-2's) or "none" (the exact erf GELU)."""
+    _check_approximate(approximate)
+    return linear_act(x, weight, bias, "gelu_tanh" if approximate == "tanh" else "gelu_exact")

@@ -16,6 +16,10 @@ With vocab_size < V (a vocabulary padded for matmul speed), the matmuls still ru
 rows of W, and the row kernel masks the padding columns: they take no probability, their
 gradient is zero, and so are their rows of grad_W.
 
+With softcap = C > 0 the loss is that of C * tanh(logits / C) (the logit soft-cap): the row
+kernel caps each logit as it reads the chunk and multiplies its gradient by the cap's
+derivative, so the matmuls are the same and no capped copy of the logits exists.
+
 Precision. The gradient is written into the 16-bit logits buffer before grad_output (a gradient
 scaler's loss scale) is known, so it must not carry the 1 / kept-rows factor there: at 16384
 rows (softmax - onehot) / rows is around 1e-6 to 1e-9, below fp16's normal range, and most of
@@ -44,7 +48,9 @@ from typing import Optional
 import torch
 
 from tritongpt.kernels.common import NAMESPACE, autocast_inputs, check_device, check_one_dtype, check_tensors, device_guard
-from tritongpt.kernels.losses import check_targets, check_vocab_size, cross_entropy_rows, raise_at_once, raise_on_bad_targets
+from tritongpt.kernels.losses import (
+    check_softcap, check_targets, check_vocab_size, cross_entropy_rows, raise_at_once, raise_on_bad_targets,
+)
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # one chunk of logits
 GRAD_SCALE = 2.0**14  # the logits buffer holds (softmax - onehot) * GRAD_SCALE (see Precision above)
@@ -60,10 +66,11 @@ def chunk_rows(M, V, itemsize):
     return max(1, min(M, 1 << (fit.bit_length() - 1)))
 
 
-def _check(x, weight, targets, vocab_size):
+def _check(x, weight, targets, vocab_size, softcap=0.0):
     """A ValueError naming what the op cannot take (shapes, dtypes, devices: the fake runs it too)
     -> the flat targets (M,) and the number of classes."""
     check_tensors("linear_cross_entropy", x=x, weight=weight, targets=targets)
+    check_softcap("linear_cross_entropy", softcap)
     check_device("linear_cross_entropy", x=x, weight=weight, targets=targets)
     check_one_dtype("linear_cross_entropy", x=x, weight=weight)
     if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
@@ -93,11 +100,12 @@ def _add_mm_fp32(acc, a, b):
     return acc
 
 
-def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size=None):
+def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size=None, softcap=0.0):
     """x (..., C), weight (V, C), targets (...) -> loss (fp32 scalar), dx (x's shape) or None, dW
     (V, C) or None: the gradients of the loss itself (grad_output = 1), computed chunk by chunk,
-    in fp32. Only weight's first vocab_size rows (default all) are classes; the others get zero dW."""
-    t, vocab = _check(x, weight, targets, vocab_size)
+    in fp32. Only weight's first vocab_size rows (default all) are classes; the others get zero dW.
+    softcap > 0: the loss of the capped logits."""
+    t, vocab = _check(x, weight, targets, vocab_size, softcap)
     V, C = weight.shape
     x2 = x.reshape(-1, C).contiguous()
     w = weight.contiguous()
@@ -118,7 +126,8 @@ def linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, v
             x_c, logits = x2[start:end], buf[: end - start]  # (r, C), (r, V)
             torch.mm(x_c, w.t(), out=logits)
             cross_entropy_rows(
-                logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], grad_scale, write_grad, vocab
+                logits, t[start:end], ignore_index, loss_rows[start:end], lse[start:end], grad_scale, write_grad, vocab,
+                softcap,
             )
             if grad_x:
                 _mm_fp32(logits, w, out=dx[start:end])  # (r, V) @ (V, C)
@@ -145,16 +154,17 @@ Tensor = torch.Tensor
 
 @torch.library.custom_op(f"{NAMESPACE}::linear_cross_entropy", mutates_args=())
 def _linear_cross_entropy_op(
-    x: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, vocab_size: Optional[int], grad_x: bool, grad_w: bool
+    x: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, vocab_size: Optional[int], grad_x: bool, grad_w: bool,
+    softcap: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size)
+    loss, dx, dw = linear_cross_entropy_fwd(x, weight, targets, ignore_index, grad_x, grad_w, vocab_size, softcap)
     nothing = lambda: torch.empty(0, dtype=torch.float32, device=x.device)  # noqa: E731 - outputs never alias
     return loss, (dx if grad_x else nothing()), (dw if grad_w else nothing())
 
 
 @_linear_cross_entropy_op.register_fake
-def _(x, weight, targets, ignore_index, vocab_size, grad_x, grad_w):
-    _check(x, weight, targets, vocab_size)
+def _(x, weight, targets, ignore_index, vocab_size, grad_x, grad_w, softcap=0.0):
+    _check(x, weight, targets, vocab_size, softcap)
     return (
         x.new_empty((), dtype=torch.float32),
         torch.empty(x.shape if grad_x else (0,), dtype=torch.float32, device=x.device),
@@ -163,7 +173,7 @@ def _(x, weight, targets, ignore_index, vocab_size, grad_x, grad_w):
 
 
 def _linear_cross_entropy_setup(ctx, inputs, output):
-    x, weight, _, _, _, grad_x, grad_w = inputs
+    x, weight, _, _, _, grad_x, grad_w, _ = inputs
     _, dx, dw = output
     ctx.save_for_backward(dx, dw)
     ctx.grads = (grad_x, grad_w)
@@ -177,11 +187,11 @@ def _linear_cross_entropy_backward(ctx, grad_out, _ddx, _ddw):
     grad_x, grad_w = ctx.grads
     x_dtype, w_dtype = ctx.dtypes
     if grad_out is None:
-        return None, None, None, None, None, None, None
+        return None, None, None, None, None, None, None, None
     # scaled in fp32 (grad_output: a gradient scaler's loss scale, say), then rounded once
     dx = (dx * grad_out).to(x_dtype) if grad_x else None
     dw = (dw * grad_out).to(w_dtype) if grad_w else None
-    return dx, dw, None, None, None, None, None
+    return dx, dw, None, None, None, None, None, None
 
 
 _linear_cross_entropy_op.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup)
@@ -190,10 +200,11 @@ _linear_cross_entropy_op.register_autograd(_linear_cross_entropy_backward, setup
 # ----------------------------------------------------------------------------- public
 
 
-def linear_cross_entropy(x, weight, targets, ignore_index=-1, vocab_size=None):
-    """cross_entropy(x @ weight.T, targets, vocab_size=vocab_size) without the (rows, V) logits:
-    x (..., C), weight (V, C); with vocab_size < V the rows of weight from vocab_size on (a
-    padded vocabulary's) take no probability and get a zero gradient.
+def linear_cross_entropy(x, weight, targets, ignore_index=-1, vocab_size=None, softcap=0.0):
+    """cross_entropy(x @ weight.T, targets, vocab_size=vocab_size, softcap=softcap) without the
+    (rows, V) logits: x (..., C), weight (V, C); with vocab_size < V the rows of weight from
+    vocab_size on (a padded vocabulary's) take no probability and get a zero gradient; softcap
+    C > 0: the loss of C * tanh(logits / C).
 
     Under torch.autocast x and weight are cast to the autocast dtype, as F.linear's would be, and
     their gradients come back in their own dtypes through the casts. A target outside
@@ -203,7 +214,8 @@ def linear_cross_entropy(x, weight, targets, ignore_index=-1, vocab_size=None):
     want = torch.is_grad_enabled()
     vocab_size = None if vocab_size is None else int(vocab_size)
     loss, _, _ = torch.ops.tritongpt.linear_cross_entropy(
-        x, weight, targets, int(ignore_index), vocab_size, want and x.requires_grad, want and weight.requires_grad
+        x, weight, targets, int(ignore_index), vocab_size, want and x.requires_grad, want and weight.requires_grad,
+        float(softcap),
     )
     if raise_at_once(x.device):  # out-of-range targets: as in cross_entropy (losses.py)
         raise_on_bad_targets(x.device)

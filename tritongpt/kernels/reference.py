@@ -30,6 +30,19 @@ def add_layer_norm(x, y, weight, bias=None, eps=1e-5, upcast=False):
     return s, layer_norm(s, weight, bias, eps, upcast=upcast)
 
 
+def rms_norm(x, weight=None, eps=1e-5, upcast=False):
+    """RMSNorm over the last dim of x (..., C): x / sqrt(mean(x^2) + eps), times weight (C,)
+    when there is one (a gain); no mean is taken off and there is no bias."""
+    y = F.rms_norm(_up(x, upcast), (x.shape[-1],), _up(weight, upcast), eps)
+    return y.to(x.dtype) if upcast else y
+
+
+def add_rms_norm(x, y, weight=None, eps=1e-5, upcast=False):
+    """(s, rms_norm(s)) with s = x + y, as add_layer_norm."""
+    s = x + y
+    return s, rms_norm(s, weight, eps, upcast=upcast)
+
+
 def gelu_tanh(x):
     """GPT-2's GELU: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
     return F.gelu(x, approximate="tanh")
@@ -47,6 +60,15 @@ def gelu(x, approximate="tanh"):
     return gelu_tanh(x) if approximate == "tanh" else gelu_exact(x)
 
 
+def relu2(x):
+    """ReLU squared (Primer; nanochat's and the GPT-2 speedrun's MLP): relu(x)^2."""
+    return F.relu(x).square()
+
+
+# The MLP's activations, by the names the fused MLP kernel and GPTConfig use.
+ACTIVATIONS = {"gelu_tanh": gelu_tanh, "gelu_exact": gelu_exact, "relu2": relu2}
+
+
 def linear_gelu(x, weight, bias=None, upcast=False, approximate="tanh"):
     """gelu(x @ weight.T + bias); x (..., K), weight (N, K) as in nn.Linear, bias (N,) or None;
     the tanh GELU by default, the exact erf one with approximate="none"."""
@@ -54,25 +76,38 @@ def linear_gelu(x, weight, bias=None, upcast=False, approximate="tanh"):
     return y.to(x.dtype) if upcast else y
 
 
-def cross_entropy(logits, targets, ignore_index=-1, vocab_size=None, upcast=False):
+def linear_act(x, weight, bias=None, activation="gelu_tanh", upcast=False):
+    """act(x @ weight.T + bias) with act one of ACTIVATIONS: the MLP's first half."""
+    y = ACTIVATIONS[activation](F.linear(_up(x, upcast), _up(weight, upcast), _up(bias, upcast)))
+    return y.to(x.dtype) if upcast else y
+
+
+def logit_softcap(logits, cap):
+    """cap * tanh(logits / cap) (Gemma 2's, nanochat's logit soft-cap): the logits squashed into
+    (-cap, cap); cap = 0 (or None) leaves them as they are."""
+    return logits if not cap else cap * torch.tanh(logits / cap)
+
+
+def cross_entropy(logits, targets, ignore_index=-1, vocab_size=None, upcast=False, softcap=0.0):
     """Mean cross-entropy over the rows whose target != ignore_index; logits (..., V), targets (...).
 
     A batch where every target is ignored has a defined loss of 0 (and zero gradients), not NaN.
     vocab_size (default V): the classes, when the last dim is padded past them; the padding
     columns are cut off, so they take no probability, get zero gradients, and a target there is
     out of range (an IndexError, as for any target >= V, from F.cross_entropy on a CPU).
+    softcap: C > 0 takes the loss of C * tanh(logits / C) (logit_softcap above); 0: none.
     """
-    logits = _up(logits.reshape(-1, logits.shape[-1])[:, :vocab_size], upcast)
+    logits = logit_softcap(_up(logits.reshape(-1, logits.shape[-1])[:, :vocab_size], upcast), softcap)
     targets = targets.reshape(-1)
     total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     kept = (targets != ignore_index).sum().clamp(min=1)
     return total.float() / kept
 
 
-def linear_cross_entropy(x, weight, targets, ignore_index=-1, vocab_size=None, upcast=False):
+def linear_cross_entropy(x, weight, targets, ignore_index=-1, vocab_size=None, upcast=False, softcap=0.0):
     """cross_entropy(x @ weight.T, targets): the LM head and the loss; x (..., C), weight (V, C)."""
     logits = F.linear(_up(x, upcast), _up(weight, upcast))
-    return cross_entropy(logits, targets, ignore_index=ignore_index, vocab_size=vocab_size)
+    return cross_entropy(logits, targets, ignore_index=ignore_index, vocab_size=vocab_size, softcap=softcap)
 
 
 def attention_mask(T, S, window=0, device=None):
@@ -87,12 +122,24 @@ def attention_mask(T, S, window=0, device=None):
     return keep
 
 
-def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=False, scale=None, window=0, rotary=None):
+# QK-norm's epsilon: q and k are RMS-normalized per head over their D dims, with no gain.
+QK_NORM_EPS = 1e-6
+
+
+def qk_rms_norm(x, upcast=False):
+    """QK-norm of q or k (..., D): rms_norm over each head's D dims, no gain, eps QK_NORM_EPS."""
+    return rms_norm(x, None, QK_NORM_EPS, upcast=upcast)
+
+
+def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=False, scale=None, window=0, rotary=None,
+              qk_norm=False):
     """softmax(q k^T * scale [causal]) v over q, k, v (B, H, T, D); scale defaults to 1 / sqrt(D).
 
     With window > 0 (causal only), each query sees only the last `window` positions, its own
     included (attention_mask above). The T queries are the last T of the S keys' positions.
     rotary: None, or (cos, sin, interleaved) of rotary() below, which turns q and k first.
+    qk_norm: q and k RMS-normalized per head first (qk_rms_norm above; a rotation keeps
+    each pair's length, so normalizing before or after rotary is the same).
     Dropout on the attention probabilities: either drawn here with probability `dropout_p`, or
     given as `dropout_mask` (B, H, T, S) of kept positions (the mask a kernel used, for tests);
     kept probabilities are scaled by 1 / (1 - dropout_p).
@@ -101,6 +148,8 @@ def attention(q, k, v, causal=True, dropout_p=0.0, dropout_mask=None, upcast=Fal
         raise ValueError("attention: a window needs causal=True")
     dtype = q.dtype
     q, k, v = _up(q, upcast), _up(k, upcast), _up(v, upcast)
+    if qk_norm:
+        q, k = qk_rms_norm(q), qk_rms_norm(k)
     if rotary is not None:  # rotary() takes (..., T, H, D): the heads moved behind T and back
         cos, sin, interleaved = rotary
         q, k = (rotary_bhtd(t, cos, sin, interleaved) for t in (q, k))

@@ -23,7 +23,9 @@ HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name on the Hugg
 # The model's family options: GPTConfig's keys of the same names (their defaults, GPT-2's, too).
 FAMILY_KEYS = ("position_embedding", "rotary_fraction", "rotary_base", "rotary_style", "parallel_residual", "shared_ln",
                "tie_embeddings", "lm_head_bias", "qkv_bias", "attn_proj_bias", "gelu", "attention_pattern", "window_size",
-               "scaled_attention", "layer_norm_eps")
+               "scaled_attention", "layer_norm_eps",
+               # the speedrun's options (nanochat's GPT): see docs/model-options.md
+               "norm", "norm_gain", "mlp_activation", "mlp_hidden", "qk_norm", "logit_softcap", "zero_init_proj")
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias") + FAMILY_KEYS  # recorded from the model actually trained
 
 
@@ -77,6 +79,14 @@ class TrainConfig:
     window_size: int = 0  # positions a local layer sees
     scaled_attention: bool = True  # False: GPT-Neo's unscaled scores
     layer_norm_eps: float = 1e-5
+    # the speedrun's model options (gpt.GPTConfig's; the defaults make a GPT-2): see docs/model-options.md
+    norm: str = "layer"  # layer | rms
+    norm_gain: bool = True  # the norms' learned gain
+    mlp_activation: str = "gelu"  # gelu (the one `gelu` names) | relu2
+    mlp_hidden: int = 0  # the MLP's width; 0: 4 * n_embd
+    qk_norm: bool = False  # q and k RMS-normalized per head
+    logit_softcap: float = 0.0  # C: logits C * tanh(logits / C); 0: none
+    zero_init_proj: bool = False  # attn.c_proj and mlp.c_proj start at zero
     # AdamW
     learning_rate: float = 6e-4
     max_iters: int = 600000

@@ -18,9 +18,10 @@ computing copy of a weight (2 in bfloat16 or float16, 4 in float32):
                  of the root and two blocks (e each), or all of them in fp32 (4N) while
                  micro-steps accumulate unsharded
     optimizer    AdamW's two fp32 moments: 8N; FSDP: 8N/W
-    activations  what a block keeps for its backward, 16 C e per token: its two LayerNorms'
-                 inputs and outputs (4C), q, k and v (3C), the attention's output (C), the MLP's
-                 hidden layer before and after its GELU (8C); plus 2C bytes of dropout masks with
+    activations  what a block keeps for its backward, (8C + 2H) e per token, H the MLP's width
+                 (4C unless mlp_hidden sets it: 16 C e): its two LayerNorms' inputs and outputs
+                 (4C), q, k and v (3C), the attention's output (C), the MLP's hidden layer before
+                 and after its activation (2H); plus 2C bytes of dropout masks with
                  dropout. With activation checkpointing a block keeps only its two inputs (2 C e),
                  and one block at a time holds all of it again in the backward. On the torch
                  backend the logits, their fp32 copy and their gradient, V (2e + 4) per token
@@ -76,7 +77,8 @@ LADDER = [Options(), Options(activation_checkpointing=True), Options(fsdp=True, 
 def root_params(config):
     """R: the parameters outside the blocks: token (and untied head) embeddings, positions, ln_f, head bias."""
     C, V = config.n_embd, config.vocab_size
-    n = V * C * (1 if config.tie_embeddings else 2) + (V if config.lm_head_bias else 0) + C * (2 if config.bias else 1)
+    ln_f = (C if config.norm_gain else 0) + (C if config.bias and config.norm == "layer" else 0)
+    n = V * C * (1 if config.tie_embeddings else 2) + (V if config.lm_head_bias else 0) + ln_f
     return n + (config.block_size * C if config.position_embedding == "learned" else 0)
 
 
@@ -97,7 +99,7 @@ def estimate(config, batch_size, block_size, world_size=1, dtype="bfloat16", opt
         gradients = 4 * N * (2 if W > 1 else 1)
         optimizer = 8 * N
     tokens = batch_size * block_size
-    block = tokens * (16 * C * e + (2 * C if config.dropout > 0 else 0))  # one block's activations
+    block = tokens * ((8 * C + 2 * config.mlp_width) * e + (2 * C if config.dropout > 0 else 0))  # one block's activations
     activations = tokens * L * 2 * C * e + block if options.activation_checkpointing else L * block
     if config.backend == "torch" or config.lm_head_bias:
         activations += tokens * V * (2 * e + 4)
