@@ -230,7 +230,10 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
-            group.update(settings)  # this config's and this machine's settings, not the saver's
+            # This config's settings, not the saver's, but the saver's implementation (fused or
+            # not: both run anywhere), so that a resumed run goes on with the same arithmetic.
+            group.update({k: v for k, v in settings.items() if k != "fused" or k not in group})
+        self.fused = bool(self.optimizer.param_groups[0].get("fused"))
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
 
@@ -284,7 +287,7 @@ class Trainer:
             elif self.fused:
                 self.optimizer.found_inf = bad.float()  # the fused kernel skips the update on the device
                 self.optimizer.step()
-            elif not bad.item():  # the unfused optimizer runs on a CPU, where this check costs nothing
+            elif not bad.item():  # a device without the fused kernel
                 self.optimizer.step()
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
