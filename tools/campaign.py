@@ -291,12 +291,14 @@ def pack(args):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         if (data_root / "tiktoken_cache").is_dir():
             env.setdefault("TIKTOKEN_CACHE_DIR", str(data_root / "tiktoken_cache"))
-        subprocess.run([sys.executable, "-m", "tritongpt.prep", "text", "--input", str(corpus), "--name", "linux_docs_gpt2",
-                        "--out_dir", str(out / "data"), "--quiet"] + ["--block_size", "32"] * args.smoke,
-                       cwd=ROOT, env=env, check=True)
+        argv = [sys.executable, "-m", "tritongpt.prep", "text", "--input", str(corpus), "--name", "linux_docs_gpt2",
+                "--out_dir", str(out / "data"), "--quiet"] + ["--block_size", "32"] * args.smoke
+        if subprocess.run(argv, cwd=ROOT, env=env).returncode:
+            raise SystemExit(f"--pack: tokenizing {corpus} failed (above); this Python needs tritongpt's dependencies")
     if "cache" in steps:  # from scratch: entries of older trees would only take room
         shutil.rmtree(out / "triton-cache", ignore_errors=True)
-        subprocess.run([sys.executable, str(TOOLS / "warm_cache.py"), str(out / "triton-cache")], cwd=ROOT, check=True)
+        if subprocess.run([sys.executable, str(TOOLS / "warm_cache.py"), str(out / "triton-cache")], cwd=ROOT).returncode:
+            raise SystemExit("--pack: the warm Triton cache did not build (above): every variant must compile")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"{out}: {size / 2**20:.1f} MiB, commit {read_json(out / 'commit.json')['commit']}"
           + (" with uncommitted changes: commit first, or the results will say dirty" if dirty else ""))
