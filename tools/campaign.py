@@ -124,7 +124,7 @@ def run_boxed(argv, log, box, grace, env):
     with open(log, "a") as f:
         f.write(f"$ {' '.join(map(str, argv))}\n")
         f.flush()
-        # a process group of its own, in this session: whoever ends this session's processes ends it too
+        # a process group of its own in the campaign's Unix session: what ends that session's processes ends it too
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, preexec_fn=os.setpgrp)
         try:
             rc = proc.wait(timeout=max(box - grace, 1))
