@@ -54,7 +54,10 @@ def parse_args(argv):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
 
-    device, dtype, compile_backend = config.resolve_defaults(args)
+    try:
+        device, dtype, compile_backend = config.resolve_defaults(args)
+    except ValueError as e:
+        p.error(str(e))
     settings = config.Settings(
         model="smoke" if smoke else args.model,
         overrides=overrides,

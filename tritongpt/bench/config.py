@@ -18,6 +18,7 @@ import torch
 
 from tritongpt.gpt import GPTConfig, pad_vocab
 from tritongpt.train.config import COMPILE_MODES, TrainConfig, config_path, read_config_file
+from tritongpt.train.system import cuda_device
 
 # The presets are the models the trainer's configs train, read from those very files
 # (train/configs/NAME.py over TrainConfig's defaults), so the step measured is the step trained:
@@ -138,11 +139,26 @@ def parse_overrides(parser, rest):
     return overrides
 
 
+def resolve_device(text):
+    """cpu or cuda:N for --device (None: cuda where there is one; cuda: the current device, as the
+    trainer takes it); ValueError naming a CUDA device that is not there."""
+    device = text or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but no CUDA device is available")
+    try:
+        return cuda_device(device)
+    except ValueError as e:
+        raise ValueError(f"--device {e}") from None
+
+
 def resolve_defaults(args):
-    """(device, dtype, compile_backend) with --smoke's CPU defaults: float32, because the Triton
-    interpreter cannot do bf16 arithmetic; aot_eager, because inductor's C++ build takes tens of
-    seconds per path on a CPU (aot_eager still runs dynamo and AOTAutograd)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """(device, dtype, compile_backend): the device as resolve_device gives it, and --smoke's CPU
+    defaults: float32, because the Triton interpreter cannot do bf16 arithmetic; aot_eager,
+    because inductor's C++ build takes tens of seconds per path on a CPU (aot_eager still runs
+    dynamo and AOTAutograd). ValueError for a CUDA device that is not there."""
+    device = resolve_device(args.device)
     smoke_cpu = args.smoke and device == "cpu"
     dtype = args.dtype or ("float32" if smoke_cpu else "bfloat16")
     backend = args.compile_backend or ("aot_eager" if smoke_cpu else "inductor")

@@ -17,7 +17,7 @@ import time
 import torch
 
 from tritongpt.bench import common
-from tritongpt.bench.config import BASELINE, DTYPES, HEADLINE, OPTIM, PATHS, model_config
+from tritongpt.bench.config import BASELINE, DTYPES, HEADLINE, OPTIM, PATHS, model_config, resolve_device
 from tritongpt.gpt import GPT
 from tritongpt.gpt import flops as gflops
 from tritongpt.instrument import nvtx
@@ -272,11 +272,7 @@ def explain_nulls(res, device):
 
 def run(settings):
     """Every path of the settings; returns the result dict (see bench/README or the JSON itself)."""
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    device = torch.device(resolve_device(settings.device))  # cpu or cuda:N
     if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA events and the timed stream on the device measured
     if settings.compile_mode != "default" and settings.compile_backend != "inductor":

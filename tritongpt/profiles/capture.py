@@ -43,9 +43,10 @@ def parse_args(argv, prog, description, add_options=None):
     for name, low in (("batch", 1), ("warmup", 0), ("steps", 1)):
         if getattr(args, name) < low:
             p.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    device, dtype, compile_backend = resolve_defaults(args)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda asked for, but no CUDA device is available")
+    try:
+        device, dtype, compile_backend = resolve_defaults(args)  # cpu or cuda:N
+    except ValueError as e:
+        p.error(str(e))
     path = args.backend + ("+compile" if args.compile else "")
     settings = Settings(
         model="smoke" if args.smoke else args.model, overrides=overrides, seq_len=args.seq_len,

@@ -27,14 +27,33 @@ PG_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this f
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cuda_device(device):
+    """A CUDA device as "cuda:N": with no index given, LOCAL_RANK's device under torchrun, else the
+    current one (torch.cuda.set_device and its kind refuse a device with no index). ValueError
+    for an index this machine does not have."""
+    index = torch.device(device).index
+    if index is None:
+        local_rank = os.environ.get("LOCAL_RANK")
+        index = int(local_rank) if local_rank is not None else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise ValueError(f"{device} is cuda:{index}, but this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return f"cuda:{index}"
+
+
 def resolve_system(cfg):
-    """device, dtype, backend and compile with `auto` replaced by what fits the machine; impossible
-    choices are a ConfigError."""
+    """device, dtype, backend and compile with `auto` replaced by what fits the machine, and a CUDA
+    device given its index (cuda:N); impossible choices are a ConfigError."""
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     on_gpu = cfg.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device' is {cfg.device!r} but no CUDA device is available (use --device=cpu)")
+    if on_gpu:
+        try:
+            cfg.device = cuda_device(cfg.device)
+        except ValueError as e:
+            raise ConfigError(f"config key 'device': {e}; name one of them, or cuda for the current one") from None
     if cfg.dtype == "auto":
         cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_gpu else "float32"
     if getattr(cfg, "fsdp", False) and cfg.dtype == "float16":  # the trainer's key (the sampler has none)
