@@ -283,6 +283,12 @@ class FakeCuda:
         mp.setattr(cuda, "cudart", lambda: FakeCudart(self))
         mp.setattr(cuda.nvtx, "range_push", self.range_push)
         mp.setattr(cuda.nvtx, "range_pop", self.range_pop)
+        try:  # the nvtx package, which instrument/nvtx.py takes where it is installed
+            import nvtx
+        except ImportError:
+            return
+        mp.setattr(nvtx, "push_range", lambda message=None, **kwargs: self.range_push(message) and None)  # None, as it
+        mp.setattr(nvtx, "pop_range", lambda **kwargs: self.range_pop() and None)
 
 
 # ----------------------------------------------------------------------------- "cuda" tensors on the CPU

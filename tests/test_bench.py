@@ -172,6 +172,29 @@ def test_mfu_formula_by_hand():
     assert gflops.mfu(cfg, 16, tokens_per_sec, "CPU (x86_64)") is None
 
 
+def test_the_step_timed_is_the_trainers(tmp_path, monkeypatch):
+    """bench times train.step.TrainStep, the step train/loop.py calls (its clipping, scaler and
+    accumulation), once per warm-up and timed step; --micro-steps accumulates as the trainer does."""
+    from tritongpt.train.step import TrainStep
+
+    calls = []
+    real = TrainStep.__call__
+
+    def call(self, batch, lr=None):
+        calls.append((self.micro_steps, self.grad_clip))
+        return real(self, batch, lr)
+
+    monkeypatch.setattr(TrainStep, "__call__", call)
+    out = tmp_path / "r.json"
+    assert bench_main.main(["--smoke", "--paths", "torch", "--warmup", "1", "--steps", "2", "--micro-steps", "3",
+                            "--out", str(out)]) == 0
+    assert calls == [(3, 1.0)] * 3
+    result = _load_strict(out)
+    r = result["paths"][0]
+    assert r["tokens_per_step"] == 3 * r["batch"] * result["settings"]["seq_len"]
+    assert "TrainStep" in result["settings"]["step"] and result["settings"]["micro_steps"] == 3
+
+
 # ----------------------------------------------------------------------------- --batch auto
 
 
@@ -199,10 +222,10 @@ def test_batch_auto_stops_at_out_of_memory(tmp_path, monkeypatch):
     """A real OOM error from a step is a 'no' of the search, and the path then runs at the batch found."""
     real = step.run_steps
 
-    def run_steps(forward, optimizer, batches, *args, **kwargs):
+    def run_steps(train_step, batches, *args, **kwargs):
         if batches[0][0].shape[0] > 5:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate (simulated)")
-        return real(forward, optimizer, batches, *args, **kwargs)
+        return real(train_step, batches, *args, **kwargs)
 
     monkeypatch.setattr(step, "run_steps", run_steps)
     out = tmp_path / "auto.json"

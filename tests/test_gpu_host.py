@@ -24,6 +24,10 @@ What it cannot reach, and why:
   they need streams and graph capture, which are not faked.
 """
 
+import json
+import math
+import sys
+
 import pytest
 import torch
 
@@ -34,7 +38,7 @@ from tritongpt.bench import __main__ as bench_main
 from tritongpt.train import loop
 from tritongpt.train import system
 from tritongpt.train.config import ConfigError, load_config
-from tritongpt.train.loop import Trainer
+from tritongpt.train.loop import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,7 +111,7 @@ def test_trainer_sets_an_indexed_device(device, small_ds, tmp_path):
     with fake_cuda(remap=True) as gpu:
         trainer = Trainer(cfg)
     assert cfg.device == "cuda:0" and gpu.set_devices == [0]
-    assert cfg.dtype == "bfloat16" and cfg.backend == "triton" and trainer.fused
+    assert cfg.dtype == "bfloat16" and cfg.backend == "triton" and trainer.step.fused
     assert trainer.metrics.device_name == "NVIDIA H100 80GB HBM3"
 
 
@@ -167,3 +171,94 @@ def test_main_command_gets_past_device_setup(shakespeare, tmp_path, monkeypatch)
         cli.main([])
     assert e.value.args == ("cuda:0", "cuda", "bfloat16", "triton") and gpu.set_devices == [0]
     assert (tmp_path / "data" / "shakespeare_char" / "meta.json").is_file()
+
+
+# ----------------------------------------------------------------------------- whole GPU-path runs
+
+
+def _records(out):
+    return [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+
+
+def test_float16_triton_run_takes_the_gpu_path(small_ds, tmp_path):
+    """A short run as on one GPU, in float16 on the triton backend: the GradScaler, fused AdamW,
+    pinned non-blocking batches, the bad-step count read one step late through an event, NVTX
+    ranges, MFU from the device's name and peak memory from torch.cuda's statistics."""
+    out = str(tmp_path)
+    cfg = load_config(tiny(small_ds, out, device="auto", dtype="float16", backend="auto", compile="false", max_iters=4,
+                           eval_interval=4, dropout=0.0, nvtx=True))
+    with fake_cuda(remap=True) as gpu:
+        gpu.allocated[0] = gpu.peak[0] = 3 * 2**30
+        trainer = Trainer(cfg)
+        assert trainer.step.scaler.is_enabled() and trainer.step.fused and trainer.bad._late
+        trainer.run()
+        trainer.metrics.close()
+        assert all(t.is_pinned() for t in trainer.bad._host)
+    assert cfg.device == "cuda:0" and cfg.backend == "triton"
+    assert torch.backends.cuda.matmul.allow_tf32 is False  # put back by the fakes
+    assert {"data", "forward", "backward", "optimizer"} <= set(gpu.nvtx_seen) and gpu.nvtx == []
+    steps = [r for r in _records(out) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["mfu"] is not None and r["mem_gib"] == 3.0 for r in steps)
+    start = _records(out)[0]
+    assert start["device"] == "cuda" and start["device_name"] == "NVIDIA H100 80GB HBM3"
+    assert "scaler" in torch.load(f"{out}/ckpt_00000004.pt", weights_only=True)
+
+
+def test_bfloat16_run_and_sampling_on_the_gpu_path(small_ds, tmp_path):
+    """bfloat16 by default where the GPU has it (autocast on "cuda", here the CPU's), then sampling
+    from the checkpoint with the sampler's own device resolution."""
+    from tritongpt.train.sample import SampleConfig, sample
+
+    out = str(tmp_path)
+    cfg = load_config(tiny(small_ds, out, device="cuda", dtype="auto", backend="torch", compile="false", max_iters=2,
+                           eval_interval=2))
+    with fake_cuda(remap=True):
+        train(cfg)
+        sampled = SampleConfig(out_dir=out, num_samples=1, max_new_tokens=5, start="a", dtype="auto",
+                               backend="torch")  # the interpreter has no bf16 matmul
+        text = sample(sampled)
+    assert cfg.dtype == "bfloat16" and sampled.device == "cuda:0" and sampled.dtype == "bfloat16"
+    assert text[0].startswith("a") and len(text[0]) == 6
+
+
+def test_bench_times_with_events_after_a_synchronize(tmp_path):
+    """The benchmark on a GPU: CUDA events around each step, read after one synchronize; MFU
+    against the device's peak; peak memory from the statistics."""
+    out = tmp_path / "r.json"
+    with fake_cuda(remap=True) as gpu:
+        gpu.allocated[0] = gpu.peak[0] = 2**30
+        rc = bench_main.main(["--smoke", "--paths", "torch", "--steps", "2", "--warmup", "1", "--dtype", "float32",
+                              "--out", str(out)])
+    result = json.loads(out.read_text())
+    r = result["paths"][0]
+    assert rc == 0 and result["gpu_figures"] and result["device_name"] == "NVIDIA H100 80GB HBM3"
+    assert r["status"] == "ok" and len(r["step_ms"]) == 2 and r["mfu"] is not None
+    assert r["peak_memory_gib"] == 1.0
+    assert gpu.synchronizes >= 2 and not gpu.pending
+
+
+def test_profile_capture_starts_and_stops_the_profiler(capsys):
+    from tritongpt.profiles import capture
+
+    with fake_cuda(remap=True) as gpu:
+        assert capture.main(["--smoke", "--backend", "torch", "--dtype", "float32", "--warmup", "1", "--steps", "1"]) == 0
+    assert gpu.profiler == ["start", "stop"] and "captured_steps" in gpu.nvtx_seen and gpu.nvtx == []
+    assert "inside cudaProfilerStart/Stop" in capsys.readouterr().out
+
+
+def test_model_ranges_with_torchs_own_nvtx(monkeypatch):
+    """Without the nvtx package the ranges are torch.cuda.nvtx's, whose range_push returns the
+    range's depth: the model's hooks must not hand that on as a module's input or output (they
+    did: every annotated forward failed on such a GPU machine)."""
+    from tritongpt.gpt import GPT, GPTConfig
+    from tritongpt.instrument import nvtx
+
+    monkeypatch.setitem(sys.modules, "nvtx", None)  # import nvtx fails
+    with fake_cuda(remap=True) as gpu:
+        assert nvtx.enable(True)
+        model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=16)).to("cuda")
+        nvtx.annotate_model(model)
+        idx = torch.randint(0, 16, (2, 8), device="cuda")
+        assert torch.isfinite(model(idx, idx))
+    assert {"embedding", "block0.attn", "block0.mlp", "ln_f", "loss"} <= set(gpu.nvtx_seen) and gpu.nvtx == []

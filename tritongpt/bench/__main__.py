@@ -29,6 +29,8 @@ def parse_args(argv):
     p.add_argument("--batch-max", type=int, default=None, help="upper end of the --batch auto search (default 512; 4 with --smoke)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first: compile, autotune (default 5; 1 with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="timed steps, median reported (default 20; 2 with --smoke)")
+    p.add_argument("--micro-steps", type=int, default=1,
+                   help="micro-batches per step, as the trainer's gradient accumulation (default 1)")
     p.add_argument("--paths", default=",".join(config.PATHS), help="comma-separated subset of: " + ", ".join(config.PATHS))
     p.add_argument("--out", default=None, help="result JSON path, or a folder (default bench/results/)")
     p.add_argument("--verbose", action="store_true", help="show torch.compile's warnings as they come")
@@ -50,7 +52,7 @@ def parse_args(argv):
             p.error(f"--batch must be a positive integer or 'auto', got {args.batch!r}")
         if batch < 1:
             p.error(f"--batch must be a positive integer or 'auto', got {args.batch!r}")
-    for name in ("warmup", "steps", "batch_max"):
+    for name in ("warmup", "steps", "batch_max", "micro_steps"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
 
@@ -66,6 +68,7 @@ def parse_args(argv):
         batch_max=args.batch_max,
         warmup=args.warmup,
         steps=args.steps,
+        micro_steps=args.micro_steps,
         dtype=dtype,
         compile_backend=compile_backend,
         compile_mode=args.compile_mode,

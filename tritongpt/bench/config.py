@@ -51,8 +51,9 @@ BASELINE = "torch+compile"
 HEADLINE = "triton+compile"  # the row the benchmark is about: listed first, compared with BASELINE
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
-# The trainer's AdamW settings; their values do not change the step's cost.
+# The trainer's AdamW settings and gradient clipping; their values do not change the step's cost.
 OPTIM = dict(weight_decay=0.1, learning_rate=6e-4, betas=(0.9, 0.95))
+GRAD_CLIP = TrainConfig().grad_clip
 
 
 @dataclasses.dataclass
@@ -64,6 +65,7 @@ class Settings:
     batch_max: int = 512  # the search of --batch auto stops here
     warmup: int = 5  # untimed steps first: compilation, autotuning, allocator warm-up
     steps: int = 20  # timed steps; the median is reported
+    micro_steps: int = 1  # micro-batches per step (the trainer's gradient accumulation)
     dtype: str = "bfloat16"  # autocast dtype; float32 = autocast off
     compile_backend: str = "inductor"
     compile_mode: str = "default"  # torch.compile's mode (inductor only): see train.config.COMPILE_MODES
