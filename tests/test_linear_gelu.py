@@ -311,3 +311,14 @@ def test_fp32_follows_torch_tf32_setting():
     assert (pt[0] - ref[0]).abs().max() > 0, "torch did not use TF32; the comparison would be vacuous"
     for name, o, r, p in zip(["y", "dx", "dW", "db"], out, ref, pt, strict=False):  # no db without a bias
         assert_parity(o, r, p, name)
+
+
+def test_backward_grid_limit_is_a_value_error():
+    """The elementwise backward's column blocks sit in grid dimension y, which CUDA caps at 65535."""
+    from tritongpt.kernels.fused_mlp import BWD_BLOCK_N, linear_gelu_bwd
+
+    N = 65535 * BWD_BLOCK_N + 1
+    h = torch.empty(1, N, dtype=torch.float16)
+    with pytest.raises(ValueError, match=f"{N} output features is past {65535 * BWD_BLOCK_N}"):
+        linear_gelu_bwd(h, h)
+

@@ -399,6 +399,8 @@ def linear_gelu_bwd(dy, h, has_bias=True, activation="gelu_tanh"):
     turn dh into dx and dW are the autograd formula's (below)."""
     _check_activation(activation)
     M, N = h.shape
+    if triton.cdiv(N, BWD_BLOCK_N) > 65535:  # CUDA's limit on grid dimension y
+        raise ValueError(f"linear_gelu: {N} output features is past {65535 * BWD_BLOCK_N}, the most the backward's grid takes")
     if dy.numel() != M * N or dy.shape[-1] != N:
         raise ValueError(f"linear_gelu_bwd: expected dy (..., {N}) with {M} rows to match h {(M, N)}, got {tuple(dy.shape)}")
     dy2 = dy.reshape(M, N).to(h.dtype).contiguous()
