@@ -215,7 +215,7 @@ def run_path(name, config, settings, device):
         res["tokens_per_step"] = batch * T * settings.micro_steps
         res["tokens_per_sec"] = res["tokens_per_step"] / (res["ms_per_step"] / 1e3)
         res["tflops"] = res["tokens_per_sec"] * gflops.flops_per_token(config, T) / 1e12
-        res["mfu"] = gflops.mfu(config, T, res["tokens_per_sec"], device_name(device))
+        res["mfu"] = gflops.mfu(config, T, res["tokens_per_sec"], device_name(device), settings.dtype, _tf32())
         if device.type == "cuda":
             res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         res["final_loss"] = final_loss
@@ -229,6 +229,11 @@ def run_path(name, config, settings, device):
     return res
 
 
+def _tf32():
+    """Whether float32 matmuls run on TF32 tensor cores (then MFU is over the TF32 peak)."""
+    return torch.backends.cuda.matmul.allow_tf32
+
+
 def explain_nulls(res, device):
     """Fill res['nulls'] with the reason for every null figure."""
     why = {}
@@ -238,7 +243,7 @@ def explain_nulls(res, device):
                 why[k] = f"path {res['status']}: {res['reason']}"
     else:
         if res["mfu"] is None:
-            why["mfu"] = f"no dense bf16 peak known for {device_name(device)!r} (gpt.flops.PEAK_BF16_FLOPS)"
+            why["mfu"] = f"no dense peak known for {device_name(device)!r} (gpt.flops.PEAKS)"
         if res["peak_memory_gib"] is None:
             why["peak_memory_gib"] = "n/a on a CPU (torch.cuda.max_memory_allocated needs a GPU)"
     if res["speedup_vs_torch_compile"] is None:
@@ -293,7 +298,8 @@ def run(settings):
         explain_nulls(r, device)
 
     name = device_name(device)
-    peak = gflops.peak_flops(name)
+    peak = gflops.peak_flops(name, settings.dtype, _tf32())
+    math = gflops.peak_math(settings.dtype, _tf32())
     return {
         "kind": "train_step",
         **common.result_header(device),
@@ -311,7 +317,8 @@ def run(settings):
             "N_matmul_params": gflops.matmul_params(config),
             "flops_per_token": gflops.flops_per_token(config, T),
             "peak_flops": peak,
-            "peak_note": None if peak else f"no dense bf16 peak known for {name!r}: MFU left out",
+            "peak_math": math,  # the peak MFU is over: bf16 (fp16 alike), tf32 or fp32, dense
+            "peak_note": None if peak else f"no dense {math} peak known for {name!r}: MFU left out",
         },
         "paths": results,
     }
