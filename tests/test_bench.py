@@ -228,6 +228,20 @@ def test_peaks_by_model_and_dtype():
     assert gflops.mfu(cfg, 16, 1e6, "NVIDIA H100 NVL", "float32", tf32=False) == pytest.approx(13056e6 / 60e12)
 
 
+def test_deterministic_flag(tmp_path):
+    from tritongpt import kernels
+    from tritongpt.train.system import deterministic
+
+    out = tmp_path / "r.json"
+    try:
+        assert bench_main.main(["--smoke", "--paths", "torch", "--steps", "1", "--warmup", "0", "--deterministic",
+                                "--out", str(out)]) == 0
+        assert kernels.tiles_fixed() and torch.are_deterministic_algorithms_enabled()
+    finally:
+        deterministic(False)
+    assert _load_strict(out)["settings"]["deterministic"] is True
+
+
 # ----------------------------------------------------------------------------- --batch auto
 
 

@@ -26,6 +26,7 @@ What it cannot reach, and why:
 
 import json
 import math
+import os
 import sys
 
 import pytest
@@ -265,3 +266,26 @@ def test_model_ranges_with_torchs_own_nvtx(monkeypatch):
         idx = torch.randint(0, 16, (2, 8), device="cuda")
         assert torch.isfinite(model(idx, idx))
     assert {"embedding", "block0.attn", "block0.mlp", "ln_f", "loss"} <= set(gpu.nvtx_seen) and gpu.nvtx == []
+
+
+def test_deterministic_setup_on_a_gpu(small_ds, tmp_path, monkeypatch):
+    """deterministic=true on a GPU: cuBLAS's fixed workspace is asked for before the device is
+    set (it is read when the first cuBLAS handle is made), cuDNN and torch take their
+    deterministic algorithms, the kernels' tiles are fixed."""
+    from tritongpt import kernels
+
+    seen = []
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cfg = load_config(tiny(small_ds, str(tmp_path), device="cuda", dtype="auto", backend="auto", compile="false",
+                           deterministic="true"))
+    try:
+        with fake_cuda(remap=True) as gpu, pytest.MonkeyPatch.context() as mp:  # undone before the fakes are
+            mp.setattr(torch.cuda, "set_device",
+                       lambda d: seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG")) or gpu.set_device(d))
+            Trainer(cfg)
+            assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+            assert torch.are_deterministic_algorithms_enabled() and kernels.tiles_fixed()
+        assert seen == [":4096:8"]
+    finally:
+        system.deterministic(False)
+    assert not kernels.tiles_fixed() and not torch.are_deterministic_algorithms_enabled()

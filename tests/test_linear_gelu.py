@@ -322,3 +322,25 @@ def test_backward_grid_limit_is_a_value_error():
     with pytest.raises(ValueError, match=f"{N} output features is past {65535 * BWD_BLOCK_N}"):
         linear_gelu_bwd(h, h)
 
+
+def test_fixed_tiles_skip_the_autotuner(monkeypatch):
+    """With kernels.fix_tiles (the trainer's deterministic=true) the forward launches the kernel
+    under the autotuner at SINGLE_CONFIG, never the autotuner; the result is the same config's."""
+    from tritongpt.kernels import fused_mlp
+
+    x, w, b = torch.randn(37, 48, device=DEVICE), torch.randn(80, 48, device=DEVICE), torch.randn(80, device=DEVICE)
+    tuned = kernels.linear_gelu(x, w, b)
+
+    class NoTuner:
+        fn = fused_mlp._linear_gelu_fwd_kernel.fn
+
+        def __getitem__(self, grid):
+            raise AssertionError("the autotuner was launched with the tiles fixed")
+
+    monkeypatch.setattr(fused_mlp, "_linear_gelu_fwd_kernel", NoTuner())
+    kernels.fix_tiles(True)
+    try:
+        fixed = kernels.linear_gelu(x, w, b)
+    finally:
+        kernels.fix_tiles(False)
+    assert torch.equal(fixed, tuned)  # the interpreter's autotuner has SINGLE_CONFIG alone

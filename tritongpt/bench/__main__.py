@@ -33,6 +33,8 @@ def parse_args(argv):
                    help="micro-batches per step, as the trainer's gradient accumulation (default 1)")
     p.add_argument("--paths", default=",".join(config.PATHS), help="comma-separated subset of: " + ", ".join(config.PATHS))
     p.add_argument("--out", default=None, help="result JSON path, or a folder (default bench/results/)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="the trainer's deterministic=true: fixed kernel tiles, no autotuning, deterministic algorithms")
     p.add_argument("--verbose", action="store_true", help="show torch.compile's warnings as they come")
     config.add_model_args(p)
     args, rest = p.parse_known_args(argv)
@@ -74,6 +76,7 @@ def parse_args(argv):
         compile_mode=args.compile_mode,
         paths=tuple(x.strip() for x in args.paths.split(",") if x.strip()),
         seed=args.seed,
+        deterministic=args.deterministic,
         device=device,
         smoke=args.smoke,
     )

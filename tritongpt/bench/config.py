@@ -71,6 +71,7 @@ class Settings:
     compile_mode: str = "default"  # torch.compile's mode (inductor only): see train.config.COMPILE_MODES
     paths: tuple = tuple(PATHS)
     seed: int = 1337
+    deterministic: bool = False  # train.system.deterministic: fixed kernel tiles, no autotuning
     device: str = None  # None = cuda when available, else cpu
     smoke: bool = False
 

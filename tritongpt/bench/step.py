@@ -25,6 +25,7 @@ from tritongpt.gpt import GPT
 from tritongpt.gpt import flops as gflops
 from tritongpt.instrument.run import device_name
 from tritongpt.train.step import TrainStep
+from tritongpt.train.system import deterministic
 
 
 # ----------------------------------------------------------------------------- one step
@@ -270,6 +271,8 @@ def explain_nulls(res, device):
 def run(settings):
     """Every path of the settings; returns the result dict (see bench/README or the JSON itself)."""
     device = torch.device(resolve_device(settings.device))  # cpu or cuda:N
+    if settings.deterministic:
+        deterministic(True)  # before any cuBLAS handle is made
     if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA events and the timed stream on the device measured
     if settings.compile_mode != "default" and settings.compile_backend != "inductor":

@@ -81,6 +81,7 @@ import triton
 
 from tritongpt.kernels.common import (
     AUTOTUNE, NAMESPACE, autocast_inputs, check_device, check_one_dtype, check_tensors, device_guard, interpreted,
+    tiles_fixed,
 )
 from tritongpt.kernels.flash_attention_kernels import _attn_bwd_delta_kernel, _attn_bwd_kernel, _attn_fwd_kernel
 
@@ -148,7 +149,8 @@ def _head_dims_of(tiles, rows, cols):
     return prune
 
 
-# With AUTOTUNE off (kernels.common's switch; the tests turn it off too) each kernel runs one
+# With AUTOTUNE off (kernels.common's switch; the tests turn it off too) or the tiles fixed
+# (kernels.common.fix_tiles: the trainer's deterministic=true) each kernel runs one
 # small config, its two tiles unequal so the tile-skipping arithmetic is exercised as on the
 # GPU; none spills in 16-bit on sm_90 (the backward's 8 warps: on 4 it spilled at head dim 128
 # with dropout). fp32 on a GPU (ieee dot products, no tensor cores: right, not fast) runs
@@ -263,9 +265,9 @@ def _options(q, scale, window, cos, sin, interleaved):
 
 
 def _autotuned(q, flags=None, backward=False):
-    """Autotune over the Hopper configs, or run one config (AUTOTUNE off, or fp32; the backward
-    at BLOCK_D 256, which has no tile in BWD_TILES)."""
-    return AUTOTUNE and q.dtype != torch.float32 and not (backward and flags["BLOCK_D"] > 128)
+    """Autotune over the Hopper configs, or run one config (AUTOTUNE off, tiles fixed, or fp32; the
+    backward at BLOCK_D 256, which has no tile in BWD_TILES)."""
+    return AUTOTUNE and not tiles_fixed() and q.dtype != torch.float32 and not (backward and flags["BLOCK_D"] > 128)
 
 
 def _one_config(q, flags, small, fp32):

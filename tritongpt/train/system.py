@@ -21,6 +21,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from tritongpt import kernels
 from tritongpt.train.config import ConfigError
 
 PG_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this fails
@@ -71,17 +72,39 @@ def resolve_system(cfg):
         raise ConfigError("config key 'backend' is triton, which needs a GPU (on a CPU use backend=torch)")
 
 
+def deterministic(on=True):
+    """Make this process's runs bitwise repeatable on one machine (on=False: back to the defaults).
+    The Triton kernels run their one fixed config instead of autotuning (kernels.fix_tiles: the
+    autotuner times the candidates anew in each process, and a different pick sums in a different
+    order), Inductor benchmarks nothing to choose its kernels, cuBLAS gets the fixed workspace
+    that deterministic algorithms need (CUBLAS_WORKSPACE_CONFIG, read when its first handle is
+    made: set here, before any matmul), cuDNN and torch take their deterministic algorithms
+    (torch warns about an op that has none rather than stopping the run). The Triton kernels
+    themselves are deterministic for a given config: no float atomics."""
+    import torch._inductor.config as inductor
+
+    kernels.fix_tiles(on)
+    inductor.deterministic = on
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+
+
 class JoinError(RuntimeError):
     """This process could not join the others of its run (under torchrun: of its restart attempt)."""
 
 
 def setup_device(cfg, local_rank, ddp):
-    """Point this process at its device (cuda:LOCAL_RANK under DDP), set torch's CPU threads or
-    TF32 matmuls, and join the process group under DDP; a lone process that shards its model
+    """Point this process at its device (cuda:LOCAL_RANK under DDP), make it deterministic where
+    asked, set torch's CPU threads or TF32 matmuls, and join the process group under DDP; a lone process that shards its model
     (fsdp) makes a group of its own. Returns the device type, cuda or cpu."""
     if ddp and cfg.device.startswith("cuda"):
         cfg.device = f"cuda:{local_rank}"
     device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
+    if cfg.deterministic:
+        deterministic(True)
     if device_type == "cpu" and cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     if device_type == "cuda":
