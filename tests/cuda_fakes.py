@@ -204,6 +204,9 @@ class FakeCuda:
 
         return device
 
+    def is_current_stream_capturing(self):
+        return False  # no CUDA graph is ever being captured here
+
     # ------------------------------------------------------------------------- memory
 
     def memory_allocated(self, device=None):
@@ -274,10 +277,11 @@ class FakeCuda:
                      "get_device_name", "get_device_capability", "is_bf16_supported", "synchronize",
                      "memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved",
                      "reset_peak_memory_stats", "memory_stats", "mem_get_info", "empty_cache", "manual_seed",
-                     "manual_seed_all", "get_rng_state", "set_rng_state"):
+                     "manual_seed_all", "get_rng_state", "set_rng_state", "is_current_stream_capturing"):
             mp.setattr(cuda, name, getattr(self, name))
-            if hasattr(cuda.memory, name):
-                mp.setattr(cuda.memory, name, getattr(self, name))
+            for module in (cuda.memory, cuda.graphs, cuda.random):  # where torch's own code imports them from
+                if hasattr(module, name):
+                    mp.setattr(module, name, getattr(self, name))
         mp.setattr(cuda, "device", self.device_class())
         mp.setattr(cuda, "Event", lambda *args, **kwargs: FakeEvent(self, *args, **kwargs))
         mp.setattr(cuda, "cudart", lambda: FakeCudart(self))
