@@ -99,8 +99,8 @@ LOG2E = 1.4426950408889634
 # dropout, with rotary, with rotary and dropout; 0: never) -- past them it spills registers on
 # sm_90 with Triton 3.9 (dropout's in-kernel Philox draws take a tile's worth of registers of
 # their own, rotary's turns about as many; with Triton 3.6 a few rotary and window variants
-# within them spill 24-264 bytes a thread: bench/results/aot-triton-3.6/, to be pruned once a GPU
-# can time the alternatives). `python -m tritongpt.bench.aot` compiles every pair,
+# within them spill 24-264 bytes a thread: tools/results/aot-triton-3.6/, to be pruned once a GPU
+# can time the alternatives). `python tools/aot.py` compiles every pair,
 # tests/test_aot.py holds them to it. The last tiles of each list are narrower ones for rotary
 # (and, in the forward, BLOCK_D 256), where the wide ones spill. The backward at BLOCK_D 256 has
 # no tile here: every tile wgmma can run (64 rows or more) spills there (dK and dV alone are

@@ -72,7 +72,7 @@ def _config(bm, bn, bk, group_m, warps, stages):
 
 
 # Curated for Hopper (H100/H200, 227 KB of shared memory per CTA) in bf16/fp16: every one uses
-# wgmma and none spills registers on sm_90 (`python -m tritongpt.bench.aot` compiles each, and
+# wgmma and none spills registers on sm_90 (`python tools/aot.py` compiles each, and
 # tests/test_aot.py holds them to it). The 128x256 tile runs on 16 warps: on 8 its 128 fp32
 # accumulators a thread plus the GELU epilogue took all 255 registers and spilled (256x128 did
 # too, and on 16 warps, capped at 128 registers a thread there, it still spilled with Triton
