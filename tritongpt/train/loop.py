@@ -27,7 +27,7 @@ from tritongpt.gpt import GPT, GPTConfig, pad_vocab
 from tritongpt.gpt.hf import read_config
 from tritongpt.instrument import nvtx
 from tritongpt.instrument.run import run_info
-from tritongpt.train import checkpoint, memory, parallel, peers, rng
+from tritongpt.train import checkpoint, memory, optim, parallel, peers, rng
 from tritongpt.train.config import MODEL_KEYS, ConfigError, check_resumed_shape, validate
 from tritongpt.train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from tritongpt.train.health import BadSteps
@@ -214,12 +214,13 @@ class Trainer:
                                                     self.unsharded)
 
     def _optimizer(self, model):
-        cfg = self.cfg
-        return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type)
+        return optim.build(model, self.cfg, self.device_type)
 
     def _setup_optimizer(self, state):
         self.optimizer = self._optimizer(self.raw_model)
-        self.fused = bool(self.optimizer.param_groups[0].get("fused"))
+        # skips a step with non-finite gradients on the device (found_inf): the fused AdamW, and Muon on a GPU
+        self.fused = bool(self.optimizer.param_groups[0].get("fused")) or (
+            isinstance(self.optimizer, optim.Muon) and self.device_type == "cuda")
         if state is None:
             return
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
@@ -258,7 +259,7 @@ class Trainer:
         cfg = self.cfg
         lr = learning_rate(step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_ratio", 1.0)  # Muon's matrices: muon_lr's share of the schedule
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.micro_steps):
             with nvtx.range("data"):
