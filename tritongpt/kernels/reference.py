@@ -202,14 +202,20 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
 
 
+def symmetric(a):
+    """The symmetric matrix of a's lower triangle (..., M, M): what xxt reads of its addend."""
+    return a.tril() + a.tril(-1).mT
+
+
 def xxt(x, alpha=1.0, add=None, beta=0.0, upcast=False):
     """beta * add + alpha * (x @ x^T) for x (..., M, K) and add (..., M, M) or None: the symmetric
-    products of the Newton-Schulz iteration (X X^T, and b A + c A A^T with A symmetric)."""
+    products of the Newton-Schulz iteration (X X^T, and b A + c A A^T with A symmetric). Of add
+    only the lower triangle is read, the result being symmetric: symmetric(add) stands for it."""
     dtype = x.dtype
     x, add = _up(x, upcast), _up(add, upcast)
     out = alpha * (x @ x.mT)
     if add is not None:
-        out = out + beta * add
+        out = out + beta * symmetric(add)
     return out.to(dtype) if upcast else out
 
 

@@ -2,8 +2,8 @@
 
 Muon (Keller Jordan, 2024; the GPT-2 speedrun's and nanochat's optimizer) runs SGD with Nesterov
 momentum and replaces each matrix's step by the nearest semi-orthogonal matrix, U V^T of the
-step's SVD U S V^T, found by five quintic Newton-Schulz steps (kernels.reference.newton_schulz,
-in bf16 on a GPU). Every direction of the matrix then
+step's SVD U S V^T, found by five quintic Newton-Schulz steps (kernels.reference.newton_schulz;
+kernels.newton_schulz on the triton backend, in bf16 on a GPU). Every direction of the matrix then
 moves by the same amount, however small its gradient. The hidden matrices are the 2-D weights of
 the blocks: attention's c_attn (orthogonalized as three C x C blocks, q, k and v, each on its own)
 and c_proj, the MLP's c_fc and c_proj. The embeddings, the LM head and every 1-D parameter (norm
@@ -38,6 +38,7 @@ GPU, as for the fused AdamW.
 import torch
 import torch.distributed as dist
 
+from tritongpt import kernels
 from tritongpt.kernels import reference
 
 try:
@@ -227,8 +228,8 @@ class Muon(torch.optim.Optimizer):
 
 def build(model, cfg, device_type):
     """The optimizer `cfg.optimizer` names for `model` (an unsharded or an FSDP2-sharded GPT):
-    AdamW (GPT.configure_optimizers), or Muon for the hidden matrices and AdamW for the rest
-    (Newton-Schulz in bf16 on a GPU)."""
+    AdamW (GPT.configure_optimizers), or Muon for the hidden matrices and AdamW for the rest.
+    On the triton backend Newton-Schulz runs on kernels.newton_schulz; on a GPU in bf16."""
     if cfg.optimizer == "adamw":
         return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     splits = hidden_matrices(model)
@@ -239,6 +240,7 @@ def build(model, cfg, device_type):
     rest = [p for n, p in named if n not in splits]
     groups += [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    orthogonalize = kernels.newton_schulz if cfg.backend == "triton" else reference.newton_schulz
     return Muon([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                momentum=cfg.muon_momentum, orthogonalize=reference.newton_schulz,
+                momentum=cfg.muon_momentum, orthogonalize=orthogonalize,
                 ns_dtype=torch.bfloat16 if device_type == "cuda" else None)
