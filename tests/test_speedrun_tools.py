@@ -1,0 +1,59 @@
+"""The speedrun recipe's configs and the tools that measure it (tools/lr_sweep.py,
+tools/speedrun_compare.py): the configs load and keep their baselines' size and tokens per step,
+the sweep writes its JSON, and steps to a target are read off a curve as documented."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT, tiny
+from tritongpt.train.config import load_config
+
+sys.path.insert(0, str(ROOT / "tools"))
+import lr_sweep  # noqa: E402
+import speedrun_compare  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps", "dataset",
+         "vocab_multiple")
+
+
+@pytest.mark.parametrize("dataset", sorted(speedrun_compare.PAIRS))
+def test_each_recipe_has_its_baselines_size_and_tokens_per_step(dataset):
+    baseline, recipe = (load_config([name]) for name in speedrun_compare.PAIRS[dataset])
+    assert {k: getattr(recipe, k) for k in SHAPE} == {k: getattr(baseline, k) for k in SHAPE}
+    assert baseline.optimizer == "adamw" and recipe.optimizer == "muon"
+    assert recipe.max_iters <= baseline.max_iters
+
+
+def test_gpt2_speedrun_is_the_124m_class_on_muon():
+    cfg = load_config(["gpt2_speedrun"])
+    assert (cfg.n_layer, cfg.n_embd, cfg.optimizer) == (12, 768, "muon")
+    assert cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps == 524_288
+
+
+def test_steps_to_target_interpolates_between_evaluations():
+    curve = [(0, 4.0), (100, 2.5), (200, 2.0), (300, 1.8)]
+    assert speedrun_compare.steps_to(curve, 2.0) == 200
+    assert speedrun_compare.steps_to(curve, 2.25) == 150
+    assert speedrun_compare.steps_to(curve, 1.9) == pytest.approx(250)
+    assert speedrun_compare.steps_to(curve, 1.7) is None
+
+
+def test_lr_sweep_writes_every_run_and_the_best(small_ds, tmp_path):
+    out = tmp_path / "sweep.json"
+    args = [a for a in tiny(small_ds, str(tmp_path / "unused")) if not a.startswith(("--out_dir", "--dataset"))]
+    lr_sweep.main(["shakespeare_char_cpu_speedrun", "--grid", "muon_lr=0.01,0.05", "--set", f"dataset={small_ds}",
+                   *[f"--set={a[2:]}" for a in args if not a.startswith("--max_iters")], "--set", "max_iters=4",
+                   "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [r["values"] for r in result["runs"]] == [{"muon_lr": 0.01}, {"muon_lr": 0.05}]
+    assert result["best"] == min(result["runs"], key=lambda r: r["val_loss"]) and result["steps"] == 4
+    assert result["fixed"]["dataset"] == small_ds and "git_commit" in result
+
+
+def test_lr_sweep_refuses_a_bad_grid(tmp_path):
+    with pytest.raises(SystemExit, match="must be written KEY=VALUE"):
+        lr_sweep.main(["shakespeare_char_cpu_speedrun", "--grid", "muon_lr", "--out", str(tmp_path / "x.json")])
