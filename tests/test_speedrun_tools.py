@@ -52,8 +52,19 @@ def test_lr_sweep_writes_every_run_and_the_best(small_ds, tmp_path):
     assert [r["values"] for r in result["runs"]] == [{"muon_lr": 0.01}, {"muon_lr": 0.05}]
     assert result["best"] == min(result["runs"], key=lambda r: r["val_loss"]) and result["steps"] == 4
     assert result["fixed"]["dataset"] == small_ds and "git_commit" in result
+    assert result["settings"]["optimizer"] == "muon" and "muon_lr" not in result["settings"]
 
 
 def test_lr_sweep_refuses_a_bad_grid(tmp_path):
     with pytest.raises(SystemExit, match="must be written KEY=VALUE"):
         lr_sweep.main(["shakespeare_char_cpu_speedrun", "--grid", "muon_lr", "--out", str(tmp_path / "x.json")])
+
+
+def test_comparison_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    curves = {"a": {"1": [(0, 4.0), (100, 2.0), (200, 1.5)]}, "b": {"1": [(0, 4.0), (50, 1.8), (100, 1.4)]}}
+    summary = dict(baseline="a", recipe="b", curves=curves, ms_per_step={"a": 10.0, "b": 15.0}, target_val_loss=1.5,
+                   eval_iters=200, step_ratio=0.4, ms_ratio=1.5, wall_ratio=0.6, dataset="toy", device_name="CPU",
+                   seeds=[1], torch="x", git_commit=None)
+    speedrun_compare.plot(summary, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -7,8 +7,8 @@ losses of each into one JSON.
 Each run is the trainer itself (train.loop.train) in this process, one after another, into a
 temporary out_dir, with lr_decay_iters = max_iters unless --set says otherwise, and one evaluation
 at the end over eval_iters batches of each split. The JSON holds the grid, the fixed settings,
-every run's final train and val loss and ms per step (the median of its logged steps), and the
-run with the lowest val loss.
+every run's final train and val loss and ms per step (the median of its logged steps), the run
+with the lowest val loss, and every other key's value (settings: the config file's and --set's).
 """
 
 import argparse
@@ -58,10 +58,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for i, values in enumerate(itertools.product(*grid.values())):
             point = dict(zip(grid, values, strict=True))
-            settings = {"data_dir": args.data_dir, "out_dir": os.path.join(tmp, f"run{i}"), **fixed, **point}
-            settings.setdefault("eval_interval", settings.get("max_iters", 1_000_000_000))
+            given = {"data_dir": args.data_dir, "out_dir": os.path.join(tmp, f"run{i}"), **fixed, **point}
+            given.setdefault("eval_interval", given.get("max_iters", 1_000_000_000))
             try:
-                cfg = load_config([args.config] + [f"--{k}={v}" for k, v in settings.items()])
+                cfg = load_config([args.config] + [f"--{k}={v}" for k, v in given.items()])
             except ConfigError as e:
                 sys.exit(f"error: {e}")
             if "lr_decay_iters" not in fixed:
@@ -77,10 +77,11 @@ def main(argv=None):
                          "ms_per_step": statistics.median(ms) if ms else None, "seconds": round(seconds, 1)})
             print(f"{point}: val loss {last['val_loss']:.4f} ({seconds:.0f} s)", flush=True)
     best = min(runs, key=lambda r: r["val_loss"])
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in grid and k not in ("out_dir", "data_dir")}
     result = {
         "what": "learning-rate sweep: final losses of short runs, one seed (tools/lr_sweep.py)",
         **run_info(torch.device("cpu")),
-        "config": args.config, "fixed": fixed, "grid": grid, "steps": cfg.max_iters, "eval_iters": cfg.eval_iters,
+        "config": args.config, "fixed": fixed, "settings": settings, "grid": grid, "steps": cfg.max_iters, "eval_iters": cfg.eval_iters,
         "seed": cfg.seed, "threads": torch.get_num_threads(), "runs": runs, "best": best,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

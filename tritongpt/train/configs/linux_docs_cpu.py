@@ -6,7 +6,7 @@
 out_dir = "out/linux_docs_cpu"
 dataset = "linux_docs"
 
-eval_interval = 250
+eval_interval = 100
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = True
@@ -22,7 +22,7 @@ dropout = 0.0
 gelu = "exact"  # the cheaper GELU on a CPU, as in shakespeare_char_cpu
 vocab_multiple = 1  # no padding: the LM head and the loss over 50,257 columns are most of a step here
 
-learning_rate = 1e-3
+learning_rate = 1e-2  # the best of 1e-3, 3e-3, 1e-2, 3e-2 in 400-step runs (results/sweeps/linux_docs-baseline-*.json)
 max_iters = 1000
 lr_decay_iters = 1000
 min_lr = 1e-4
