@@ -197,7 +197,8 @@ def rotary_bhtd(x, cos, sin, interleaved=False, upcast=False):
 
 # Muon's quintic Newton-Schulz iteration (Keller Jordan's coefficients): each step maps every
 # singular value s of X to a*s + b*s^3 + c*s^5, which pushes the values of (0, 1] towards 1 fast
-# (to within about [0.7, 1.2] after five steps, which is all Muon needs), without converging exactly.
+# (those above about 0.0015 into [0.68, 1.21] after five steps, which is all Muon needs), without
+# converging exactly.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
 
