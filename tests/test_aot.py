@@ -1,16 +1,16 @@
 """Every Triton kernel launch of the project, compiled for Hopper (sm_90) and Ampere (sm_80) by
-Triton's own compiler without a GPU (`python -m tritongpt.bench.aot`, bench/aot.py), held to what a GPU
+Triton's own compiler without a GPU (`python tools/aot.py`), held to what a GPU
 run would need: it compiles, no config spills registers in 16-bit, shared memory fits, the
 matmul-shaped kernels use wgmma on Hopper, and the LayerNorm backward's persistent grid gets
 the occupancy it is sized for.
 
 The command runs here as its own process (Triton must compile, not interpret), into a temporary
-folder with an empty Triton cache. It reuses the records of bench/results/aot-sm*.json whose key
+folder with an empty Triton cache. It reuses the records of tools/results/aot-sm*.json whose key
 (a hash of the kernel's source, its arguments, config, target and Triton version) is unchanged
 and compiles the rest, so a changed kernel is always compiled anew; it also compiles one reused
 variant of every kernel again and fails if its figures differ from the committed ones. With
 nothing changed that takes well under a minute; a kernel edit adds its variants' compiles (a few
-seconds each); and the committed files must then be regenerated (`python -m tritongpt.bench.aot --reuse`),
+seconds each); and the committed files must then be regenerated (`python tools/aot.py --reuse`),
 which test_committed_results_are_current asks for.
 """
 
@@ -28,14 +28,14 @@ from conftest import ROOT
 from tritongpt.kernels import common, normalization
 from tritongpt.kernels.common import SM_LIMITS, ctas_per_sm
 
-COMMITTED = ROOT / "tritongpt" / "bench" / "results"
+COMMITTED = ROOT / "tools" / "results"
 HALF = ("bf16", "fp16")
 H100_SMS = 132
 
 
 @pytest.fixture(scope="module")
 def aot(tmp_path_factory):
-    """{arch: the result file's contents} of `python -m tritongpt.bench.aot --arch 90 80 --reuse --verify`,
+    """{arch: the result file's contents} of `python tools/aot.py --arch 90 80 --reuse --verify`,
     after asserting that it exited 0 (every variant compiled, every verified record matched).
     With another Triton than the committed files' (pyproject pins the one for the tests) nothing
     can be reused: then sm_90 alone is compiled, all of it (minutes)."""
@@ -45,7 +45,7 @@ def aot(tmp_path_factory):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     same = json.loads((COMMITTED / "aot-sm90.json").read_text())["triton"] == metadata.version("triton")
     archs = (90, 80) if same else (90,)
-    cmd = [sys.executable, "-m", "tritongpt.bench.aot", "--arch", *map(str, archs), "--reuse", "--verify", "--jobs", "2",
+    cmd = [sys.executable, str(ROOT / "tools" / "aot.py"), "--arch", *map(str, archs), "--reuse", "--verify", "--jobs", "2",
            "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, f"{' '.join(cmd[1:])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -114,7 +114,7 @@ def test_layer_norm_backward_grid_gets_its_occupancy(aot):
 
 def test_committed_results_are_current(aot):
     """The committed files describe today's kernels: every record as a fresh run has it. (Run
-    `python -m tritongpt.bench.aot --reuse` and commit bench/results/aot-sm*.json after a kernel change.)"""
+    `python tools/aot.py --reuse` and commit tools/results/aot-sm*.json after a kernel change.)"""
     for arch, data in aot.items():
         committed = json.loads((COMMITTED / f"aot-sm{arch}.json").read_text())
         if committed["triton"] != data["triton"]:
@@ -124,7 +124,7 @@ def test_committed_results_are_current(aot):
         stale = sorted(_name(r) for key, r in new.items() if old.get(key) != r)
         gone = sorted(_name(r) for key, r in old.items() if key not in new)
         assert not stale and not gone, (
-            f"tritongpt/bench/results/aot-sm{arch}.json is out of date (python -m tritongpt.bench.aot --reuse): "
+            f"tools/results/aot-sm{arch}.json is out of date (python tools/aot.py --reuse): "
             f"{len(stale)} new or changed, {len(gone)} gone, e.g. {(stale + gone)[:3]}"
         )
 

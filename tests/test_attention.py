@@ -52,6 +52,47 @@ def test_parity(T, D, dtype):
     check_parity(kernels.attention, *qkv(2, 2, T, D, dtype))
 
 
+def test_batch_and_heads_are_grid_dimension_x(monkeypatch):
+    """Every launch puts B * H in grid dimension x and the tiles in y: CUDA caps y at 65535, which
+    B * H in y passed at 8192 sequences of 12 heads. Odd B, H and T (T past a tile) check the
+    programs' arithmetic by parity; a grid past a limit is a ValueError naming it."""
+    grids = []
+    for name in ("_attn_fwd_kernel", "_attn_bwd_kernel", "_attn_bwd_delta_kernel"):
+        kernel = getattr(fa, name)
+
+        class Recorder:
+            def __init__(self, kernel):
+                self.kernel = kernel
+
+            def __getitem__(self, grid):
+                grids.append(grid)
+                return self.kernel[grid]
+
+        monkeypatch.setattr(fa, name, Recorder(kernel))
+    check_parity(kernels.attention, *qkv(3, 5, 70, 32, torch.float32))
+    assert len(grids) == 4  # forward, delta, dK/dV, dQ
+    for grid in grids:
+        size = grid(dict(BLOCK_M=64, BLOCK_BIG=64)) if callable(grid) else grid
+        assert size[0] == 15 and size[1] == -(-70 // (64 if callable(grid) else fa.DELTA_BLOCK_M))
+    assert fa._grid(1024, 64, 8192 * 12) == (8192 * 12, 16)
+    monkeypatch.setattr(fa, "MAX_GRID_Y", 1)
+    with pytest.raises(ValueError, match="passes CUDA's limits of 2147483647 by 1; split the batch or the sequence"):
+        kernels.attention(*qkv(3, 5, 70, 32, torch.float32)[:3])
+
+
+def test_fixed_tiles_run_one_config_where_autotuning_is_on(monkeypatch):
+    """kernels.fix_tiles (deterministic=true) turns the autotuned launches into the one-config ones."""
+    q = qkv(1, 1, 8, 64, torch.float16)[0]
+    flags = fa._flags(q, True, 0.0, 0, None)
+    monkeypatch.setattr(fa, "AUTOTUNE", True)
+    assert fa._autotuned(q) and fa._autotuned(q, flags, backward=True)
+    kernels.fix_tiles(True)
+    try:
+        assert not fa._autotuned(q) and not fa._autotuned(q, flags, backward=True)
+    finally:
+        kernels.fix_tiles(False)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_head_dim_128(dtype):
     check_parity(kernels.attention, *qkv(2, 2, 70, 128, dtype))

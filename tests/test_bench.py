@@ -97,7 +97,7 @@ def test_smoke_figures_follow_the_formula(smoke):
         assert r["ms_per_step"] == pytest.approx(statistics.median(r["step_ms"]), rel=1e-3)
         assert r["tokens_per_sec"] == pytest.approx(r["batch"] * T / (r["ms_per_step"] / 1e3))
         assert r["tflops"] == pytest.approx(r["tokens_per_sec"] * gflops.flops_per_token(cfg, T) / 1e12)
-        assert r["mfu"] is None and "no dense bf16 peak" in r["nulls"]["mfu"]
+        assert r["mfu"] is None and "no dense peak known" in r["nulls"]["mfu"]
         assert r["peak_memory_gib"] is None and "CPU" in r["nulls"]["peak_memory_gib"]
         assert r["speedup_vs_torch_compile"] == pytest.approx(base["ms_per_step"] / r["ms_per_step"])
         assert math.isfinite(r["final_loss"])
@@ -149,13 +149,14 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
 def test_mfu_on_a_named_device(tmp_path, monkeypatch):
     """With a device in the peak table the result carries MFU = TFLOP/s * 1e12 / peak."""
     monkeypatch.setattr(step, "device_name", lambda device: "NVIDIA H200")
-    out = tmp_path / "r.json"
-    assert bench_main.main(["--smoke", "--paths", "torch", "--steps", "1", "--out", str(out)]) == 0
-    result = _load_strict(out)
-    r = result["paths"][0]
-    assert result["flops"]["peak_flops"] == 989e12
-    assert r["mfu"] == pytest.approx(r["tflops"] * 1e12 / 989e12)
-    assert "mfu" not in r["nulls"]
+    for dtype, math_, peak in (("bfloat16", "bf16", 989e12), ("float32", "fp32", 67e12)):  # TF32 is off here
+        out = tmp_path / f"{dtype}.json"
+        assert bench_main.main(["--smoke", "--paths", "torch", "--steps", "1", "--dtype", dtype, "--out", str(out)]) == 0
+        result = _load_strict(out)
+        r = result["paths"][0]
+        assert result["flops"]["peak_flops"] == peak and result["flops"]["peak_math"] == math_
+        assert r["mfu"] == pytest.approx(r["tflops"] * 1e12 / peak)
+        assert "mfu" not in r["nulls"]
 
 
 def test_mfu_formula_by_hand():
@@ -170,6 +171,75 @@ def test_mfu_formula_by_hand():
     assert gflops.mfu(cfg, 16, tokens_per_sec, "NVIDIA H100 PCIe") == pytest.approx(tokens_per_sec * 13056 / 756e12)
     assert gflops.mfu(cfg, 16, tokens_per_sec, "Some Future GPU") is None
     assert gflops.mfu(cfg, 16, tokens_per_sec, "CPU (x86_64)") is None
+
+
+def test_the_step_timed_is_the_trainers(tmp_path, monkeypatch):
+    """bench times train.step.TrainStep, the step train/loop.py calls (its clipping, scaler and
+    accumulation), once per warm-up and timed step; --micro-steps accumulates as the trainer does."""
+    from tritongpt.train.step import TrainStep
+
+    calls = []
+    real = TrainStep.__call__
+
+    def call(self, batch, lr=None):
+        calls.append((self.micro_steps, self.grad_clip))
+        return real(self, batch, lr)
+
+    monkeypatch.setattr(TrainStep, "__call__", call)
+    out = tmp_path / "r.json"
+    assert bench_main.main(["--smoke", "--paths", "torch", "--warmup", "1", "--steps", "2", "--micro-steps", "3",
+                            "--out", str(out)]) == 0
+    assert calls == [(3, 1.0)] * 3
+    result = _load_strict(out)
+    r = result["paths"][0]
+    assert r["tokens_per_step"] == 3 * r["batch"] * result["settings"]["seq_len"]
+    assert "TrainStep" in result["settings"]["step"] and result["settings"]["micro_steps"] == 3
+
+
+@pytest.mark.parametrize("name, model", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100", "H100 SXM"), ("H100", "H100 SXM"),
+    ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H200", "H200 SXM"),
+    ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100-SXM4-40GB", "A100"),
+    ("NVIDIA A100-PCIE-40GB", "A100"), ("NVIDIA A100 80GB PCIe", "A100"), ("NVIDIA GH200 480GB", None),
+    ("NVIDIA A10", None), ("NVIDIA H800", None), ("CPU (x86_64)", None), ("", None), (None, None),
+])
+def test_gpu_model_from_the_device_name(name, model):
+    assert gflops.gpu_model(name) == model
+
+
+def test_peaks_by_model_and_dtype():
+    """bf16 and fp16 against the dense tensor-core peak; fp32 against TF32's where TF32 is on (the
+    trainer's setting), else the CUDA cores' fp32 peak. The NVL cards are not the SXM ones."""
+    assert gflops.peak_flops("NVIDIA H100 80GB HBM3") == gflops.peak_flops("NVIDIA H200", "float16") == 989e12
+    assert gflops.peak_flops("NVIDIA H100 NVL") == gflops.peak_flops("NVIDIA H200 NVL", "bfloat16") == 835e12
+    assert gflops.peak_flops("NVIDIA H100 PCIe", "float16") == 756e12
+    assert gflops.peak_flops("NVIDIA H100 80GB HBM3", "float32") == 494e12
+    assert gflops.peak_flops("NVIDIA H100 80GB HBM3", "float32", tf32=False) == 67e12
+    assert gflops.peak_flops("NVIDIA H200 NVL", "float32") == 417e12
+    assert gflops.peak_flops("NVIDIA A100-SXM4-40GB", "float32", tf32=True) == 156e12
+    assert gflops.peak_flops("NVIDIA A100 80GB PCIe", "float32", tf32=False) == 19.5e12
+    assert gflops.peak_flops("NVIDIA A100-SXM4-80GB", "bfloat16", tf32=False) == 312e12  # TF32 is for fp32 only
+    assert gflops.peak_flops("Some Future GPU", "float32") is None
+    for model, peaks in gflops.PEAKS.items():  # dense tensor-core math: tf32 half of bf16, fp32 below both
+        assert abs(peaks["tf32"] - peaks["bf16"] / 2) < 1e12 and peaks["fp32"] < peaks["tf32"], model
+    with pytest.raises(ValueError, match="no peak for dtype 'int8'"):
+        gflops.peak_flops("NVIDIA H100", "int8")
+    cfg = GPTConfig(block_size=16, vocab_size=16, n_layer=2, n_head=2, n_embd=8)
+    assert gflops.mfu(cfg, 16, 1e6, "NVIDIA H100 NVL", "float32", tf32=False) == pytest.approx(13056e6 / 60e12)
+
+
+def test_deterministic_flag(tmp_path):
+    from tritongpt import kernels
+    from tritongpt.train.system import deterministic
+
+    out = tmp_path / "r.json"
+    try:
+        assert bench_main.main(["--smoke", "--paths", "torch", "--steps", "1", "--warmup", "0", "--deterministic",
+                                "--out", str(out)]) == 0
+        assert kernels.tiles_fixed() and torch.are_deterministic_algorithms_enabled()
+    finally:
+        deterministic(False)
+    assert _load_strict(out)["settings"]["deterministic"] is True
 
 
 # ----------------------------------------------------------------------------- --batch auto
@@ -199,10 +269,10 @@ def test_batch_auto_stops_at_out_of_memory(tmp_path, monkeypatch):
     """A real OOM error from a step is a 'no' of the search, and the path then runs at the batch found."""
     real = step.run_steps
 
-    def run_steps(forward, optimizer, batches, *args, **kwargs):
+    def run_steps(train_step, batches, *args, **kwargs):
         if batches[0][0].shape[0] > 5:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate (simulated)")
-        return real(forward, optimizer, batches, *args, **kwargs)
+        return real(train_step, batches, *args, **kwargs)
 
     monkeypatch.setattr(step, "run_steps", run_steps)
     out = tmp_path / "auto.json"

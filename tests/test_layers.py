@@ -263,6 +263,20 @@ def test_one_top_level_package():
     assert 'include = ["tritongpt*"]' in pyproject, "pyproject.toml must install tritongpt's packages only"
 
 
+def test_the_package_never_imports_tools():
+    """tools/ (the GPU campaign, the compile audit, the warm cache) drives the package from outside
+    and is not installed: no module of the package imports one of its scripts."""
+    scripts = {p.stem for p in (ROOT / "tools").glob("*.py")}
+    assert {"campaign", "aot", "warm_cache"} <= scripts
+    bad = []
+    for path in product_files(ROOT / NAMESPACE):
+        for node, _ in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno}: imports {n}" for n in names
+                    if n.split(".")[0] in scripts | {"tools"} and not getattr(node, "level", 0)]
+    assert not bad, "the package imports tools/:\n" + "\n".join(bad)
+
+
 # ----------------------------------------------------------------------------- the checker itself
 
 

@@ -311,3 +311,36 @@ def test_fp32_follows_torch_tf32_setting():
     assert (pt[0] - ref[0]).abs().max() > 0, "torch did not use TF32; the comparison would be vacuous"
     for name, o, r, p in zip(["y", "dx", "dW", "db"], out, ref, pt, strict=False):  # no db without a bias
         assert_parity(o, r, p, name)
+
+
+def test_backward_grid_limit_is_a_value_error():
+    """The elementwise backward's column blocks sit in grid dimension y, which CUDA caps at 65535."""
+    from tritongpt.kernels.fused_mlp import BWD_BLOCK_N, linear_gelu_bwd
+
+    N = 65535 * BWD_BLOCK_N + 1
+    h = torch.empty(1, N, dtype=torch.float16)
+    with pytest.raises(ValueError, match=f"{N} output features is past {65535 * BWD_BLOCK_N}"):
+        linear_gelu_bwd(h, h)
+
+
+def test_fixed_tiles_skip_the_autotuner(monkeypatch):
+    """With kernels.fix_tiles (the trainer's deterministic=true) the forward launches the kernel
+    under the autotuner at SINGLE_CONFIG, never the autotuner; the result is the same config's."""
+    from tritongpt.kernels import fused_mlp
+
+    x, w, b = torch.randn(37, 48, device=DEVICE), torch.randn(80, 48, device=DEVICE), torch.randn(80, device=DEVICE)
+    tuned = kernels.linear_gelu(x, w, b)
+
+    class NoTuner:
+        fn = fused_mlp._linear_gelu_fwd_kernel.fn
+
+        def __getitem__(self, grid):
+            raise AssertionError("the autotuner was launched with the tiles fixed")
+
+    monkeypatch.setattr(fused_mlp, "_linear_gelu_fwd_kernel", NoTuner())
+    kernels.fix_tiles(True)
+    try:
+        fixed = kernels.linear_gelu(x, w, b)
+    finally:
+        kernels.fix_tiles(False)
+    assert torch.equal(fixed, tuned)  # the interpreter's autotuner has SINGLE_CONFIG alone

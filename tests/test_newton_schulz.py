@@ -2,6 +2,8 @@
 it computed and mirrored, forward and gradients against the reference; the whole Newton-Schulz
 iteration on it; the tile mapping; bad input."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -118,6 +120,29 @@ def test_bfloat16_is_refused_under_the_interpreter():
 def test_one_config_without_autotuning():
     assert CONFIGS == (HOPPER_CONFIGS if AUTOTUNE else [SINGLE_CONFIG])
     assert not INTERPRET or not AUTOTUNE
+
+
+def test_fixed_tiles_launch_the_one_config(monkeypatch):
+    """With kernels.fix_tiles (the trainer's deterministic=true) xxt launches the kernel under the
+    autotuner at SINGLE_CONFIG, never the autotuner; the result is that config's."""
+    newton_schulz = importlib.import_module("tritongpt.kernels.newton_schulz")  # the package's name is the function
+
+    x, add, _ = make((2, 37, 24), torch.float32)
+    tuned = kernels.xxt(x, -1.5, add, 0.5)
+
+    class NoTuner:
+        fn = newton_schulz._xxt_kernel.fn
+
+        def __getitem__(self, grid):
+            raise AssertionError("the autotuner was launched with the tiles fixed")
+
+    monkeypatch.setattr(newton_schulz, "_xxt_kernel", NoTuner())
+    kernels.fix_tiles(True)
+    try:
+        fixed = kernels.xxt(x, -1.5, add, 0.5)
+    finally:
+        kernels.fix_tiles(False)
+    assert torch.equal(fixed, tuned)  # the interpreter's autotuner has SINGLE_CONFIG alone
 
 
 def test_muon_on_the_triton_backend_uses_the_kernel(monkeypatch):

@@ -107,17 +107,30 @@ def test_capture_driver_rejects_bad_arguments(capsys):
 
 
 def test_step_ranges_and_data_range(recorded_ranges):
-    """bench.step's training step marks data, forward, backward and optimizer."""
+    """The trainer's step, as the benchmark runs it, marks data, forward, backward and optimizer
+    (once per micro-step, the optimizer once per step)."""
     from tritongpt.bench import step
     from tritongpt.bench.config import OPTIM
+    from tritongpt.train.step import TrainStep
 
     log, stack = recorded_ranges
     cfg = GPTConfig(**CFG)
     model = GPT(cfg)
     opt = model.configure_optimizers(device_type="cpu", **OPTIM)
     batches = step.make_batches(cfg, 2, 8, torch.device("cpu"), 0)
-    step.run_steps(model, opt, batches, 1, torch.device("cpu"), torch.float32)
-    assert log == ["data", "forward", "backward", "optimizer"] and stack == []
+    step.run_steps(TrainStep(model, opt, "cpu", "float32", micro_steps=2), batches, 1, torch.device("cpu"))
+    assert log == ["data", "forward", "backward"] * 2 + ["optimizer"] and stack == []
+
+
+def test_capture_times_the_trainers_step(monkeypatch, capsys):
+    """The profile drivers run the trainer's own step (train.step.TrainStep), warm-up and captured."""
+    from tritongpt.train.step import TrainStep
+
+    calls = []
+    real = TrainStep.__call__
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    assert capture.main(["--smoke", "--backend", "torch", "--warmup", "1", "--steps", "2", "--no-nvtx"]) == 0
+    assert len(calls) == 3
 
 
 def _strict(path):

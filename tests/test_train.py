@@ -25,7 +25,7 @@ from conftest import ROOT, child_processes, make_char_dataset, tiny
 from tritongpt.gpt import GPT, pad_vocab
 from tritongpt.train import checkpoint
 from tritongpt.train.cli import run_cli
-from tritongpt.train.config import load_config
+from tritongpt.train.config import ConfigError, load_config
 from tritongpt.train.data import Batches
 from tritongpt.train.loop import Trainer, TrainingStopped, train
 from tritongpt.train.sample import SampleConfig, sample
@@ -583,3 +583,39 @@ def test_compile_is_on_where_a_gpu_is(tmp_path):
     path.write_text("compile = True\ncompile_mode = 'reduce-overhead'\n")
     cfg = load_config([str(path)])
     assert cfg.compile == "true" and cfg.compile_mode == "reduce-overhead"
+
+
+# ----------------------------------------------------------------------------- deterministic=true
+
+
+@pytest.fixture
+def deterministic_off(monkeypatch):
+    """Put back what deterministic=true switches on for the rest of the process."""
+    from tritongpt.train.system import deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # and back as it was
+    yield
+    deterministic(False)
+
+
+def test_deterministic_runs_are_bitwise_equal(small_ds, tmp_path, deterministic_off):
+    """Off by default; on, it fixes the kernels' tiles (no autotuning), Inductor's choices and
+    torch's algorithms, and two runs of one config give the same losses and weights, bit for bit."""
+    import torch._inductor.config as inductor
+
+    from tritongpt import kernels
+
+    assert load_config([]).deterministic is False
+    assert not kernels.tiles_fixed() and not torch.are_deterministic_algorithms_enabled()
+    runs = [str(tmp_path / name) for name in ("a", "b")]
+    for out in runs:
+        train(load_config(tiny(small_ds, out, deterministic="true", max_iters=6, eval_interval=6)))
+    assert kernels.tiles_fixed() and inductor.deterministic and torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.deterministic and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert losses(runs[0]) == losses(runs[1]) and len(losses(runs[0])) == 6
+    assert_same_weights(weights(f"{runs[0]}/ckpt_00000006.pt"), weights(f"{runs[1]}/ckpt_00000006.pt"))
+
+
+def test_deterministic_refuses_compile_modes_that_time_kernels():
+    with pytest.raises(ConfigError, match="'deterministic' is on with compile_mode max-autotune, which picks kernels"):
+        load_config(["--deterministic=true", "--compile_mode=max-autotune"])

@@ -29,8 +29,12 @@ def parse_args(argv):
     p.add_argument("--batch-max", type=int, default=None, help="upper end of the --batch auto search (default 512; 4 with --smoke)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first: compile, autotune (default 5; 1 with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="timed steps, median reported (default 20; 2 with --smoke)")
+    p.add_argument("--micro-steps", type=int, default=1,
+                   help="micro-batches per step, as the trainer's gradient accumulation (default 1)")
     p.add_argument("--paths", default=",".join(config.PATHS), help="comma-separated subset of: " + ", ".join(config.PATHS))
     p.add_argument("--out", default=None, help="result JSON path, or a folder (default bench/results/)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="the trainer's deterministic=true: fixed kernel tiles, no autotuning, deterministic algorithms")
     p.add_argument("--verbose", action="store_true", help="show torch.compile's warnings as they come")
     config.add_model_args(p)
     args, rest = p.parse_known_args(argv)
@@ -50,11 +54,14 @@ def parse_args(argv):
             p.error(f"--batch must be a positive integer or 'auto', got {args.batch!r}")
         if batch < 1:
             p.error(f"--batch must be a positive integer or 'auto', got {args.batch!r}")
-    for name in ("warmup", "steps", "batch_max"):
+    for name in ("warmup", "steps", "batch_max", "micro_steps"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
 
-    device, dtype, compile_backend = config.resolve_defaults(args)
+    try:
+        device, dtype, compile_backend = config.resolve_defaults(args)
+    except ValueError as e:
+        p.error(str(e))
     settings = config.Settings(
         model="smoke" if smoke else args.model,
         overrides=overrides,
@@ -63,11 +70,13 @@ def parse_args(argv):
         batch_max=args.batch_max,
         warmup=args.warmup,
         steps=args.steps,
+        micro_steps=args.micro_steps,
         dtype=dtype,
         compile_backend=compile_backend,
         compile_mode=args.compile_mode,
         paths=tuple(x.strip() for x in args.paths.split(",") if x.strip()),
         seed=args.seed,
+        deterministic=args.deterministic,
         device=device,
         smoke=args.smoke,
     )

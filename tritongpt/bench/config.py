@@ -18,6 +18,7 @@ import torch
 
 from tritongpt.gpt import GPTConfig, pad_vocab
 from tritongpt.train.config import COMPILE_MODES, TrainConfig, config_path, read_config_file
+from tritongpt.train.system import cuda_device
 
 # The presets are the models the trainer's configs train, read from those very files
 # (train/configs/NAME.py over TrainConfig's defaults), so the step measured is the step trained:
@@ -50,8 +51,9 @@ BASELINE = "torch+compile"
 HEADLINE = "triton+compile"  # the row the benchmark is about: listed first, compared with BASELINE
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
-# The trainer's AdamW settings; their values do not change the step's cost.
+# The trainer's AdamW settings and gradient clipping; their values do not change the step's cost.
 OPTIM = dict(weight_decay=0.1, learning_rate=6e-4, betas=(0.9, 0.95))
+GRAD_CLIP = TrainConfig().grad_clip
 
 
 @dataclasses.dataclass
@@ -63,11 +65,13 @@ class Settings:
     batch_max: int = 512  # the search of --batch auto stops here
     warmup: int = 5  # untimed steps first: compilation, autotuning, allocator warm-up
     steps: int = 20  # timed steps; the median is reported
+    micro_steps: int = 1  # micro-batches per step (the trainer's gradient accumulation)
     dtype: str = "bfloat16"  # autocast dtype; float32 = autocast off
     compile_backend: str = "inductor"
     compile_mode: str = "default"  # torch.compile's mode (inductor only): see train.config.COMPILE_MODES
     paths: tuple = tuple(PATHS)
     seed: int = 1337
+    deterministic: bool = False  # train.system.deterministic: fixed kernel tiles, no autotuning
     device: str = None  # None = cuda when available, else cpu
     smoke: bool = False
 
@@ -138,11 +142,26 @@ def parse_overrides(parser, rest):
     return overrides
 
 
+def resolve_device(text):
+    """cpu or cuda:N for --device (None: cuda where there is one; cuda: the current device, as the
+    trainer takes it); ValueError naming a CUDA device that is not there."""
+    device = text or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but no CUDA device is available")
+    try:
+        return cuda_device(device)
+    except ValueError as e:
+        raise ValueError(f"--device {e}") from None
+
+
 def resolve_defaults(args):
-    """(device, dtype, compile_backend) with --smoke's CPU defaults: float32, because the Triton
-    interpreter cannot do bf16 arithmetic; aot_eager, because inductor's C++ build takes tens of
-    seconds per path on a CPU (aot_eager still runs dynamo and AOTAutograd)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """(device, dtype, compile_backend): the device as resolve_device gives it, and --smoke's CPU
+    defaults: float32, because the Triton interpreter cannot do bf16 arithmetic; aot_eager,
+    because inductor's C++ build takes tens of seconds per path on a CPU (aot_eager still runs
+    dynamo and AOTAutograd). ValueError for a CUDA device that is not there."""
+    device = resolve_device(args.device)
     smoke_cpu = args.smoke and device == "cpu"
     dtype = args.dtype or ("float32" if smoke_cpu else "bfloat16")
     backend = args.compile_backend or ("aot_eager" if smoke_cpu else "inductor")

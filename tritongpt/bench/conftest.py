@@ -3,7 +3,7 @@ at the start of the run, and the records every case adds to one JSON summary, re
 case so that a run cut short keeps what it measured.
 
     pytest bench/                                   # every size of bench/ops.py, on a GPU
-    pytest bench/ --sizes gpt2 --modes fwd,fwd+bwd  # a subset (the campaign's)
+    pytest bench/ --sizes gpt2 --modes fwd+bwd      # a subset (the GPU campaign's)
     pytest bench/ --bench-smoke                     # the tiny size on whatever device there is
 """
 

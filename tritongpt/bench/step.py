@@ -1,13 +1,16 @@
-"""Tokens/sec and MFU of one training step (forward, backward, AdamW) for each op path of
-bench/config.py (torch, torch+compile, triton, triton+compile), all in one process on the same
-shapes, each model built from the same seed.
+"""Tokens/sec and MFU of one training step for each op path of bench/config.py (torch,
+torch+compile, triton, triton+compile), all in one process on the same shapes, each model built
+from the same seed.
 
-A step is what the trainer does: zero grads, forward under autocast (bf16 on a GPU), backward,
-the optimizer step of GPT.configure_optimizers (fused AdamW on CUDA).
+The step timed is the trainer's own (train.step.TrainStep, the one train/loop.py calls): the
+forward under autocast (bf16 on a GPU), the backward, the gradients unscaled, clipped to the
+trainer's grad_clip and checked for non-finite values, the optimizer step of
+GPT.configure_optimizers (fused AdamW on CUDA), the gradients zeroed; over --micro-steps
+micro-batches (gradient accumulation; default 1).
 
 FLOPs per token (fwd + bwd), gpt.flops: 6 * N + 12 * n_layer * n_embd * T, with N the parameters
 in matmuls (tied embedding once, position embedding not). TFLOP/s = tokens/sec * that / 1e12;
-MFU = TFLOP/s over the device's dense bf16 peak (gpt.flops.PEAK_BF16_FLOPS), null when unknown.
+MFU = TFLOP/s over the device's dense peak for the dtype (gpt.flops.peak_flops), null when unknown.
 """
 
 import dataclasses
@@ -17,27 +20,26 @@ import time
 import torch
 
 from tritongpt.bench import common
-from tritongpt.bench.config import BASELINE, DTYPES, HEADLINE, OPTIM, PATHS, model_config
+from tritongpt.bench.config import BASELINE, DTYPES, GRAD_CLIP, HEADLINE, OPTIM, PATHS, model_config, resolve_device
 from tritongpt.gpt import GPT
 from tritongpt.gpt import flops as gflops
-from tritongpt.instrument import nvtx
 from tritongpt.instrument.run import device_name
+from tritongpt.train.step import TrainStep
+from tritongpt.train.system import deterministic
 
 
 # ----------------------------------------------------------------------------- one step
 
 
-def autocast(device, dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
 def build(config, backend, compiled, settings, device):
-    """A fresh model of the path from the shared seed, its optimizer, and what the step calls."""
+    """A fresh model of the path from the shared seed, and the trainer's step over it (its
+    optimizer is step.optimizer)."""
     torch.manual_seed(settings.seed)
     model = GPT(dataclasses.replace(config, backend=backend)).to(device)
     optimizer = model.configure_optimizers(device_type=device.type, **OPTIM)
     forward = torch.compile(model, **compile_options(settings)) if compiled else model
-    return model, forward, optimizer
+    return model, TrainStep(forward, optimizer, device, settings.dtype, raw_model=model,
+                            micro_steps=settings.micro_steps, grad_clip=GRAD_CLIP)
 
 
 def compile_options(settings):
@@ -56,37 +58,29 @@ def make_batches(config, batch, seq_len, device, seed, n=2):
     return out
 
 
-def train_step(forward, optimizer, idx, targets, device, dtype):
-    """One training step, the trainer's order, with its NVTX ranges (free when ranges are off)."""
-    with nvtx.range("forward"), autocast(device, dtype):
-        loss = forward(idx, targets)
-    with nvtx.range("backward"):
-        loss.backward()
-    with nvtx.range("optimizer"):
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss
-
-
-def run_steps(forward, optimizer, batches, n, device, dtype, timed=False):
-    """n steps cycling through batches; with timed, the milliseconds of each step (CUDA events on
-    a GPU, so no host sync between steps; perf_counter on a CPU) and the last loss."""
+def run_steps(train_step, batches, n, device, timed=False):
+    """n steps of train_step (a TrainStep), its micro-batches cycling through batches; with
+    timed, the milliseconds of each step (CUDA events on a GPU, so no host sync between steps;
+    perf_counter on a CPU) and the last step's mean loss."""
     times, pairs, loss = [], [], None
     for i in range(n):
-        with nvtx.range("data"):
-            idx, targets = batches[i % len(batches)]
+        first = i * train_step.micro_steps
+
+        def batch(micro, first=first):
+            return batches[(first + micro) % len(batches)]
+
         if timed and device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            loss = train_step(forward, optimizer, idx, targets, device, dtype)
+            loss, _ = train_step(batch)
             end.record()
             pairs.append((start, end))
         elif timed:
             t0 = time.perf_counter()
-            loss = train_step(forward, optimizer, idx, targets, device, dtype)
+            loss, _ = train_step(batch)
             times.append((time.perf_counter() - t0) * 1e3)
         else:
-            loss = train_step(forward, optimizer, idx, targets, device, dtype)
+            loss, _ = train_step(batch)
     common.sync(device)
     times += [s.elapsed_time(e) for s, e in pairs]
     return times, loss
@@ -127,27 +121,27 @@ def find_max_batch(fits, limit, start=1):
     return lo, tries
 
 
-def _probe(config, backend, compiled, settings, device, dtype, seq_len):
+def _probe(config, backend, compiled, settings, device, seq_len):
     """fits(b) for find_max_batch: two steps of one model (the second step holds the optimizer
     state too) at batch b; an out-of-memory error means no, and everything is freed before the
     next try. Other errors propagate."""
-    model, forward, optimizer = build(config, backend, compiled, settings, device)
+    model, train_step = build(config, backend, compiled, settings, device)
 
     def fits(b):
         oom = False
         try:
             batches = make_batches(config, b, seq_len, device, settings.seed)
-            run_steps(forward, optimizer, batches, 2, device, dtype)
+            run_steps(train_step, batches, 2, device)
         except Exception as exc:  # noqa: BLE001 - only OOM is an answer; the rest is re-raised
             if not common.is_oom(exc):
                 raise
             oom = True
         batches = None
-        optimizer.zero_grad(set_to_none=True)
+        train_step.optimizer.zero_grad(set_to_none=True)
         common.free_memory(device)  # outside the except block: the traceback is gone by now
         return not oom
 
-    return fits, (model, forward, optimizer)
+    return fits, (model, train_step)
 
 
 # ----------------------------------------------------------------------------- one path
@@ -183,7 +177,6 @@ def run_path(name, config, settings, device):
     """Measure one path; never raises for a path that cannot run (compile failure, OOM): the result
     says skipped and why. Any other failure of an eager path is status error."""
     backend, compiled = PATHS[name]
-    dtype = DTYPES[settings.dtype]
     T = settings.seq_len or config.block_size
     res = empty_path(name)
     common.reset_compiler()
@@ -193,7 +186,7 @@ def run_path(name, config, settings, device):
         batch = settings.batch
         if batch == "auto":
             stage = "batch search"
-            fits, held = _probe(config, backend, compiled, settings, device, dtype, T)
+            fits, held = _probe(config, backend, compiled, settings, device, T)
             batch, tries = find_max_batch(fits, settings.batch_max)
             res["batch_search"] = [list(t) for t in tries]
             del fits, held
@@ -203,13 +196,13 @@ def run_path(name, config, settings, device):
                 raise torch.OutOfMemoryError("out of memory even at batch 1")
         res["batch"] = batch
         stage = "build"
-        model, forward, optimizer = build(config, backend, compiled, settings, device)
+        model, train_step = build(config, backend, compiled, settings, device)
         batches = make_batches(config, batch, T, device, settings.seed)
         common.free_memory(device)  # peak memory counts from here: this path's own steps
         stage = "warm-up (compile, autotune)"
-        run_steps(forward, optimizer, batches, settings.warmup, device, dtype)
+        run_steps(train_step, batches, settings.warmup, device)
         stage = "timed steps"
-        times, loss = run_steps(forward, optimizer, batches, settings.steps, device, dtype, timed=True)
+        times, loss = run_steps(train_step, batches, settings.steps, device, timed=True)
         final_loss = common.finite(loss.item())
     except Exception as exc:  # noqa: BLE001 - recorded in the result, see the docstring
         res["status"] = "skipped" if (compiled or common.is_oom(exc)) else "error"
@@ -220,10 +213,10 @@ def run_path(name, config, settings, device):
         res["status"] = "ok"
         res["step_ms"] = [round(t, 4) for t in times]
         res["ms_per_step"] = statistics.median(times)
-        res["tokens_per_step"] = batch * T
-        res["tokens_per_sec"] = batch * T / (res["ms_per_step"] / 1e3)
+        res["tokens_per_step"] = batch * T * settings.micro_steps
+        res["tokens_per_sec"] = res["tokens_per_step"] / (res["ms_per_step"] / 1e3)
         res["tflops"] = res["tokens_per_sec"] * gflops.flops_per_token(config, T) / 1e12
-        res["mfu"] = gflops.mfu(config, T, res["tokens_per_sec"], device_name(device))
+        res["mfu"] = gflops.mfu(config, T, res["tokens_per_sec"], device_name(device), settings.dtype, _tf32())
         if device.type == "cuda":
             res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         res["final_loss"] = final_loss
@@ -231,10 +224,15 @@ def run_path(name, config, settings, device):
             res["status"], res["reason"] = "error", "the loss is not finite"
     if compiled:
         res["graph_breaks"], res["graph_break_reasons"] = common.graph_breaks()
-    model = forward = optimizer = batches = loss = None  # noqa: F841 - frees this path's memory (some may be unset)
+    model = train_step = batches = loss = None  # noqa: F841 - frees this path's memory (some may be unset)
     common.reset_compiler()
     common.free_memory(device)
     return res
+
+
+def _tf32():
+    """Whether float32 matmuls run on TF32 tensor cores (then MFU is over the TF32 peak)."""
+    return torch.backends.cuda.matmul.allow_tf32
 
 
 def explain_nulls(res, device):
@@ -246,7 +244,7 @@ def explain_nulls(res, device):
                 why[k] = f"path {res['status']}: {res['reason']}"
     else:
         if res["mfu"] is None:
-            why["mfu"] = f"no dense bf16 peak known for {device_name(device)!r} (gpt.flops.PEAK_BF16_FLOPS)"
+            why["mfu"] = f"no dense peak known for {device_name(device)!r} (gpt.flops.PEAKS)"
         if res["peak_memory_gib"] is None:
             why["peak_memory_gib"] = "n/a on a CPU (torch.cuda.max_memory_allocated needs a GPU)"
     if res["speedup_vs_torch_compile"] is None:
@@ -272,11 +270,9 @@ def explain_nulls(res, device):
 
 def run(settings):
     """Every path of the settings; returns the result dict (see bench/README or the JSON itself)."""
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    device = torch.device(resolve_device(settings.device))  # cpu or cuda:N
+    if settings.deterministic:
+        deterministic(True)  # before any cuBLAS handle is made
     if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA events and the timed stream on the device measured
     if settings.compile_mode != "default" and settings.compile_backend != "inductor":
@@ -292,6 +288,8 @@ def run(settings):
             raise ValueError(f"unknown path {p!r}; choose from {', '.join(PATHS)}")
     if settings.dtype not in DTYPES:
         raise ValueError(f"unknown --dtype {settings.dtype!r}; choose from {', '.join(DTYPES)}")
+    if settings.micro_steps < 1:
+        raise ValueError(f"--micro-steps must be >= 1, got {settings.micro_steps}")
 
     results = [run_path(p, config, settings, device) for p in settings.paths]
     base = next((r for r in results if r["path"] == BASELINE and r["status"] == "ok"), None)
@@ -303,7 +301,8 @@ def run(settings):
         explain_nulls(r, device)
 
     name = device_name(device)
-    peak = gflops.peak_flops(name)
+    peak = gflops.peak_flops(name, settings.dtype, _tf32())
+    math = gflops.peak_math(settings.dtype, _tf32())
     return {
         "kind": "train_step",
         **common.result_header(device),
@@ -313,6 +312,7 @@ def run(settings):
             "seq_len": T,
             "config": config.to_dict(),
             "optimizer": "AdamW (GPT.configure_optimizers)" + (", fused" if device.type == "cuda" else ""),
+            "step": f"the trainer's (train.step.TrainStep): grad_clip {GRAD_CLIP}, {settings.micro_steps} micro-step(s)",
         },
         "flops": {
             "formula": "flops_per_token = 6 * N + 12 * n_layer * n_embd * T (forward + backward); "
@@ -320,7 +320,8 @@ def run(settings):
             "N_matmul_params": gflops.matmul_params(config),
             "flops_per_token": gflops.flops_per_token(config, T),
             "peak_flops": peak,
-            "peak_note": None if peak else f"no dense bf16 peak known for {name!r}: MFU left out",
+            "peak_math": math,  # the peak MFU is over: bf16 (fp16 alike), tf32 or fp32, dense
+            "peak_note": None if peak else f"no dense {math} peak known for {name!r}: MFU left out",
         },
         "paths": results,
     }

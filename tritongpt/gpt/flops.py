@@ -16,13 +16,56 @@ num_params is the other count: every parameter (an untied LM head and the token 
 count), the N of Chinchilla's and Cerebras-GPT's 20 tokens per parameter.
 """
 
-# Dense bf16 peak (FLOP/s) by device name, without sparsity.
-PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,  # SXM; the PCIe card is lower, see below
-    "H100 PCIe": 756e12,
-    "A100": 312e12,
+import re
+
+# Dense peaks (FLOP/s) by GPU model and the math a run's matmuls take: bf16 (fp16 is the same)
+# and tf32 on the tensor cores, fp32 on the CUDA cores. From NVIDIA's datasheets: "NVIDIA H100
+# Tensor Core GPU" (H100 SXM, PCIe and NVL, 2024), "NVIDIA H200 Tensor Core GPU" (H200 SXM and
+# NVL, 2024) and "NVIDIA A100 Tensor Core GPU" (2021: 40 GB and 80 GB, SXM and PCIe alike). Their
+# tensor-core figures are "with sparsity": the dense ones here are half of them, rounded down to
+# a TFLOP/s.
+PEAKS = {
+    "H100 SXM": dict(bf16=989e12, tf32=494e12, fp32=67e12),  # datasheet: 1,979 / 989 sparse; 67
+    "H100 PCIe": dict(bf16=756e12, tf32=378e12, fp32=51e12),  # 1,513 / 756 sparse; 51
+    "H100 NVL": dict(bf16=835e12, tf32=417e12, fp32=60e12),  # 1,671 / 835 sparse; 60
+    "H200 SXM": dict(bf16=989e12, tf32=494e12, fp32=67e12),  # 1,979 / 989 sparse; 67
+    "H200 NVL": dict(bf16=835e12, tf32=417e12, fp32=60e12),  # 1,671 / 835 sparse; 60
+    "A100": dict(bf16=312e12, tf32=156e12, fp32=19.5e12),  # 624 / 312 sparse; 19.5
 }
+MATH = {"bfloat16": "bf16", "float16": "bf16", "float32": "fp32"}  # a run's dtype -> its matmuls' peak
+
+
+def gpu_model(device_name):
+    """The PEAKS key of a torch.cuda.get_device_name string ("NVIDIA H100 80GB HBM3" is the SXM
+    card, "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA H200 NVL",
+    "NVIDIA A100-SXM4-80GB", ...), or None for a device not in the table. A bare "H100" is the
+    SXM card."""
+    name = (device_name or "").upper()
+    for family in ("H200", "H100"):
+        if re.search(rf"\b{family}\b", name):  # not GH200, whose peaks differ by version
+            if "NVL" in name:
+                return f"{family} NVL"
+            if "PCIE" in name:
+                return "H100 PCIe" if family == "H100" else None
+            return f"{family} SXM"
+    return "A100" if re.search(r"\bA100\b", name) else None
+
+
+def peak_math(dtype="bfloat16", tf32=True):
+    """The math a run in `dtype` (a train.system.PTDTYPE key) does its matmuls in: bf16 (fp16
+    alike), tf32 for float32 with TF32 on (torch.backends.cuda.matmul.allow_tf32, which the
+    trainer turns on), else fp32."""
+    if dtype not in MATH:
+        raise ValueError(f"no peak for dtype {dtype!r}; choose one of {', '.join(MATH)}")
+    math = MATH[dtype]
+    return "tf32" if math == "fp32" and tf32 else math
+
+
+def peak_flops(device_name, dtype="bfloat16", tf32=True):
+    """The device's dense peak in FLOP/s for a run in `dtype` (see peak_math), or None when the
+    device is not in the table."""
+    model = gpu_model(device_name)
+    return None if model is None else PEAKS[model][peak_math(dtype, tf32)]
 
 
 def matmul_params(config):
@@ -53,22 +96,9 @@ def flops_per_token(config, T):
     return 6 * matmul_params(config) + 12 * config.n_embd * keys
 
 
-def peak_flops(device_name):
-    """The device's dense bf16 peak in FLOP/s, or None when the device is not in the table."""
-    if not device_name:
-        return None
-    name = device_name.upper()
-    if "H100" in name and "PCIE" in name:
-        return PEAK_BF16_FLOPS["H100 PCIe"]
-    for key in ("H200", "H100", "A100"):
-        if key in name:
-            return PEAK_BF16_FLOPS[key]
-    return None
-
-
-def mfu(config, T, tokens_per_sec, device_name):
-    """Achieved FLOP/s over the device's peak, or None when the peak is unknown."""
-    peak = peak_flops(device_name)
+def mfu(config, T, tokens_per_sec, device_name, dtype="bfloat16", tf32=True):
+    """Achieved FLOP/s over the device's peak for the dtype, or None when the peak is unknown."""
+    peak = peak_flops(device_name, dtype, tf32)
     if peak is None:
         return None
     return flops_per_token(config, T) * tokens_per_sec / peak

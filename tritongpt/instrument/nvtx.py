@@ -74,8 +74,16 @@ def annotate_model(model):
     handles = []
 
     def mark(module, name):
-        handles.append(module.register_forward_pre_hook(lambda *_: _push(name)))
-        handles.append(module.register_forward_hook(lambda *_: _pop()))
+        # the hooks return None: torch.cuda.nvtx.range_push returns the range's depth, and a
+        # forward pre-hook's value would replace the module's input
+        def push(*_):
+            _push(name)
+
+        def pop(*_):
+            _pop()
+
+        handles.append(module.register_forward_pre_hook(push))
+        handles.append(module.register_forward_hook(pop))
 
     t = model.transformer
     mark(t.wte, "embedding")

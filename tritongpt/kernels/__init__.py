@@ -35,7 +35,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tritongpt.kernels import reference  # noqa: E402
-from tritongpt.kernels.common import fix_interpreter  # noqa: E402
+from tritongpt.kernels.common import fix_interpreter, fix_tiles, tiles_fixed  # noqa: E402
 from tritongpt.kernels.flash_attention import attention, attention_qkv  # noqa: E402
 from tritongpt.kernels.fused_mlp import linear_act, linear_gelu  # noqa: E402
 from tritongpt.kernels.lm_head import linear_cross_entropy  # noqa: E402
@@ -47,5 +47,6 @@ fix_interpreter()
 
 __all__ = [
     "layer_norm", "add_layer_norm", "rms_norm", "add_rms_norm", "linear_gelu", "linear_act", "cross_entropy",
-    "linear_cross_entropy", "attention", "attention_qkv", "raise_on_bad_targets", "reference", "xxt", "newton_schulz",
+    "linear_cross_entropy", "attention", "attention_qkv", "raise_on_bad_targets", "reference", "fix_tiles", "tiles_fixed",
+    "xxt", "newton_schulz",
 ]

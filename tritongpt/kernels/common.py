@@ -45,6 +45,19 @@ def fix_interpreter():
 
 
 AUTOTUNE = not interpreted() and os.environ.get("TRITONGPT_AUTOTUNE", "1") != "0"
+_FIXED_TILES = [False]
+
+
+def fix_tiles(on=True):
+    """Run the matmul-shaped kernels on their one fixed config (the one TRITONGPT_AUTOTUNE=0 runs)
+    instead of autotuning, from now on in this process (the trainer's deterministic=true): the
+    autotuner picks the fastest config by timing, separately in each process, so two runs of one
+    config may pick different tiles, whose sums run in different orders."""
+    _FIXED_TILES[0] = bool(on)
+
+
+def tiles_fixed():
+    return _FIXED_TILES[0]
 
 
 # ----------------------------------------------------------------------------- input checks

@@ -6,16 +6,16 @@ softmax scale, a sliding window, rotary position embeddings and QK-norm.
     y = attention_qkv(qkv, causal=True, dropout_p=0.0, scale=None, window=0, rotary=None, qk_norm=False)
         # qkv (B, T, 3, H, D) -> y (B, T, H, D)
 
-Forward: one program per (query tile, batch*head). It walks the key tiles with an online softmax
-in fp32 (running max m and sum l, scores in log2 units so exp2 does the work, 1/sqrt(D)*log2(e)
-folded into one multiply; the scale is 1/sqrt(D) unless given, GPT-Neo's is 1.0) and saves
-lse = m + log2(l) per row (4 bytes a row). Under the causal mask the key tiles wholly above the
-diagonal are never visited and only the tiles that straddle it (and the ragged tail at T) are
-masked. With a window (GPT-Neo's local attention: query i sees keys i - window + 1 .. i) the key
-tiles wholly before it are never visited either, and the ones across its start are masked; the
-backward's loops skip the same tiles (the dK/dV program's queries end where the window of its
-last key does, the dQ program's keys start where its first query's window does). A window of T
-or more is no window. Nothing of size T x T is ever in memory.
+Forward: one program per (batch*head, query tile), B * H in grid dimension x. It walks the key
+tiles with an online softmax in fp32 (running max m and sum l, scores in log2 units so exp2 does
+the work, 1/sqrt(D)*log2(e) folded into one multiply; the scale is 1/sqrt(D) unless given,
+GPT-Neo's is 1.0) and saves lse = m + log2(l) per row (4 bytes a row). Under the causal mask the
+key tiles wholly above the diagonal are never visited and only the tiles that straddle it (and
+the ragged tail at T) are masked. With a window (GPT-Neo's local attention: query i sees
+keys i - window + 1 .. i) the key tiles wholly before it are never visited either, and the ones
+across its start are masked; the backward's loops skip the same tiles (the dK/dV program's
+queries end where the window of its last key does, the dQ program's keys start where its first
+query's window does). A window of T or more is no window. Nothing of size T x T is ever in memory.
 
 Backward: the probabilities are recomputed from q, k and the saved lse, not stored. A small
 pass computes delta = rowsum(dO * O); then one kernel, launched twice, computes dK, dV (a program
@@ -81,6 +81,7 @@ import triton
 
 from tritongpt.kernels.common import (
     AUTOTUNE, NAMESPACE, autocast_inputs, check_device, check_one_dtype, check_tensors, device_guard, interpreted,
+    tiles_fixed,
 )
 from tritongpt.kernels.flash_attention_kernels import _attn_bwd_delta_kernel, _attn_bwd_kernel, _attn_fwd_kernel
 
@@ -98,8 +99,8 @@ LOG2E = 1.4426950408889634
 # dropout, with rotary, with rotary and dropout; 0: never) -- past them it spills registers on
 # sm_90 with Triton 3.9 (dropout's in-kernel Philox draws take a tile's worth of registers of
 # their own, rotary's turns about as many; with Triton 3.6 a few rotary and window variants
-# within them spill 24-264 bytes a thread: bench/results/aot-triton-3.6/, to be pruned once a GPU
-# can time the alternatives). `python -m tritongpt.bench.aot` compiles every pair,
+# within them spill 24-264 bytes a thread: tools/results/aot-triton-3.6/, to be pruned once a GPU
+# can time the alternatives). `python tools/aot.py` compiles every pair,
 # tests/test_aot.py holds them to it. The last tiles of each list are narrower ones for rotary
 # (and, in the forward, BLOCK_D 256), where the wide ones spill. The backward at BLOCK_D 256 has
 # no tile here: every tile wgmma can run (64 rows or more) spills there (dK and dV alone are
@@ -148,7 +149,8 @@ def _head_dims_of(tiles, rows, cols):
     return prune
 
 
-# With AUTOTUNE off (kernels.common's switch; the tests turn it off too) each kernel runs one
+# With AUTOTUNE off (kernels.common's switch; the tests turn it off too) or the tiles fixed
+# (kernels.common.fix_tiles: the trainer's deterministic=true) each kernel runs one
 # small config, its two tiles unequal so the tile-skipping arithmetic is exercised as on the
 # GPU; none spills in 16-bit on sm_90 (the backward's 8 warps: on 4 it spilled at head dim 128
 # with dropout). fp32 on a GPU (ieee dot products, no tensor cores: right, not fast) runs
@@ -263,9 +265,9 @@ def _options(q, scale, window, cos, sin, interleaved):
 
 
 def _autotuned(q, flags=None, backward=False):
-    """Autotune over the Hopper configs, or run one config (AUTOTUNE off, or fp32; the backward
-    at BLOCK_D 256, which has no tile in BWD_TILES)."""
-    return AUTOTUNE and q.dtype != torch.float32 and not (backward and flags["BLOCK_D"] > 128)
+    """Autotune over the Hopper configs, or run one config (AUTOTUNE off, tiles fixed, or fp32; the
+    backward at BLOCK_D 256, which has no tile in BWD_TILES)."""
+    return AUTOTUNE and not tiles_fixed() and q.dtype != torch.float32 and not (backward and flags["BLOCK_D"] > 128)
 
 
 def _one_config(q, flags, small, fp32):
@@ -281,6 +283,20 @@ def _one_config(q, flags, small, fp32):
     if narrow:
         return NARROW_FWD if forward else NARROW_BWD[max(128, flags["BLOCK_D"])]
     return small
+
+
+MAX_GRID_X, MAX_GRID_Y = 2**31 - 1, 65535  # CUDA's limits on grid dimensions x and y
+
+
+def _grid(T, rows, heads):
+    """(B * H, tiles of `rows` rows): the heads in grid dimension x, where CUDA allows 2**31 - 1
+    programs, the tiles in y, where it allows 65535 (B * H passed that at 8192 sequences of GPT-2's
+    12 heads; T would have to pass a million rows); a ValueError names a limit passed."""
+    tiles = triton.cdiv(T, rows)
+    if heads > MAX_GRID_X or tiles > MAX_GRID_Y:
+        raise ValueError(f"attention: a grid of B * H = {heads} by ceil(T / {rows}) = {tiles} programs passes CUDA's "
+                         f"limits of {MAX_GRID_X} by {MAX_GRID_Y}; split the batch or the sequence")
+    return heads, tiles
 
 
 def attention_fwd(
@@ -302,7 +318,7 @@ def attention_fwd(
         H, T, sm_scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p), window, 2 * cos.shape[-1] if rotary else 0,
     )
     flags = _flags(q, causal, dropout_p, window, rotary, qk_norm)
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
+    grid = lambda meta: _grid(T, meta["BLOCK_M"], B * H)  # noqa: E731
     with device_guard(q):
         if _autotuned(q):
             _attn_fwd_tuned[grid](*args, **flags)
@@ -337,9 +353,9 @@ def attention_bwd(
         H, T, sm_scale * LOG2E, sm_scale, dropout_p, 1.0 / (1.0 - dropout_p), window, 2 * cos.shape[-1] if rotary else 0,
     )
     flags = _flags(q, causal, dropout_p, window, rotary, qk_norm)
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_BIG"]), B * H)  # noqa: E731
+    grid = lambda meta: _grid(T, meta["BLOCK_BIG"], B * H)  # noqa: E731
     with device_guard(q):
-        _attn_bwd_delta_kernel[(triton.cdiv(T, DELTA_BLOCK_M), B * H)](
+        _attn_bwd_delta_kernel[_grid(T, DELTA_BLOCK_M, B * H)](
             o, do, delta, o.stride(), do.stride(), H, T, HEAD_DIM=D, BLOCK_D=flags["BLOCK_D"], BLOCK_M=DELTA_BLOCK_M
         )
         for dkdv in (True, False):  # dK and dV, then dQ

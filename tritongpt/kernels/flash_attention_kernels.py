@@ -362,9 +362,11 @@ def _attn_fwd_kernel(
     ROTARY: tl.constexpr, INTERLEAVED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
     QK_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # the last query tiles see the most keys: start them first, so the grid ends on light ones
-    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    bh = tl.program_id(1).to(tl.int64)
+    # grid (batch*head, query tile): B * H in dimension x, which CUDA does not cap at 65535 as it
+    # does y. The last query tiles see the most keys: started first (of every head, x runs
+    # fastest), so the grid ends on light ones
+    bh = tl.program_id(0).to(tl.int64)
+    start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
     b, h = bh // H, bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -414,9 +416,9 @@ def _attn_bwd_delta_kernel(
     o_strides, do_strides,  # (stride of B, of H, of T, of D) each
     H, T, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(0).to(tl.int64)  # grid (batch*head, row tile), as the forward's
     b, h = bh // H, bh % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     o_and_do = (_matrix(o_ptr, o_strides, b, h, offs_d), _matrix(do_ptr, do_strides, b, h, offs_d))
     o, do = _load_kv(o_and_do, offs_m, T, HEAD_DIM, MASKED=True)  # (BLOCK_M, BLOCK_D) each
@@ -511,10 +513,10 @@ def _attn_bwd_kernel(
     scores are those of the turned q and k, so dq and dk come out turned: turned back at the end.
     With QK-norm they are the gradients of the normalized q and k: taken through the norm's
     backward first."""
-    start = tl.program_id(0) * BLOCK_BIG  # heaviest first: the first key tiles, the last query tiles
+    start = tl.program_id(1) * BLOCK_BIG  # heaviest first: the first key tiles, the last query tiles
     if not DKDV:
-        start = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_BIG
-    bh = tl.program_id(1).to(tl.int64)
+        start = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_BIG
+    bh = tl.program_id(0).to(tl.int64)  # grid (batch*head, tile), as the forward's
     b, h = bh // H, bh % H
     offs_big = start + tl.arange(0, BLOCK_BIG)
     offs_d = tl.arange(0, BLOCK_D)

@@ -54,12 +54,14 @@ import triton.language as tl
 
 from tritongpt.kernels.common import (
     AUTOTUNE, NAMESPACE, autocast_inputs, check_device, check_one_dtype, check_tensors, device_guard, interpreted,
+    tiles_fixed,
 )
 
 # ----------------------------------------------------------------------------- tile configs
 
 # The one switch: autotuning is off under Triton's CPU interpreter (tests without a GPU) and
 # wherever TRITONGPT_AUTOTUNE=0 (quick GPU test runs); the list then collapses to one config.
+# kernels.common.fix_tiles (the trainer's deterministic=true) runs that config at run time.
 INTERPRET = interpreted()
 
 
@@ -70,7 +72,7 @@ def _config(bm, bn, bk, group_m, warps, stages):
 
 
 # Curated for Hopper (H100/H200, 227 KB of shared memory per CTA) in bf16/fp16: every one uses
-# wgmma and none spills registers on sm_90 (`python -m tritongpt.bench.aot` compiles each, and
+# wgmma and none spills registers on sm_90 (`python tools/aot.py` compiles each, and
 # tests/test_aot.py holds them to it). The 128x256 tile runs on 16 warps: on 8 its 128 fp32
 # accumulators a thread plus the GELU epilogue took all 255 registers and spilled (256x128 did
 # too, and on 16 warps, capped at 128 registers a thread there, it still spilled with Triton
@@ -366,6 +368,12 @@ def _input_precision(dtype):
     return "tf32"
 
 
+def _fixed_config():
+    """SINGLE_CONFIG as launch arguments: its tiles, warps and stages."""
+    c = SINGLE_CONFIG
+    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+
+
 def linear_gelu_fwd(x, weight, bias=None, save_h=False, activation="gelu_tanh"):
     """y = act(x @ weight.T + bias), act one of ACTIVATIONS: x (..., K) -> y (..., N); also h (M, N)
     when save_h."""
@@ -382,13 +390,15 @@ def linear_gelu_fwd(x, weight, bias=None, save_h=False, activation="gelu_tanh"):
     h = torch.empty_like(y) if save_h else None
     if M > 0 and N > 0:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+        # with the tiles fixed (kernels.common.fix_tiles), the kernel under the autotuner, at SINGLE_CONFIG
+        kernel, fixed = (_linear_gelu_fwd_kernel.fn, _fixed_config()) if tiles_fixed() else (_linear_gelu_fwd_kernel, {})
         with device_guard(x):
-            _linear_gelu_fwd_kernel[grid](
+            kernel[grid](
                 x2, weight, bias if bias is not None else y, y, h if save_h else y,
                 M, N, K,
                 x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), rows_bucket(M),
                 HAS_BIAS=bias is not None, STORE_H=save_h, ACTIVATION=activation,
-                INPUT_PRECISION=_input_precision(x.dtype),
+                INPUT_PRECISION=_input_precision(x.dtype), **fixed,
             )  # fmt: skip
     return y.view(*x.shape[:-1], N), h
 
@@ -399,6 +409,8 @@ def linear_gelu_bwd(dy, h, has_bias=True, activation="gelu_tanh"):
     turn dh into dx and dW are the autograd formula's (below)."""
     _check_activation(activation)
     M, N = h.shape
+    if triton.cdiv(N, BWD_BLOCK_N) > 65535:  # CUDA's limit on grid dimension y
+        raise ValueError(f"linear_gelu: {N} output features is past {65535 * BWD_BLOCK_N}, the most the backward's grid takes")
     if dy.numel() != M * N or dy.shape[-1] != N:
         raise ValueError(f"linear_gelu_bwd: expected dy (..., {N}) with {M} rows to match h {(M, N)}, got {tuple(dy.shape)}")
     dy2 = dy.reshape(M, N).to(h.dtype).contiguous()

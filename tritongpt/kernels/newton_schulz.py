@@ -42,7 +42,7 @@ import triton.language as tl
 
 from tritongpt.kernels import reference
 from tritongpt.kernels.common import (
-    AUTOTUNE, NAMESPACE, check_device, check_one_dtype, check_tensors, device_guard, interpreted,
+    AUTOTUNE, NAMESPACE, check_device, check_one_dtype, check_tensors, device_guard, interpreted, tiles_fixed,
 )
 
 INTERPRET = interpreted()
@@ -55,7 +55,7 @@ def _config(block, bk, warps, stages):
 # Curated for Hopper in bf16/fp16 (tiles are square: a tile and its mirror have the same shape).
 # At GPT-2's width (M = 768) the 128 tiles make 21 programs a matrix and the 64 ones 78: the small
 # tiles keep more of the SMs busy on one matrix, the large ones feed wgmma better on a batch of
-# them or a wider model. `python -m tritongpt.bench.aot` holds every one to no spills on sm_90:
+# them or a wider model. `python tools/aot.py` (the compile audit) holds every one to no spills on sm_90:
 # a 128 tile on 4 warps spilled in the epilogue that adds the addend (1136 bytes a thread), and in
 # fp32 every 128 tile spilled, so fp32 inputs keep the 64 ones (configs_that_fit).
 HOPPER_CONFIGS = [
@@ -67,6 +67,7 @@ HOPPER_CONFIGS = [
 ]
 # Without autotuning: under the interpreter a tile small enough that the tests' shapes span
 # several row blocks and K blocks; on a GPU one whose pipeline fits every dtype's shared memory.
+# kernels.common.fix_tiles (the trainer's deterministic=true) runs this one at run time too.
 SINGLE_CONFIG = _config(16, 16, 4, 1) if INTERPRET else _config(64, 32, 4, 3)
 CONFIGS = HOPPER_CONFIGS if AUTOTUNE else [SINGLE_CONFIG]
 FP32_MAX_BLOCK = 64
@@ -163,6 +164,12 @@ def _input_precision(dtype):
     return "tf32"
 
 
+def _fixed_config():
+    """SINGLE_CONFIG as launch arguments: its tiles, warps and stages."""
+    c = SINGLE_CONFIG
+    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+
+
 def lower_tiles(M, block):
     """Programs per matrix: the tiles on and below the diagonal of a (M, M) out."""
     t = triton.cdiv(M, block)
@@ -187,12 +194,14 @@ def xxt_fwd(x, alpha=1.0, add=None, beta=0.0, out=None):
             out.copy_(beta * a3 if add is not None else torch.zeros_like(out))
             return out.view(*x.shape[:-1], M)
         grid = lambda meta: (lower_tiles(M, meta["BLOCK"]), B)  # noqa: E731
+        # with the tiles fixed (kernels.common.fix_tiles), the kernel under the autotuner, at SINGLE_CONFIG
+        kernel, fixed = (_xxt_kernel.fn, _fixed_config()) if tiles_fixed() else (_xxt_kernel, {})
         with device_guard(x):
-            _xxt_kernel[grid](
+            kernel[grid](
                 x3, a3, out, M, K,
                 x3.stride(0), x3.stride(1), x3.stride(2), a3.stride(0), a3.stride(1), a3.stride(2),
                 float(alpha), float(beta),
-                HAS_ADD=add is not None, INPUT_PRECISION=_input_precision(x.dtype),
+                HAS_ADD=add is not None, INPUT_PRECISION=_input_precision(x.dtype), **fixed,
             )  # fmt: skip
     return out.view(*x.shape[:-1], M)
 

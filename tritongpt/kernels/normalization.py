@@ -40,7 +40,7 @@ Design, for a bandwidth-bound op:
   atomics, and the partials stay small because G does not grow with M. CTAs per SM is read
   from the compiled kernel (its registers and shared memory, kernels.common.resident_ctas),
   so the grid is exactly what the GPU holds at once whatever the dtypes, flags and Triton
-  version; `python -m tritongpt.bench.aot` records it (5 to 7 on sm_90 at GPT-2's width with Triton 3.9).
+  version; `python tools/aot.py` records it (5 to 7 on sm_90 at GPT-2's width with Triton 3.9).
 - both are registered with torch.library (tritongpt::layer_norm, tritongpt::add_layer_norm and
   their _backward ops), so torch.compile keeps each as one node and fuses what is around it.
 """

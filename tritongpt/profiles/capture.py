@@ -1,6 +1,7 @@
 """python -m tritongpt.profiles.capture: a few training steps, bracketed for Nsight Systems.
 
-Builds one path of the benchmark (bench.config and bench.step: same model, step and optimizer),
+Builds one path of the benchmark (bench.config and bench.step: same model, and the trainer's own
+step, train.step.TrainStep),
 turns the NVTX ranges on, runs the warm-up steps (torch.compile and Triton autotuning happen
 here), then calls cudaProfilerStart, runs the captured steps, and cudaProfilerStop. Under
 `nsys profile --capture-range=cudaProfilerApi` (profiles/nsys.sh) only those steps are recorded.
@@ -18,8 +19,7 @@ import sys
 import torch
 
 from tritongpt.bench import step
-from tritongpt.bench.config import (DTYPES, PATHS, Settings, add_model_args, model_config, parse_overrides,
-                          resolve_defaults)
+from tritongpt.bench.config import PATHS, Settings, add_model_args, model_config, parse_overrides, resolve_defaults
 from tritongpt.instrument import nvtx
 
 
@@ -43,9 +43,10 @@ def parse_args(argv, prog, description, add_options=None):
     for name, low in (("batch", 1), ("warmup", 0), ("steps", 1)):
         if getattr(args, name) < low:
             p.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    device, dtype, compile_backend = resolve_defaults(args)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda asked for, but no CUDA device is available")
+    try:
+        device, dtype, compile_backend = resolve_defaults(args)  # cpu or cuda:N
+    except ValueError as e:
+        p.error(str(e))
     path = args.backend + ("+compile" if args.compile else "")
     settings = Settings(
         model="smoke" if args.smoke else args.model, overrides=overrides, seq_len=args.seq_len,
@@ -64,34 +65,34 @@ def parse_args(argv, prog, description, add_options=None):
 
 
 def prepare(settings, config, use_nvtx):
-    """Build the path's model and batches, switch NVTX on, and run the warm-up steps.
+    """Build the path's model, the trainer's step over it and the batches, switch NVTX on, and run
+    the warm-up steps.
 
-    Returns (device, dtype, forward, optimizer, batches). The model's own ranges (per block) are
-    added only to an eager model: hooks inside a compiled graph would break it."""
+    Returns (device, train_step, batches). The model's own ranges (per block) are added only to an
+    eager model: hooks inside a compiled graph would break it."""
     device = torch.device(settings.device)
-    dtype = DTYPES[settings.dtype]
     backend, compiled = PATHS[settings.paths[0]]
     nvtx.enable(use_nvtx)
-    model, forward, optimizer = step.build(config, backend, compiled, settings, device)
+    model, train_step = step.build(config, backend, compiled, settings, device)
     if not compiled:
         nvtx.annotate_model(model)
     T = settings.seq_len or config.block_size
     batches = step.make_batches(config, settings.batch, T, device, settings.seed)
     with nvtx.range("warmup"):
-        step.run_steps(forward, optimizer, batches, settings.warmup, device, dtype)
-    return device, dtype, forward, optimizer, batches
+        step.run_steps(train_step, batches, settings.warmup, device)
+    return device, train_step, batches
 
 
 def main(argv=None):
     args, settings, config = parse_args(
         sys.argv[1:] if argv is None else argv, "python -m tritongpt.profiles.capture", __doc__.splitlines()[0]
     )
-    device, dtype, forward, optimizer, batches = prepare(settings, config, not args.no_nvtx)
+    device, train_step, batches = prepare(settings, config, not args.no_nvtx)
     capture = device.type == "cuda"
     if capture:
         torch.cuda.cudart().cudaProfilerStart()
     with nvtx.range("captured_steps"):
-        times, loss = step.run_steps(forward, optimizer, batches, settings.steps, device, dtype, timed=True)
+        times, loss = step.run_steps(train_step, batches, settings.steps, device, timed=True)
     if capture:
         torch.cuda.cudart().cudaProfilerStop()
     where = "inside cudaProfilerStart/Stop" if capture else "no CUDA device: nothing captured, the steps only ran"

@@ -72,12 +72,12 @@ def main(argv=None):
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device, dtype, forward, optimizer, batches = capture.prepare(settings, config, not args.no_nvtx)
+    device, train_step, batches = capture.prepare(settings, config, not args.no_nvtx)
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as prof:
         with nvtx.range("captured_steps"):
-            step.run_steps(forward, optimizer, batches, settings.steps, device, dtype)
+            step.run_steps(train_step, batches, settings.steps, device)
     prof.export_chrome_trace(str(out / "trace.json"))
     clock = "GPU" if on_gpu else "CPU"
     rows, total_ms = top_rows(prof, on_gpu, args.top)

@@ -110,6 +110,7 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     cpu_threads: int = 0  # torch's threads when training on a CPU; 0 keeps torch's default
     seed: int = 1337
+    deterministic: bool = False  # two runs of one config on one machine bitwise equal: fixed kernel tiles, no autotuning (slower)
     join_timeout: float = 300.0  # seconds a process waits for the others to join the process group
     # beyond one GPU's memory (see train/parallel.py and train/memory.py)
     fsdp: bool = False  # shard parameters, gradients and AdamW's states over the processes (FSDP2), not DDP's copies
@@ -319,6 +320,9 @@ def validate(cfg, world_size=1):
     if cfg.fsdp and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
         raise ConfigError(f"config key 'compile_mode' is {cfg.compile_mode}, whose CUDA graphs do not take the weights "
                           "fsdp gathers anew at each block; use default or max-autotune-no-cudagraphs")
+    if cfg.deterministic and cfg.compile_mode.startswith("max-autotune"):
+        raise ConfigError(f"config key 'deterministic' is on with compile_mode {cfg.compile_mode}, which picks kernels by "
+                          "timing them; use default or reduce-overhead")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"config key 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
     if not pretrained_source(cfg.init_from) and cfg.init_from not in ("scratch", "resume"):

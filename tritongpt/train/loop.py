@@ -1,5 +1,5 @@
-"""The trainer: set-up (processes, device, data, model, optimizer, checkpoint), one training step,
-evaluation, and the loop that ties them together.
+"""The trainer: set-up (processes, device, data, model, optimizer, checkpoint), evaluation, and the
+loop that ties them together; one training step is train/step.py's TrainStep.
 
     from tritongpt.train.config import load_config
     from tritongpt.train.loop import train
@@ -32,6 +32,7 @@ from tritongpt.train.config import MODEL_KEYS, ConfigError, check_resumed_shape,
 from tritongpt.train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from tritongpt.train.health import BadSteps
 from tritongpt.train.metrics import Metrics, MetricsError
+from tritongpt.train.step import TrainStep
 from tritongpt.train.system import autocast, resolve_system, setup_device
 
 
@@ -67,6 +68,9 @@ class Trainer:
         self._setup_model(state)
         self._setup_optimizer(state)
         self._restore_progress(state)
+        self.step = TrainStep(self.model, self.optimizer, self.device, cfg.dtype, raw_model=self.raw_model,
+                              micro_steps=self.micro_steps, grad_clip=cfg.grad_clip, scaler=self.scaler, bad=self.bad,
+                              ddp=self.ddp, unsharded=self.unsharded)
         tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         self.metrics = Metrics(cfg, self.raw_model.config, self.device, tokens_per_step, self.world_size, self.master)
         self.metrics.event(
@@ -104,7 +108,7 @@ class Trainer:
             peers.record()  # so that a process lost mid-run can be named
         self.device = cfg.device
         self.micro_steps = cfg.gradient_accumulation_steps // self.world_size
-        self.autocast = autocast(self.device, cfg.dtype)
+        self.autocast = autocast(self.device, cfg.dtype)  # evaluation's; the training step has its own
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=cfg.dtype == "float16")
         if cfg.nvtx:
             nvtx.enable(True)
@@ -218,9 +222,6 @@ class Trainer:
 
     def _setup_optimizer(self, state):
         self.optimizer = self._optimizer(self.raw_model)
-        # skips a step with non-finite gradients on the device (found_inf): the fused AdamW, and Muon on a GPU
-        self.fused = bool(self.optimizer.param_groups[0].get("fused")) or (
-            isinstance(self.optimizer, optim.Muon) and self.device_type == "cuda")
         if state is None:
             return
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
@@ -231,7 +232,9 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
-            group.update(settings)  # this config's and this machine's settings, not the saver's
+            # This config's settings, not the saver's, but the saver's implementation (fused or
+            # not: both run anywhere), so that a resumed run goes on with the same arithmetic.
+            group.update({k: v for k, v in settings.items() if k != "fused" or k not in group})
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
 
@@ -254,43 +257,12 @@ class Trainer:
     # ------------------------------------------------------------------------- one step
 
     def train_step(self, step):
-        """One optimizer step over the global batch. Returns device tensors (mean loss, pre-clip
-        gradient norm) and the learning rate; nothing here waits for the device."""
-        cfg = self.cfg
-        lr = learning_rate(step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_ratio", 1.0)  # Muon's matrices: muon_lr's share of the schedule
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(self.micro_steps):
-            with nvtx.range("data"):
-                x, y = self.batches.get("train", step, self.rank * self.micro_steps + micro)
-            with parallel.micro_step(self.model, micro == self.micro_steps - 1, self.unsharded):
-                with nvtx.range("forward"), self.autocast:
-                    loss = self.model(x, y)
-                loss_sum += loss.detach().float()
-                with nvtx.range("backward"):
-                    self.scaler.scale(loss / self.micro_steps).backward()
-        with nvtx.range("optimizer"):
-            self.scaler.unscale_(self.optimizer)
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            norm = parallel.clip_grad_norm(self.raw_model.parameters(), max_norm)  # of every shard under FSDP
-            bad = (~torch.isfinite(norm)).long()  # identical in every process: the gradients are averaged
-            if self.scaler.is_enabled():
-                # fp16: the scaler skips steps whose gradients overflow and lowers its scale, routinely
-                # at the start; only a non-finite loss counts as a bad step (in any process).
-                bad = (~torch.isfinite(loss_sum)).long()
-                if self.ddp:
-                    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-                self.scaler.step(self.optimizer)
-            elif self.fused:
-                self.optimizer.found_inf = bad.float()  # the fused kernel skips the update on the device
-                self.optimizer.step()
-            elif not bad.item():  # the unfused optimizer runs on a CPU, where this check costs nothing
-                self.optimizer.step()
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.bad.count(bad)
-        return loss_sum / self.micro_steps, norm, lr
+        """One optimizer step over the global batch (train/step.py). Returns device tensors (mean
+        loss, pre-clip gradient norm) and the learning rate; nothing here waits for the device."""
+        lr = learning_rate(step, self.cfg)
+        first = self.rank * self.micro_steps  # this process's share of the step's micro-batches
+        loss, norm = self.step(lambda micro: self.batches.get("train", step, first + micro), lr)
+        return loss, norm, lr
 
     @torch.no_grad()
     def evaluate(self):

@@ -3,8 +3,9 @@ wandb when asked for.
 
     step 100/2000 | loss 2.4312 | lr 1.00e-03 | grad norm 0.731 | 62.1 ms | 12,371 tok/s | MFU n/a | mem 0.41 GiB | ETA 1m58s
 
-ms and tok/s are averages over the interval; MFU uses gpt.flops and the device's bf16 peak
-(n/a where the device is not in the table); mem is the peak CUDA memory allocated, or the
+ms and tok/s are averages over the interval; MFU uses gpt.flops and the device's dense peak for
+the run's dtype (float32 against TF32's, which the trainer turns on; n/a where the device is not
+in the table); mem is the peak CUDA memory allocated, or the
 process's peak resident memory on a CPU. An evaluation prints a line when it starts and one with
 its losses and how long it took, so that a log shows what a long first evaluation is doing.
 """
@@ -144,7 +145,8 @@ class Metrics:
         dt = (now - self.last_time) / max(steps, 1)
         self.last_time, self.last_step = now, step
         tok_s = self.tokens_per_step / dt
-        util = mfu(self.model_config, self.cfg.block_size, tok_s / self.world_size, self.device_name)  # per device
+        util = mfu(self.model_config, self.cfg.block_size, tok_s / self.world_size, self.device_name,  # per device
+                   self.cfg.dtype, torch.backends.cuda.matmul.allow_tf32)
         mem = peak_memory_gib(self.device)
         self.step_seconds = dt if self.step_seconds is None else 0.7 * self.step_seconds + 0.3 * dt
         eta = self.step_seconds * (self.cfg.max_iters - step)

@@ -23,7 +23,7 @@ import math
 import sys
 
 from tritongpt.gpt import GPTConfig, pad_vocab
-from tritongpt.gpt.flops import PEAK_BF16_FLOPS, flops_per_token, matmul_params, num_params, peak_flops
+from tritongpt.gpt.flops import PEAKS, flops_per_token, matmul_params, num_params, peak_flops
 from tritongpt.train import flags
 from tritongpt.train.config import TrainConfig, config_path, read_config_file
 from tritongpt.train.flags import FlagError, Range
@@ -100,7 +100,7 @@ def plan(params=None, flops=None, gpu_hours=None, family="gpt2", gpu="H100", gpu
         raise PlanError("give exactly one of --params, --flops and --gpu_hours")
     peak = peak_flops(gpu)
     if peak is None:
-        raise PlanError(f"--gpu {gpu!r} has no bf16 peak in gpt/flops.py; known: {', '.join(PEAK_BF16_FLOPS)}")
+        raise PlanError(f"--gpu {gpu!r} has no bf16 peak in gpt/flops.py; known: {', '.join(PEAKS)}")
     given = dict(params=params, flops=flops, gpu_hours=gpu_hours, gpus=gpus, mfu=mfu, tokens_per_param=tokens_per_param,
                  block_size=block_size)
     for name, value in given.items():
@@ -165,7 +165,7 @@ def main(argv):
     parser.add_argument("--flops", help="training FLOP budget: 1e20")
     parser.add_argument("--gpu_hours", help="GPU-hours on --gpu at --mfu: 1000")
     parser.add_argument("--family", default="gpt2", help=f"the model's options: {', '.join(FAMILY_CONFIGS)} (gpt2)")
-    parser.add_argument("--gpu", default="H100", help=f"{', '.join(PEAK_BF16_FLOPS)} (H100)")
+    parser.add_argument("--gpu", default="H100", help=f"{', '.join(PEAKS)} (H100: the SXM card)")
     parser.add_argument("--gpus", default="1", help="GPUs the wall time is spread over (1)")
     parser.add_argument("--mfu", default="0.4", help="model FLOPs utilization (0.4)")
     parser.add_argument("--tokens_per_param", default="20", help="tokens per parameter (20)")

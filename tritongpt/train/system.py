@@ -21,20 +21,40 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from tritongpt import kernels
 from tritongpt.train.config import ConfigError
 
 PG_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this fails
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cuda_device(device):
+    """A CUDA device as "cuda:N": with no index given, LOCAL_RANK's device under torchrun, else the
+    current one (torch.cuda.set_device and its kind refuse a device with no index). ValueError
+    for an index this machine does not have."""
+    index = torch.device(device).index
+    if index is None:
+        local_rank = os.environ.get("LOCAL_RANK")
+        index = int(local_rank) if local_rank is not None else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise ValueError(f"{device} is cuda:{index}, but this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return f"cuda:{index}"
+
+
 def resolve_system(cfg):
-    """device, dtype, backend and compile with `auto` replaced by what fits the machine; impossible
-    choices are a ConfigError."""
+    """device, dtype, backend and compile with `auto` replaced by what fits the machine, and a CUDA
+    device given its index (cuda:N); impossible choices are a ConfigError."""
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     on_gpu = cfg.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device' is {cfg.device!r} but no CUDA device is available (use --device=cpu)")
+    if on_gpu:
+        try:
+            cfg.device = cuda_device(cfg.device)
+        except ValueError as e:
+            raise ConfigError(f"config key 'device': {e}; name one of them, or cuda for the current one") from None
     if cfg.dtype == "auto":
         cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_gpu else "float32"
     if getattr(cfg, "fsdp", False) and cfg.dtype == "float16":  # the trainer's key (the sampler has none)
@@ -52,17 +72,39 @@ def resolve_system(cfg):
         raise ConfigError("config key 'backend' is triton, which needs a GPU (on a CPU use backend=torch)")
 
 
+def deterministic(on=True):
+    """Make this process's runs bitwise repeatable on one machine (on=False: back to the defaults).
+    The Triton kernels run their one fixed config instead of autotuning (kernels.fix_tiles: the
+    autotuner times the candidates anew in each process, and a different pick sums in a different
+    order), Inductor benchmarks nothing to choose its kernels, cuBLAS gets the fixed workspace
+    that deterministic algorithms need (CUBLAS_WORKSPACE_CONFIG, read when its first handle is
+    made: set here, before any matmul), cuDNN and torch take their deterministic algorithms
+    (torch warns about an op that has none rather than stopping the run). The Triton kernels
+    themselves are deterministic for a given config: no float atomics."""
+    import torch._inductor.config as inductor
+
+    kernels.fix_tiles(on)
+    inductor.deterministic = on
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+
+
 class JoinError(RuntimeError):
     """This process could not join the others of its run (under torchrun: of its restart attempt)."""
 
 
 def setup_device(cfg, local_rank, ddp):
-    """Point this process at its device (cuda:LOCAL_RANK under DDP), set torch's CPU threads or
-    TF32 matmuls, and join the process group under DDP; a lone process that shards its model
+    """Point this process at its device (cuda:LOCAL_RANK under DDP), make it deterministic where
+    asked, set torch's CPU threads or TF32 matmuls, and join the process group under DDP; a lone process that shards its model
     (fsdp) makes a group of its own. Returns the device type, cuda or cpu."""
     if ddp and cfg.device.startswith("cuda"):
         cfg.device = f"cuda:{local_rank}"
     device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
+    if cfg.deterministic:
+        deterministic(True)
     if device_type == "cpu" and cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     if device_type == "cuda":

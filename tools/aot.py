@@ -1,12 +1,13 @@
-"""python -m tritongpt.bench.aot: every Triton kernel of the project compiled for Hopper (sm_90) and Ampere
+"""python tools/aot.py: every Triton kernel of the project compiled for Hopper (sm_90) and Ampere
 (sm_80) by Triton's own compiler and the ptxas it ships with, on a machine with no GPU.
 
-    python -m tritongpt.bench.aot                        # sm_90 and sm_80 -> bench/results/aot-sm90.json, aot-sm80.json
-    python -m tritongpt.bench.aot --arch 90 --jobs 2     # one target, two compiles at a time
-    python -m tritongpt.bench.aot --arch 90 80 --reuse --verify --out DIR   # what tests/test_aot.py runs
-    python -m tritongpt.bench.aot --table                # the README's table, from the committed files
+    python tools/aot.py                        # sm_90 and sm_80 -> tools/results/aot-sm90.json, aot-sm80.json
+    python tools/aot.py --reuse                # compile only what changed since the committed files
+    python tools/aot.py --arch 90 --jobs 2     # one target, two compiles at a time
+    python tools/aot.py --arch 90 80 --reuse --verify --out DIR   # what tests/test_aot.py runs
+    python tools/aot.py --table                # docs/compile-audit.md's table, from the committed files
 
-What it compiles: bench/aot_launches.py, every kernel launch of the project at GPT-2 124M's
+What it compiles: tools/aot_launches.py, every kernel launch of the project at GPT-2 124M's
 shapes (16 x 1024 rows of 768, V = 50304, 12 heads of 64) and attention also at head dim 128 and
 at the other families' options (a window; head dims 80 and 256 with rotary), with and without
 dropout; each in bf16, fp16 and fp32, with every config the launch can run:
@@ -27,14 +28,14 @@ the jit functions beside it, its arguments, flags, config, target and Triton ver
 unchanged and compiles the rest, so a changed kernel is always compiled anew; --verify compiles
 one reused variant of each kernel again and fails if anything differs.
 
-Another Triton version (the GPU machines run Triton 3.6 with torch 2.11): run the command from
-a virtual environment that has it, with this checkout on PYTHONPATH and --out elsewhere, e.g.
-
-    python -m venv /tmp/venv36 && /tmp/venv36/bin/pip install triton==3.6.0 torch==2.11.0 numpy
-    PYTHONPATH=. /tmp/venv36/bin/python -m tritongpt.bench.aot --out bench/results/aot-triton-3.6
+Another Triton version (the GPU machines run Triton 3.6 with torch 2.11): run the command with
+the Python of an environment that has it, --out elsewhere, e.g.
+    python -m venv venv36 && venv36/bin/pip install triton==3.6.0 torch==2.11.0 numpy
+    venv36/bin/python tools/aot.py --out tools/results/aot-triton-3.6
 
 Triton must compile here, not interpret: this module turns the interpreter off before triton is
 first imported (kernels would turn it on without a GPU), so run it as its own process.
+tools/warm_cache.py compiles the same launches into a Triton cache folder.
 """
 
 import os
@@ -57,6 +58,8 @@ import tempfile  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's tritongpt, before an installed one
+
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -65,12 +68,13 @@ from triton.runtime import driver  # noqa: E402
 from triton.runtime.autotuner import Heuristics  # noqa: E402
 from triton.runtime.jit import JITFunction, MockTensor  # noqa: E402
 
-from tritongpt.bench.aot_launches import ATTENTION, LAUNCHES, B, C, ROWS, T, V, Launch  # noqa: E402
-from tritongpt.bench.common import RESULTS_DIR, write_json  # noqa: E402
+from aot_launches import ATTENTION, LAUNCHES, B, C, ROWS, T, V, Launch  # noqa: E402
+from tritongpt.bench.common import write_json  # noqa: E402
 from tritongpt.instrument.run import git_commit  # noqa: E402
 from tritongpt.kernels.common import SM_LIMITS, ctas_per_sm, interpreted  # noqa: E402
 
 ARCHS = (90, 80)
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _heuristics(kernel):
@@ -190,24 +194,42 @@ def resources(cubin):
     return int(fields["REG"]), int(fields["STACK"]) + int(fields["LOCAL"])
 
 
-def compile_variant(v):
-    """Compile one variant for its target -> its record, with the figures or the error."""
-    rec = v.record()
+def launch_kwargs(v):
+    """The keyword arguments of the variant's launch: pointers as MockTensors of their dtype
+    (Triton specializes them as 16-byte aligned), the flags, the config, and what the kernel's
+    @triton.heuristics compute from them. A parameter with no value is a ValueError."""
     L = v.launch
-    params = {p.name: p for p in L.kernel.params}
     given = {**L.args, **L.flags, **v.config}
     kwargs = {k: MockTensor(x) if isinstance(x, torch.dtype) else x for k, x in given.items()}
     for name, rule in _heuristics(L.tuned or L.kernel).items():
         kwargs[name] = rule(given)
-    missing = [n for n, p in params.items() if n not in kwargs and not p.has_default]
+    missing = [p.name for p in L.kernel.params if p.name not in kwargs and not p.has_default]
     if missing:
-        rec["error"] = f"bench.aot's entry for {rec['kernel']} ({L.op}, {L.what}) gives no value for {missing}"
-        return rec
+        raise ValueError(f"tools/aot_launches.py's entry for {L.kernel.fn.__name__} ({L.op}, {L.what}) "
+                         f"gives no value for {missing}")
+    return kwargs
+
+
+def compile_kernel(v):
+    """The variant compiled for its target by the runtime's own path (JITFunction.warmup), through
+    TRITON_CACHE_DIR like any launch: the CompiledKernel (its .hash names its cache folder)."""
+    kwargs = launch_kwargs(v)
     driver.set_active(CompileOnlyDriver(v.arch))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return v.launch.kernel.warmup(grid=(1,), **kwargs)
+
+
+def compile_variant(v):
+    """Compile one variant for its target -> its record, with the figures or the error."""
+    rec = v.record()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compiled = L.kernel.warmup(grid=(1,), **kwargs)
+        launch_kwargs(v)
+    except ValueError as e:
+        rec["error"] = str(e)
+        return rec
+    try:
+        compiled = compile_kernel(v)
         regs, spill = resources(compiled.asm["cubin"])
     except Exception as e:  # noqa: BLE001 - recorded, and the command fails at the end
         rec["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
@@ -295,7 +317,7 @@ def run_arch(arch, out_dir, jobs, commit, reuse=None, verify=False):
     problems += [f"{r['kernel']} {r['dtype']} {r['launch']} {r['config_name']}: {r['error']}"
                  for r in records if r["error"]]  # fmt: skip
     result = dict(
-        what="every Triton kernel launch of the project compiled by Triton's compiler, no GPU (python -m tritongpt.bench.aot)",
+        what="every Triton kernel launch of the project compiled by Triton's compiler, no GPU (python tools/aot.py)",
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         target=dict(backend="cuda", arch=arch, name=f"sm_{arch}", limits=SM_LIMITS[arch]),
         triton=triton.__version__, torch=torch.__version__, python=platform.python_version(),
@@ -306,7 +328,7 @@ def run_arch(arch, out_dir, jobs, commit, reuse=None, verify=False):
     return write_json(result, Path(out_dir) / f"aot-sm{arch}.json"), len(fresh), problems
 
 
-# ----------------------------------------------------------------------------- the README's table
+# ----------------------------------------------------------------------------- the audit's table
 
 
 def _span(rows, key):
@@ -338,22 +360,22 @@ def table(paths):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tritongpt.bench.aot", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/aot.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=sorted(SM_LIMITS),
                    help="targets (default: 90 80)")  # fmt: skip
     p.add_argument("--out", default=str(RESULTS_DIR),
-                   help="folder of the aot-sm<arch>.json files (default bench/results/)")  # fmt: skip
+                   help="folder of the aot-sm<arch>.json files (default tools/results/)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles at a time (default: the cores)")
     p.add_argument("--reuse", nargs="?", const="committed", default=None,
-                   help="reuse unchanged records of a results folder (default: bench/results/)")  # fmt: skip
+                   help="reuse unchanged records of a results folder (default: tools/results/)")  # fmt: skip
     p.add_argument("--verify", action="store_true", help="compile one reused variant of each kernel again and compare")
-    p.add_argument("--table", action="store_true", help="print the README's table from the files in --out and exit")
+    p.add_argument("--table", action="store_true", help="print the audit's table from the files in --out and exit")
     args = p.parse_args(argv)
     if args.table:
         print(table([Path(args.out) / f"aot-sm{a}.json" for a in args.arch]))
         return 0
     if interpreted():
-        sys.exit("bench.aot: Triton was imported with TRITON_INTERPRET=1; run python -m tritongpt.bench.aot as its own process")
+        sys.exit("tools/aot.py: Triton was imported with TRITON_INTERPRET=1; run python tools/aot.py as its own process")
     problems = []
     commit = git_commit()
     for arch in args.arch:

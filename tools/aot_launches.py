@@ -1,5 +1,5 @@
-"""What `python -m tritongpt.bench.aot` compiles: every kernel launch of the project, as its host launcher
-makes it, at GPT-2 124M's shapes. One Launch per launch kind: the jit function, its arguments
+"""What `python tools/aot.py` compiles (and tools/warm_cache.py, the campaign's share of it): every
+kernel launch of the project, as its host launcher makes it, at GPT-2 124M's shapes. One Launch per launch kind: the jit function, its arguments
 (pointers by dtype, 16-byte aligned as torch allocates them; sizes and strides as at GPT-2
 scale, since divisibility by 16 changes the code), the constexpr flags the host passes, and the
 configs it can run (its autotuner's list, pruned as the autotuner prunes it, and the configs the
@@ -11,7 +11,7 @@ command names the argument an entry lacks).
 A new variant of attention (a head dim, a flag of kernels.flash_attention._flags) is one more
 entry in ATTENTION; a new kernel is one more function in LAUNCHES.
 
-Import it through bench.aot, which turns Triton's interpreter off before triton is imported:
+Import it through tools/aot.py, which turns Triton's interpreter off before triton is imported:
 under the interpreter the kernels are not jit functions and cannot be compiled.
 """
 
