@@ -1,17 +1,20 @@
 """The speedrun recipe's configs and the tools that measure it (tools/lr_sweep.py,
-tools/speedrun_compare.py): the configs load and keep their baselines' size and tokens per step,
+tools/speedrun_compare.py, tools/muon_cpu_timing.py): the configs load and keep their baselines' size and tokens per step,
 the sweep writes its JSON, and steps to a target are read off a curve as documented."""
 
 import json
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, tiny
+from tritongpt.gpt import GPT, GPTConfig
 from tritongpt.train.config import load_config
 
 sys.path.insert(0, str(ROOT / "tools"))
 import lr_sweep  # noqa: E402
+import muon_cpu_timing  # noqa: E402
 import speedrun_compare  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,3 +71,13 @@ def test_comparison_plot_is_written(tmp_path):
                    seeds=[1], torch="x", git_commit=None)
     speedrun_compare.plot(summary, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_muon_timing_takes_each_matrix_as_newton_schulz_sees_it():
+    """c_attn as three C x C blocks, the MLP's matrices whole; 5 steps of X X^T (2 m^2 n), A A^T
+    (2 m^3) and B X (2 m^2 n) per m x n block, m <= n."""
+    model = GPT(GPTConfig(block_size=8, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
+    shapes = sorted(tuple(b.shape) for b in muon_cpu_timing.blocks_of(model))
+    assert shapes == [(1, 16, 16), (1, 16, 64), (1, 64, 16), (3, 16, 16)]
+    assert muon_cpu_timing.ns_flops([torch.zeros(3, 16, 32)]) == 5 * 3 * (4 * 16 * 16 * 32 + 2 * 16**3)
+    assert muon_cpu_timing.ns_flops([torch.zeros(1, 32, 16)]) == 5 * (4 * 16 * 16 * 32 + 2 * 16**3)

@@ -12,10 +12,12 @@ from test_train import losses, weights
 from test_train_fsdp import assert_close, evals, norms, run_ok, sharded_weights
 from tritongpt.gpt import GPT, GPTConfig
 from tritongpt.kernels import reference
-from tritongpt.train import checkpoint
+from tritongpt.train import checkpoint, optim
 from tritongpt.train.config import load_config
+from tritongpt.train.health import BadSteps
 from tritongpt.train.loop import train
 from tritongpt.train.optim import Muon, hidden_matrices, row_counts
+from tritongpt.train.step import TrainStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,6 +158,20 @@ def test_muon_group_takes_matrices_only():
         Muon([{"params": [torch.nn.Parameter(torch.ones(16))], "muon": True, "split": 3}], lr=0.1)
     with pytest.raises(ValueError, match=r"got shapes \[\(10, 4\)\]"):
         Muon([{"params": [torch.nn.Parameter(torch.ones(10, 4))], "muon": True, "split": 3}], lr=0.1)
+
+
+def test_the_step_gives_muon_its_share_of_the_schedule():
+    """TrainStep at rate lr: Muon's groups step at muon_lr * lr / learning_rate, AdamW's at lr;
+    and Muon skips bad steps on the device on a GPU."""
+    model = GPT(GPTConfig(block_size=8, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
+    cfg = load_config(["--optimizer=muon", "--muon_lr=0.02", "--learning_rate=0.01", "--backend=torch"])
+    opt = optim.build(model, cfg, "cpu")
+    step = TrainStep(model, opt, "cpu", "float32")
+    step(lambda micro: (torch.randint(32, (2, 8)), torch.randint(32, (2, 8))), lr=0.005)
+    rates = {g.get("muon", False): g["lr"] for g in opt.param_groups}
+    assert rates == {True: pytest.approx(0.01), False: 0.005}
+    # on a GPU a bad step is skipped on the device (found_inf), as with the fused AdamW; on a CPU by the host
+    assert TrainStep(model, opt, "cuda:0", "float32", bad=BadSteps("cpu")).fused and not step.fused
 
 
 # ----------------------------------------------------------------------------- in the trainer
