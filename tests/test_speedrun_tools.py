@@ -81,3 +81,13 @@ def test_muon_timing_takes_each_matrix_as_newton_schulz_sees_it():
     assert shapes == [(1, 16, 16), (1, 16, 64), (1, 64, 16), (3, 16, 16)]
     assert muon_cpu_timing.ns_flops([torch.zeros(3, 16, 32)]) == 5 * 3 * (4 * 16 * 16 * 32 + 2 * 16**3)
     assert muon_cpu_timing.ns_flops([torch.zeros(1, 32, 16)]) == 5 * (4 * 16 * 16 * 32 + 2 * 16**3)
+
+
+def test_kept_metrics_name_no_temporary_folder(tmp_path):
+    records = [{"step": 0, "event": "start", "config": {"out_dir": str(tmp_path / "tmpabc" / "x-1"), "seed": 1}},
+               {"step": 10, "event": "eval", "val_loss": 1.25}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    speedrun_compare.keep(tmp_path / "m.jsonl", tmp_path / "kept.jsonl")
+    assert str(tmp_path) not in (tmp_path / "kept.jsonl").read_text()
+    assert speedrun_compare.evals(tmp_path / "kept.jsonl") == [(10, 1.25)]
+    assert json.loads((tmp_path / "kept.jsonl").read_text().splitlines()[0])["config"] == {"out_dir": "x-1", "seed": 1}
