@@ -1,6 +1,9 @@
 """The one top-level handler of the trainer's commands (python -m tritongpt.train, python -m tritongpt.train.sample)."""
 
+import os
 import sys
+
+import torch.distributed as dist
 
 from tritongpt import prep
 from tritongpt.train import checkpoint
@@ -29,3 +32,12 @@ def run_cli(fn, argv, doc, cls=TrainConfig):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if dist.is_torchelastic_launched():
+        # A worker of torchrun whose run ended well (every file written and closed, its process
+        # group destroyed) leaves without the interpreter's teardown: there, gloo's threads can
+        # still be joinable when their objects are destroyed, and the C++ runtime aborts the
+        # process (SIGABRT, "terminate called without an active exception"), now and then, which
+        # torchrun reports as a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
