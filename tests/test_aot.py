@@ -69,7 +69,7 @@ def test_every_variant_compiles_for_hopper_and_ampere(aot):
     for arch, data in aot.items():
         assert data["target"]["arch"] == arch
         kernels = {r["kernel"] for r in _variants(data)}
-        assert len(kernels) == 9, f"sm_{arch}: kernels compiled: {sorted(kernels)}"
+        assert len(kernels) == 10, f"sm_{arch}: kernels compiled: {sorted(kernels)}"
         failed = [f"{_name(r)}: {r['error']}" for r in data["variants"] if r["error"]]
         assert not failed, f"sm_{arch}: " + "\n".join(failed)
 
@@ -90,10 +90,10 @@ def test_shared_memory_within_the_limit(aot):
             assert all(r["tuned"] for r in _variants(data) if r["shared_bytes"] > limit), "\n".join(over)
 
 
-def test_attention_and_linear_gelu_use_wgmma_on_sm90(aot):
+def test_attention_linear_gelu_and_xxt_use_wgmma_on_sm90(aot):
     """All but the attention backward at head dim 256: every tile wgmma runs spills there, so it
     runs 16-row tiles (kernels.flash_attention.NARROW_BWD[256]) on mma.sync, and only there."""
-    for kernel in ("_attn_fwd_kernel", "_attn_bwd_kernel", "_linear_gelu_fwd_kernel"):
+    for kernel in ("_attn_fwd_kernel", "_attn_bwd_kernel", "_linear_gelu_fwd_kernel", "_xxt_kernel"):
         narrow = lambda r: r["config"].get("BLOCK_BIG", 64) < 64  # noqa: E731
         assert all("D=256" in r["launch"] for r in _variants(aot[90], kernel, HALF) if narrow(r))
         missing = [_name(r) for r in _variants(aot[90], kernel, HALF) if not r["wgmma"] and not narrow(r)]

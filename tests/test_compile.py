@@ -99,6 +99,8 @@ def _cases():
         cases.append(("attention_backward", (torch.randn_like(o), *saved)))
         o, lse = ops.attention_qkv(qkv, True, p, seed, *options)
         cases.append(("attention_qkv_backward", (torch.randn_like(o), qkv.detach(), o.detach(), lse, True, p, seed, *options)))
+    # Muon's symmetric product, with and without its addend
+    cases += [("xxt", (_leaf(2, 7, 5), 1.0, None, 0.0)), ("xxt", (_leaf(7, 5), 2.0, _leaf(7, 7), -0.5))]
     return cases
 
 

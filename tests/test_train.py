@@ -455,6 +455,10 @@ BAD = [
     (dict(fsdp="true", dtype="float16"), "'fsdp' is on with dtype float16"),
     (dict(fsdp_accumulate="never"), "'fsdp_accumulate' must be one of auto, unsharded, sharded"),
     (dict(fsdp="true", compile_mode="reduce-overhead"), "'compile_mode' is reduce-overhead, whose CUDA graphs"),
+    (dict(optimizer="sgd"), "'optimizer' must be one of adamw, muon"),
+    (dict(optimizer="muon", learning_rate=0), "'learning_rate' must be positive with optimizer=muon"),
+    (dict(muon_momentum=1.0), "'muon_momentum' must be in [0, 1)"),
+    (dict(muon_lr=-0.02), "'muon_lr' must not be negative"),
 ]
 
 

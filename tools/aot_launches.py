@@ -26,6 +26,10 @@ from tritongpt.kernels import flash_attention as fa
 from tritongpt.kernels import flash_attention_kernels as fak
 from tritongpt.kernels import fused_mlp as mlp
 from tritongpt.kernels import losses, normalization
+from tritongpt.kernels.newton_schulz import SINGLE_CONFIG as XXT_SINGLE_CONFIG  # (kernels.newton_schulz is the function)
+from tritongpt.kernels.newton_schulz import _input_precision as xxt_input_precision
+from tritongpt.kernels.newton_schulz import _xxt_kernel
+from tritongpt.kernels.reference import NS_COEFFICIENTS
 
 F32, I64 = torch.float32, torch.int64
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -215,7 +219,23 @@ def attention_launches(dtype):
             )  # fmt: skip
 
 
-LAUNCHES = (layer_norm_launches, linear_gelu_launches, cross_entropy_launches, attention_launches)
+def xxt_launches(dtype):
+    """tritongpt::xxt in Muon's Newton-Schulz steps on GPT-2 124M's matrices: X X^T of the MLP's
+    (C x 4C, c_fc turned wide) and of a C x C block (q, k, v, attention's c_proj), and b A + c A A^T."""
+    dt = DTYPES[dtype]
+    _, b, c = NS_COEFFICIENTS
+    for what, K, add in (("X X^T, 768 x 3072", 4 * C, False), ("X X^T, 768 x 768", C, False),
+                         ("b A + c A A^T, 768 x 768", C, True)):
+        yield Launch(
+            "xxt", what, dtype, _jit(_xxt_kernel),
+            dict(x_ptr=dt, add_ptr=dt, out_ptr=dt, M=C, K=K, stride_xb=C * K, stride_xm=K, stride_xk=1,
+                 stride_ab=C * C, stride_am=C, stride_an=1, alpha=c if add else 1.0, beta=b if add else 0.0),
+            dict(HAS_ADD=add, INPUT_PRECISION=xxt_input_precision(dt)),
+            tuned=_xxt_kernel, fixed=(XXT_SINGLE_CONFIG.all_kwargs(),),
+        )  # fmt: skip
+
+
+LAUNCHES = (layer_norm_launches, linear_gelu_launches, cross_entropy_launches, attention_launches, xxt_launches)
 
 
 def _jit(kernel):

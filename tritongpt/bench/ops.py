@@ -22,6 +22,8 @@ What is counted (s = bytes per element of the activations; N rows = B*T tokens):
         linear_cross_entropy (N, C), V: fwd 2*N*C*V; bwd 4*N*C*V (the LM-head matmuls only)
         attention (B, H, T, D) causal: fwd 2*B*H*T^2*D (half of the full square's 4*B*H*T^2*D);
                                 bwd 2.5x fwd
+        xxt (B, M, K):          fwd B*M*(M+1)*K (the lower triangle and diagonal of x x^T, half of
+                                the full product's 2*B*M^2*K); bwd 2*B*M^2*K ((dout + dout^T) @ x)
     fwd+bwd is the sum. Parameters (C-sized vectors) and per-row statistics are left out.
     These are the work the op must do, not what an implementation does: a kernel that computes
     its gradients during the forward (the fused LM-head cross-entropy does) shows a slow forward
@@ -100,6 +102,10 @@ def _attn_inputs(sz, device, dtype):
     return tuple(_randn(shape, device, dtype) for _ in range(3))
 
 
+def _xxt_inputs(sz, device, dtype):
+    return (_randn((sz["B"], sz["M"], sz["K"]), device, dtype, scale=sz["K"] ** -0.5),)
+
+
 def _sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
@@ -170,6 +176,12 @@ OPS = {
             lambda q, k, v: kernels.attention(q, k, v, causal=True),
             lambda z, s: 2 * z["B"] * z["H"] * z["T"] ** 2 * z["D"],
             lambda z, s: 2.5 * 2 * z["B"] * z["H"] * z["T"] ** 2 * z["D"],
+        ),
+        Op(
+            "xxt", "TFLOP/s", "fwd B*M*(M+1)*K (half of x x^T); bwd 2*B*M^2*K",
+            {"gpt2": dict(B=1, M=768, K=3072), "gpt2-qkv": dict(B=3, M=768, K=768), "xl": dict(B=1, M=1600, K=6400)},
+            dict(B=2, M=33, K=20), _xxt_inputs, reference.xxt, kernels.xxt,
+            lambda z, s: z["B"] * z["M"] * (z["M"] + 1) * z["K"], lambda z, s: 2 * z["B"] * z["M"] ** 2 * z["K"],
         ),
     ]
 }

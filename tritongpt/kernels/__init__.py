@@ -14,10 +14,13 @@
         # both also take scale=None (1/sqrt(D)), window=0 (sliding: the positions a query sees) and
         # rotary=(cos, sin, interleaved) with tables (T, R/2), R <= D, and qk_norm=False (q and k
         # RMS-normalized per head first); any head dim D up to 256
+    kernels.xxt(x, alpha=1.0, add=None, beta=0.0)                # beta * add + alpha * x @ x^T, half of it computed
+    kernels.newton_schulz(g, steps=5)                            # Muon's orthogonalization, on xxt
 
 One module per op family: normalization.py (layer_norm, add_layer_norm, rms_norm, add_rms_norm),
 fused_mlp.py (linear_gelu, linear_act), losses.py (cross_entropy), lm_head.py (linear_cross_entropy),
-flash_attention.py (attention, attention_qkv; its jit code in flash_attention_kernels.py); common.py holds what they
+flash_attention.py (attention, attention_qkv; its jit code in flash_attention_kernels.py), newton_schulz.py
+(xxt, newton_schulz: Muon's symmetric products); common.py holds what they
 share, reference.py the pure-PyTorch definitions they are checked against. Every op is registered with torch.library as
 tritongpt::<name> (and tritongpt::<name>_backward), so torch.compile sees each as one node.
 """
@@ -37,6 +40,7 @@ from tritongpt.kernels.flash_attention import attention, attention_qkv  # noqa: 
 from tritongpt.kernels.fused_mlp import linear_act, linear_gelu  # noqa: E402
 from tritongpt.kernels.lm_head import linear_cross_entropy  # noqa: E402
 from tritongpt.kernels.losses import cross_entropy, raise_on_bad_targets  # noqa: E402
+from tritongpt.kernels.newton_schulz import newton_schulz, xxt  # noqa: E402
 from tritongpt.kernels.normalization import add_layer_norm, add_rms_norm, layer_norm, rms_norm  # noqa: E402
 
 fix_interpreter()
@@ -44,4 +48,5 @@ fix_interpreter()
 __all__ = [
     "layer_norm", "add_layer_norm", "rms_norm", "add_rms_norm", "linear_gelu", "linear_act", "cross_entropy",
     "linear_cross_entropy", "attention", "attention_qkv", "raise_on_bad_targets", "reference", "fix_tiles", "tiles_fixed",
+    "xxt", "newton_schulz",
 ]

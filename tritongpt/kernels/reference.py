@@ -193,3 +193,49 @@ def rotary(x, cos, sin, interleaved=False, upcast=False):
 def rotary_bhtd(x, cos, sin, interleaved=False, upcast=False):
     """rotary() of x (B, H, T, D), the layout attention takes."""
     return rotary(x.transpose(1, 2), cos, sin, interleaved, upcast).transpose(1, 2)
+
+
+# Muon's quintic Newton-Schulz iteration (Keller Jordan's coefficients): each step maps every
+# singular value s of X to a*s + b*s^3 + c*s^5, which pushes the values of (0, 1] towards 1 fast
+# (those above about 0.0015 into [0.68, 1.21] after five steps, which is all Muon needs), without
+# converging exactly.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_EPS = 1e-7
+
+
+def symmetric(a):
+    """The symmetric matrix of a's lower triangle (..., M, M): what xxt reads of its addend."""
+    return a.tril() + a.tril(-1).mT
+
+
+def xxt(x, alpha=1.0, add=None, beta=0.0, upcast=False):
+    """beta * add + alpha * (x @ x^T) for x (..., M, K) and add (..., M, M) or None: the symmetric
+    products of the Newton-Schulz iteration (X X^T, and b A + c A A^T with A symmetric). Of add
+    only the lower triangle is read, the result being symmetric: symmetric(add) stands for it."""
+    dtype = x.dtype
+    x, add = _up(x, upcast), _up(add, upcast)
+    out = alpha * (x @ x.mT)
+    if add is not None:
+        out = out + beta * symmetric(add)
+    return out.to(dtype) if upcast else out
+
+
+def newton_schulz(g, steps=5, upcast=False):
+    """The orthogonalized g (..., M, N): about U V^T of g's SVD U S V^T (each singular value taken
+    to near 1), by `steps` quintic Newton-Schulz steps on g / ||g||_F (whose singular values are
+    then at most 1). Works on the wide side (X X^T is min(M, N) square): a tall g is transposed
+    first and back after. In g's own dtype (bf16 on a GPU), or fp32 with upcast."""
+    dtype = g.dtype
+    a, b, c = NS_COEFFICIENTS
+    x = _up(g, upcast)
+    tall = g.shape[-2] > g.shape[-1]
+    if tall:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + NS_EPS)
+    for _ in range(steps):
+        A = xxt(x)  # (..., m, m), m = min(M, N)
+        B = xxt(A, c, A, b)  # b A + c A A^T = b A + c A^2: A is symmetric
+        x = a * x + B @ x
+    if tall:
+        x = x.mT
+    return x.to(dtype) if upcast else x

@@ -87,7 +87,11 @@ class TrainConfig:
     qk_norm: bool = False  # q and k RMS-normalized per head
     logit_softcap: float = 0.0  # C: logits C * tanh(logits / C); 0: none
     zero_init_proj: bool = False  # attn.c_proj and mlp.c_proj start at zero
-    # AdamW
+    # the optimizer: AdamW for every parameter, or Muon for the blocks' matrices and AdamW for the rest (train/optim.py)
+    optimizer: str = "adamw"  # adamw | muon
+    muon_lr: float = 0.02  # Muon's peak rate (times max(1, rows / cols) ** 0.5 per matrix); it follows the schedule
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
+    # AdamW (with optimizer=muon: of the embeddings, the LM head and the 1-D parameters)
     learning_rate: float = 6e-4
     max_iters: int = 600000
     weight_decay: float = 1e-1
@@ -280,10 +284,10 @@ def validate(cfg, world_size=1):
             raise ConfigError(f"config key '{key}' must not be negative, got {getattr(cfg, key)}")
     if not cfg.join_timeout > 0:
         raise ConfigError(f"config key 'join_timeout' must be positive (seconds), got {cfg.join_timeout}")
-    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "muon_lr"):
         if not getattr(cfg, key) >= 0:
             raise ConfigError(f"config key '{key}' must not be negative, got {getattr(cfg, key)}")
-    for key in ("beta1", "beta2"):
+    for key in ("beta1", "beta2", "muon_momentum"):
         if not 0 <= getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {getattr(cfg, key)}")
     if not 0 <= cfg.dropout < 1:
@@ -305,10 +309,14 @@ def validate(cfg, world_size=1):
         "compile": ("auto", "true", "false"),
         "compile_mode": COMPILE_MODES,
         "fsdp_accumulate": ("auto", "unsharded", "sharded"),
+        "optimizer": ("adamw", "muon"),
     }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+    if cfg.optimizer == "muon" and not cfg.learning_rate > 0:
+        raise ConfigError("config key 'learning_rate' must be positive with optimizer=muon: Muon's rate follows the "
+                          "schedule as a share of it (muon_lr / learning_rate)")
     if cfg.fsdp and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
         raise ConfigError(f"config key 'compile_mode' is {cfg.compile_mode}, whose CUDA graphs do not take the weights "
                           "fsdp gathers anew at each block; use default or max-autotune-no-cudagraphs")

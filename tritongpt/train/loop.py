@@ -27,7 +27,7 @@ from tritongpt.gpt import GPT, GPTConfig, pad_vocab
 from tritongpt.gpt.hf import read_config
 from tritongpt.instrument import nvtx
 from tritongpt.instrument.run import run_info
-from tritongpt.train import checkpoint, memory, parallel, peers, rng
+from tritongpt.train import checkpoint, memory, optim, parallel, peers, rng
 from tritongpt.train.config import MODEL_KEYS, ConfigError, check_resumed_shape, validate
 from tritongpt.train.data import EVAL, Batches, check_same_dataset, dataset_dir
 from tritongpt.train.health import BadSteps
@@ -218,8 +218,7 @@ class Trainer:
                                                     self.unsharded)
 
     def _optimizer(self, model):
-        cfg = self.cfg
-        return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type)
+        return optim.build(model, self.cfg, self.device_type)
 
     def _setup_optimizer(self, state):
         self.optimizer = self._optimizer(self.raw_model)

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from tritongpt.instrument import nvtx
-from tritongpt.train import parallel
+from tritongpt.train import optim, parallel
 from tritongpt.train.health import BadSteps
 from tritongpt.train.system import autocast
 
@@ -37,14 +37,17 @@ class TrainStep:
         self.scaler = scaler or torch.amp.GradScaler(torch.device(device).type, enabled=dtype == "float16")
         self.bad = bad or BadSteps(device)
         self.ddp, self.unsharded = ddp, unsharded
-        self.fused = bool(optimizer.param_groups[0].get("fused"))
+        # skips a step with non-finite gradients on the device (found_inf): the fused AdamW, and Muon on a GPU
+        self.fused = bool(optimizer.param_groups[0].get("fused")) or (
+            isinstance(optimizer, optim.Muon) and torch.device(device).type == "cuda")
 
     def __call__(self, batch, lr=None):
         """One optimizer step over the micro-batches batch(0), ..., batch(micro_steps - 1), at
-        learning rate lr (None: the optimizer's as it is). Returns (mean loss, gradient norm)."""
+        learning rate lr (None: the optimizer's as it is; a group with an lr_ratio, Muon's, takes
+        lr * lr_ratio). Returns (mean loss, gradient norm)."""
         if lr is not None:
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_ratio", 1.0)  # Muon's matrices: muon_lr's share of the schedule
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.micro_steps):
             with nvtx.range("data"):
